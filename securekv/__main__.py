@@ -1,0 +1,3 @@
+from securekv.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``securekv`` command line."""
