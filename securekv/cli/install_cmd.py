@@ -1,0 +1,90 @@
+"""``securekv install``: render and install the systemd unit, member config and firewall rules."""
+
+from __future__ import annotations
+
+import click
+
+from securekv.errors import UsageError
+
+
+class InstallError(click.ClickException):
+    """Bad input: one line on stderr, exit status 2, nothing written."""
+
+    exit_code = 2
+
+
+@click.group("install")
+def cli() -> None:
+    """Render and install the systemd unit, member config and firewall rules."""
+
+
+@cli.command("systemd")
+@click.option("--config", "config_file", required=True, metavar="FILE", help="Member config (etcd config-file keys) to validate and install.")
+@click.option("--root", metavar="DIR", help="Write under DIR (DESTDIR convention for packagers); create no user or directory.")
+@click.option("--user", default="securekv", show_default=True, metavar="NAME", help="System user and group the member runs as.")
+@click.option("--dry-run", is_flag=True, help="Print what would be written and done; change nothing.")
+@click.option("--exec", "exec_path", metavar="COMMAND", help="ExecStart command that runs securekv: an absolute program path plus arguments, e.g. '/usr/bin/python3 -m securekv' (default: this installation).")
+@click.option("--load-credentials", is_flag=True, help="Hand private keys to the service with LoadCredential= instead of reading them in place.")
+def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, exec_path: str | None, load_credentials: bool) -> None:
+    """Validate FILE, then write the unit, the config and the sysusers.d entry."""
+    from securekv.deploy import install
+
+    try:
+        plan = install.plan_systemd(config_file, user, exec_path.split() if exec_path else None, load_credentials)
+        if dry_run:
+            click.echo(install.describe(plan, root), nl=False)
+            return
+        if root is not None:
+            for path in install.write_files(plan.files, root):
+                click.echo(f"wrote {path}")
+            return
+        from securekv.deploy.config import STATE_DIR, load_config_file
+
+        config = load_config_file(config_file)
+        install.require_root()
+        for path in install.write_files(plan.files, "/"):
+            click.echo(f"wrote {path}")
+        install.apply_systemd(plan, user, [STATE_DIR, *config.writable_paths()])
+        click.echo("next: systemctl enable --now securekv.service")
+    except UsageError as exc:
+        raise InstallError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write: {exc}") from None
+
+
+@cli.command("firewall")
+@click.option("--backend", required=True, metavar="nftables|iptables|firewalld|ufw", help="Firewall to render rules for.")
+@click.option("--peers", required=True, metavar="ADDR,...", help="Member IP addresses allowed on the peer port.")
+@click.option("--clients", required=True, metavar="CIDR,...", help="Networks allowed on the client port.")
+@click.option("--client-port", type=int, default=2379, show_default=True)
+@click.option("--peer-port", type=int, default=2380, show_default=True)
+@click.option("--root", metavar="DIR", help="Write the rule files under DIR instead of applying them.")
+@click.option("--print", "print_only", is_flag=True, help="Print the rules without applying them.")
+def firewall_cmd(backend: str, peers: str, clients: str, client_port: int, peer_port: int, root: str | None, print_only: bool) -> None:
+    """Peer port open to the members only, client port to the given networks only; the rest dropped."""
+    from securekv.deploy import firewall as fw
+    from securekv.deploy import install
+
+    try:
+        if root is not None and print_only:
+            raise UsageError("--root and --print are mutually exclusive")
+        backend = fw.check_backend(backend)
+        spec = fw.make_spec(peers, clients, client_port, peer_port)
+        plan = install.plan_firewall(backend, spec)
+        if print_only:
+            many = len(plan.files) > 1
+            for f in plan.files:
+                if many:
+                    click.echo(f"# ==> {f.path} <==")
+                click.echo(f.content, nl=False)
+            return
+        if root is not None:
+            for path in install.write_files(plan.files, root):
+                click.echo(f"wrote {path}")
+            return
+        install.apply_firewall(backend, spec, plan.files)
+        click.echo(f"applied {backend} rules: " + "; ".join(fw.describe(spec)))
+    except UsageError as exc:
+        raise InstallError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write: {exc}") from None

@@ -1,0 +1,1 @@
+"""Render deployment artefacts (systemd unit, member config, firewall rules) from validated input."""
