@@ -1,0 +1,334 @@
+"""The applied state on disk: a sqlite3 database of MVCC revisions, leases and metadata.
+
+Pure data, no MVCC logic: the server keeps the store in memory, rebuilds it from here at start
+and writes each batch of applied entries as ONE transaction that also carries the applied
+("consistent") index, so a restart replays only WAL entries after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import zlib
+from typing import Iterator
+
+import attrs
+
+from ..errors import CorruptionError, UsageError
+from ..fsutil import fsync_dir
+
+SCHEMA_VERSION = 1
+CONSISTENT_INDEX = "consistent_index"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revision (
+    main INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    tombstone INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (main, sub)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL, data BLOB NOT NULL DEFAULT x'');
+CREATE TABLE IF NOT EXISTS item (
+    bucket TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+@attrs.frozen(slots=True)
+class Revision:
+    """One row per MVCC revision: ``value`` is the serialized KeyValue (opaque here)."""
+
+    main: int
+    sub: int
+    key: bytes
+    value: bytes
+    tombstone: bool = False
+
+
+@attrs.frozen(slots=True)
+class Lease:
+    id: int
+    ttl: int
+    data: bytes = b""
+
+
+MetaValue = int | bytes
+
+
+@attrs.define
+class WriteBatch:
+    """Everything one transaction changes. Deletes are applied before puts."""
+
+    puts: list[Revision] = attrs.Factory(list)
+    deletes: list[tuple[int, int]] = attrs.Factory(list)
+    lease_puts: list[Lease] = attrs.Factory(list)
+    lease_deletes: list[int] = attrs.Factory(list)
+    item_puts: list[tuple[str, bytes, bytes]] = attrs.Factory(list)
+    item_deletes: list[tuple[str, bytes]] = attrs.Factory(list)
+    meta: dict[str, MetaValue] = attrs.Factory(dict)
+    consistent_index: int | None = None
+
+    def put(self, rev: Revision) -> None:
+        self.puts.append(rev)
+
+    def delete(self, main: int, sub: int) -> None:
+        self.deletes.append((main, sub))
+
+    def put_lease(self, lease: Lease) -> None:
+        self.lease_puts.append(lease)
+
+    def delete_lease(self, lease_id: int) -> None:
+        self.lease_deletes.append(lease_id)
+
+    def put_item(self, bucket: str, key: bytes, value: bytes) -> None:
+        self.item_puts.append((bucket, key, value))
+
+    def delete_item(self, bucket: str, key: bytes) -> None:
+        self.item_deletes.append((bucket, key))
+
+    def set_meta(self, name: str, value: MetaValue) -> None:
+        self.meta[name] = value
+
+
+class Backend:
+    """One sqlite3 database file. Not thread-safe: one caller at a time (any thread)."""
+
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> Backend:
+        """Open or create the database (file mode 0600, directory 0700)."""
+        path = os.path.abspath(os.fspath(path))
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise UsageError(f"unknown sqlite synchronous mode {synchronous!r}")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        created = not os.path.exists(path)
+        if created:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise CorruptionError(f"cannot open backend database {path}: {exc}") from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise CorruptionError(f"backend database {path} has schema version {version}, "
+                                      f"this securekv understands {SCHEMA_VERSION}")
+            conn.executescript("BEGIN;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CorruptionError(f"backend database {path} is unreadable: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        if created:
+            fsync_dir(os.path.dirname(path))
+        return cls(path, conn)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise UsageError(f"backend {self.path} is closed")
+        return self._conn
+
+    # -- writes ----------------------------------------------------------------------------
+    def commit(self, batch: WriteBatch) -> None:
+        """Apply ``batch`` as one transaction: all of it or (on any error) none of it."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.deletes:
+                conn.executemany("DELETE FROM revision WHERE main=? AND sub=?", batch.deletes)
+            if batch.puts:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO revision(main, sub, key, value, tombstone) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(r.main, r.sub, bytes(r.key), bytes(r.value), int(r.tombstone))
+                     for r in batch.puts])
+            if batch.lease_deletes:
+                conn.executemany("DELETE FROM lease WHERE id=?", [(i,) for i in batch.lease_deletes])
+            if batch.lease_puts:
+                conn.executemany("INSERT OR REPLACE INTO lease(id, ttl, data) VALUES (?, ?, ?)",
+                                 [(x.id, x.ttl, bytes(x.data)) for x in batch.lease_puts])
+            if batch.item_deletes:
+                conn.executemany("DELETE FROM item WHERE bucket=? AND key=?",
+                                 [(b, bytes(k)) for b, k in batch.item_deletes])
+            if batch.item_puts:
+                conn.executemany("INSERT OR REPLACE INTO item(bucket, key, value) VALUES (?, ?, ?)",
+                                 [(b, bytes(k), bytes(v)) for b, k, v in batch.item_puts])
+            meta = dict(batch.meta)
+            if batch.consistent_index is not None:
+                meta[CONSISTENT_INDEX] = batch.consistent_index
+            for name, value in meta.items():
+                if not isinstance(value, (int, bytes)) or isinstance(value, bool):
+                    raise UsageError(f"meta value for {name!r} must be int or bytes, "
+                                     f"not {type(value).__name__}")
+            if meta:
+                conn.executemany("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
+                                 list(meta.items()))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # sqlite may already have rolled back (e.g. disk full)
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[WriteBatch]:
+        """Collect changes; commit them in one transaction when the block exits normally."""
+        wb = WriteBatch()
+        yield wb
+        self.commit(wb)
+
+    def sync(self) -> None:
+        """Make every committed transaction durable (checkpoint the sqlite WAL, with fsyncs)."""
+        busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        if busy:
+            raise UsageError(f"backend {self.path}: checkpoint blocked by another connection")
+
+    # -- reads -----------------------------------------------------------------------------
+    def iter_revisions(self, min_main: int = 0) -> Iterator[Revision]:
+        """All revisions with ``main >= min_main`` in (main, sub) order, streamed."""
+        cur = self.conn.execute(
+            "SELECT main, sub, key, value, tombstone FROM revision WHERE main >= ? "
+            "ORDER BY main, sub", (min_main,))
+        for main, sub, key, value, tomb in cur:
+            yield Revision(main, sub, key, value, bool(tomb))
+
+    def iter_leases(self) -> Iterator[Lease]:
+        for lid, ttl, data in self.conn.execute("SELECT id, ttl, data FROM lease ORDER BY id"):
+            yield Lease(lid, ttl, data)
+
+    def iter_items(self, bucket: str) -> Iterator[tuple[bytes, bytes]]:
+        cur = self.conn.execute("SELECT key, value FROM item WHERE bucket=? ORDER BY key",
+                                (bucket,))
+        yield from cur
+
+    def get_meta(self, name: str, default: MetaValue | None = None) -> MetaValue | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    def consistent_index(self) -> int:
+        value = self.get_meta(CONSISTENT_INDEX, 0)
+        assert isinstance(value, int)
+        return value
+
+    def revision_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM revision").fetchone()[0])
+
+    # -- maintenance -----------------------------------------------------------------------
+    def _pragma(self, name: str) -> int:
+        return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    def size_bytes(self) -> int:
+        """Allocated size of the database (pages x page size)."""
+        return self._pragma("page_count") * self._pragma("page_size")
+
+    def size_in_use(self) -> int:
+        """Size minus free pages: what a defragment would shrink the file to (about)."""
+        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._pragma("page_size")
+
+    def defragment(self) -> None:
+        """Rewrite the database without free pages (VACUUM), then make it durable."""
+        self.conn.execute("VACUUM")
+        self.sync()
+
+    def backup_to(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent point-in-time copy to ``path`` (temp + fsync + rename)."""
+        path = os.path.abspath(os.fspath(path))
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            dest = sqlite3.connect(tmp)
+            try:
+                self.conn.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dest.close()
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(os.path.dirname(path))
+
+    @staticmethod
+    def restore(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+        """Replace the (closed) database at ``path`` by the copy ``source`` atomically.
+
+        For installing a snapshot received from a leader or `snapshot restore`. ``source`` is
+        checked (sqlite integrity, our schema) before anything at ``path`` changes.
+        """
+        source, path = os.fspath(source), os.path.abspath(os.fspath(path))
+        try:
+            check = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+            try:
+                ok = check.execute("PRAGMA quick_check").fetchone()[0]
+                version = check.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master")}
+            finally:
+                check.close()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptionError(f"snapshot database {source} is unreadable: {exc}") from None
+        if ok != "ok" or version != SCHEMA_VERSION or not {"revision", "meta"} <= tables:
+            raise CorruptionError(f"snapshot database {source} failed its check "
+                                  f"(integrity {ok!r}, schema version {version})")
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        with open(source, "rb") as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for suffix in ("-wal", "-shm"):  # the old database's sqlite WAL must not be replayed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path))
+
+    def snapshot_bytes(self) -> bytes:
+        """The whole database as one consistent byte string (for small stores and tests)."""
+        return self.conn.serialize()
+
+    def content_hash(self, skip_meta: tuple[str, ...] = (CONSISTENT_INDEX,)) -> int:
+        """crc32 over every row of every table in key order (meta names in ``skip_meta`` left
+        out: the applied index differs between members holding the same data)."""
+        crc = 0
+        conn = self.conn
+        for table, order in (("revision", "main, sub"), ("lease", "id"),
+                             ("item", "bucket, key"), ("meta", "name")):
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+                if table == "meta" and row[0] in skip_meta:
+                    continue
+                crc = zlib.crc32(repr(row).encode(), crc)
+        return crc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
