@@ -1,0 +1,112 @@
+"""``securekv serve``: run one member with etcd's flag names (flags > env > config file)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+import click
+
+from securekv.config.options import BOOL, OPTIONS
+
+
+def _options(fn):
+    for option in reversed(OPTIONS):
+        decl = f"--{option.flag}"
+        env_help = f" [env SECUREKV_{option.env_suffix} / ETCD_{option.env_suffix}]"
+        if option.kind == BOOL:
+            fn = click.option(decl, option.field, default=None, is_flag=False, flag_value="true",
+                              metavar="[BOOL]", help=option.help + env_help)(fn)
+        else:
+            fn = click.option(decl, option.field, default=None, metavar=option.kind.upper(),
+                              help=option.help + env_help)(fn)
+    return fn
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--config-file", default=None, help="YAML file with etcd's config-file keys [env ETCD_CONFIG_FILE].")
+@_options
+def cli(config_file: str | None, **flags: object) -> None:
+    """Run a securekv member: etcd's v3 API over mutual TLS.
+
+    With no arguments: data in ./default.securekv, https://127.0.0.1:2379, a local CA plus
+    server and client certificates created under the data dir, client certificates required.
+    """
+    from securekv.config import resolve
+    from securekv.errors import CorruptionError, UsageError
+
+    try:
+        config = resolve(flags, os.environ, config_file)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    _setup_logging(config.log_level)
+    if config.insecure_allow_plaintext:
+        logging.getLogger("securekv").warning(
+            "!!! --insecure-allow-plaintext is set: http:// listeners carry data and credentials "
+            "UNENCRYPTED and UNAUTHENTICATED. Never use this outside a test. !!!"
+        )
+    try:
+        import trio
+
+        trio.run(_main, config)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    except CorruptionError as exc:
+        click.echo(f"Error: data corruption: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _main(config) -> None:
+    import trio
+
+    from securekv.server.run import serve
+
+    def announce(started) -> None:
+        lines = [f"securekv: member {started.member_id:x} (cluster {started.cluster_id:x}) serving clients on "
+                 + ", ".join(started.client_urls)]
+        if started.metrics_urls:
+            lines.append("securekv: metrics on " + ", ".join(started.metrics_urls))
+        text = "\n".join(lines) + "\n"
+        if started.embedded is not None:
+            text += connect_hint(started, config.data_dir)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, config, announce=announce))
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("securekv").info("received %s, shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def _setup_logging(level: str) -> None:
+    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+               "warning": logging.WARNING, "error": logging.ERROR}[level]
+    logging.basicConfig(level=numeric, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def connect_hint(started, data_dir: str) -> str:
+    """The exact command lines to reach an embedded-default member."""
+    local = started.embedded
+    endpoint = started.client_urls[0]
+    ca, (cert, key) = Path(local.ca_path).resolve(), [Path(p).resolve() for p in local.clients["root"]]
+    tls = f"--endpoints {endpoint} --cacert {ca} --cert {cert} --key {key}"
+    return (
+        f"securekv: embedded default: local CA and certificates in {Path(data_dir).resolve() / 'pki'}\n"
+        f"securekv: client certificates are required; connect as the local operator (CN root) with:\n"
+        f"  ETCDCTL_API=3 etcdctl {tls} endpoint health\n"
+        f"  securekv ctl {tls} endpoint health\n"
+    )

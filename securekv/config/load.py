@@ -1,0 +1,278 @@
+"""Resolve the configuration from flags > environment > YAML file > defaults, then validate.
+
+Precedence (documented in docs/server.md): a flag given on the command line wins; else
+``SECUREKV_<FLAG>``; else etcd's ``ETCD_<FLAG>`` (so an existing ``/etc/default/etcd`` works);
+else the YAML file named by ``--config-file`` (etcd's keys, TLS nested under
+``client-transport-security``/``peer-transport-security``); else the default. Unlike etcd 3.4,
+a config file does not silently disable flags and env: merging is less surprising.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from securekv.config.model import URL, Config, parse_url
+from securekv.config.options import BOOL, FLOAT, INT, LIST, OPTIONS, STR, Option
+from securekv.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on", "t", "y"}
+_FALSE = {"0", "false", "no", "off", "f", "n", ""}
+
+
+def _convert(option: Option, value: Any, source: str) -> Any:
+    where = f"{option.flag} (from {source})"
+    kind = option.kind
+    if kind == BOOL:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise UsageError(f"invalid boolean {value!r} for {where}")
+    if kind == INT:
+        if isinstance(value, bool):
+            raise UsageError(f"invalid integer {value!r} for {where}")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise UsageError(f"invalid integer {value!r} for {where}") from None
+    if kind == FLOAT:
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise UsageError(f"invalid number {value!r} for {where}") from None
+    if kind == LIST:
+        if isinstance(value, (list, tuple)):
+            items = [str(v).strip() for v in value]
+        else:
+            items = [v.strip() for v in str(value).split(",")]
+        return [v for v in items if v]
+    if kind == STR:
+        if isinstance(value, (dict, list)):
+            raise UsageError(f"invalid value for {where}: expected a string")
+        return "" if value is None else str(value)
+    raise AssertionError(kind)
+
+
+def env_value(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(value, variable name) from SECUREKV_<FLAG> or ETCD_<FLAG>, SECUREKV_ first."""
+    for prefix in ("SECUREKV_", "ETCD_"):
+        name = prefix + option.env_suffix
+        if name in environ:
+            return environ[name], name
+    return None
+
+
+def config_file_from_env(environ: Mapping[str, str]) -> str | None:
+    for name in ("SECUREKV_CONFIG_FILE", "ETCD_CONFIG_FILE"):
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must be a YAML mapping of etcd option names")
+    return data
+
+
+def _yaml_lookup(data: Mapping[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _known_yaml_keys() -> set[str]:
+    keys = set()
+    for option in OPTIONS:
+        keys.add(option.yaml_path[0])
+    return keys
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: str | None = None,
+) -> Config:
+    """Merge the sources. ``flags`` maps field names to values given on the command line only."""
+    file_data: dict[str, Any] = {}
+    config_file = config_file or config_file_from_env(environ)
+    if config_file:
+        file_data = read_yaml(config_file)
+        unknown = sorted(k for k in file_data if k not in _known_yaml_keys())
+        for key in unknown:
+            log.warning("config file %s: ignoring unknown or unsupported key %r", config_file, key)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        if flags.get(option.field) is not None:
+            values[option.field] = _convert(option, flags[option.field], f"--{option.flag}")
+            sources[option.field] = "flag"
+            continue
+        from_env = env_value(option, environ)
+        if from_env is not None:
+            values[option.field] = _convert(option, from_env[0], from_env[1])
+            sources[option.field] = "env"
+            continue
+        found, raw = _yaml_lookup(file_data, option.yaml_path)
+        if found and raw is not None:
+            values[option.field] = _convert(option, raw, f"config file key {'.'.join(option.yaml_path)}")
+            sources[option.field] = "file"
+            continue
+        values[option.field] = option.default
+        sources[option.field] = "default"
+    return build(values, sources)
+
+
+def _urls(values: list[str], what: str) -> tuple[URL, ...]:
+    return tuple(parse_url(v, what) for v in values)
+
+
+def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> Config:
+    """Validate merged raw values into a Config; every problem is one clear UsageError."""
+    name = values["name"]
+    if not name:
+        raise UsageError("--name must not be empty")
+    data_dir = values["data_dir"] or f"{name}.securekv"
+    wal_dir = values["wal_dir"] or ""
+    listen_client = _urls(values["listen_client_urls"], "--listen-client-urls")
+    if not listen_client:
+        raise UsageError("--listen-client-urls must name at least one URL")
+    advertise_client = _urls(values["advertise_client_urls"], "--advertise-client-urls") or listen_client
+    listen_peer = _urls(values["listen_peer_urls"], "--listen-peer-urls")
+    adv_peer = _urls(values["initial_advertise_peer_urls"], "--initial-advertise-peer-urls")
+    metrics = _urls(values["listen_metrics_urls"], "--listen-metrics-urls")
+    state = values["initial_cluster_state"]
+    if state not in ("new", "existing"):
+        raise UsageError(f"--initial-cluster-state must be 'new' or 'existing', not {state!r}")
+    cluster = _parse_initial_cluster(values["initial_cluster"], name, adv_peer)
+    insecure = bool(values["insecure_allow_plaintext"])
+    plaintext = [str(u) for u in (*listen_client, *listen_peer) if not u.is_tls]
+    if plaintext and not insecure:
+        raise UsageError(
+            "refusing plaintext listener(s) "
+            + ", ".join(plaintext)
+            + ": securekv serves clients and peers over TLS only. Use https:// URLs, or pass "
+            "--insecure-allow-plaintext if you really want unencrypted, unauthenticated traffic"
+        )
+    for url in metrics:
+        if not url.is_tls and not url.is_loopback and not insecure:
+            raise UsageError(
+                f"refusing plaintext metrics listener {url}: http:// is only allowed on loopback "
+                "(use https://, a loopback address, or --insecure-allow-plaintext)"
+            )
+    for field in ("max_request_bytes", "max_txn_ops", "heartbeat_interval", "election_timeout", "snapshot_count"):
+        if values[field] <= 0:
+            raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
+    if values["quota_backend_bytes"] < 0:
+        raise UsageError("--quota-backend-bytes must not be negative")
+    if values["election_timeout"] < 5 * values["heartbeat_interval"]:
+        raise UsageError(
+            f"--election-timeout[{values['election_timeout']}ms] should be at least 5 times "
+            f"--heartbeat-interval[{values['heartbeat_interval']}ms]"
+        )
+    if values["log_level"] not in ("debug", "info", "warn", "warning", "error"):
+        raise UsageError(f"--log-level must be debug, info, warn or error, not {values['log_level']!r}")
+    if values["tls_handshake_timeout"] <= 0:
+        raise UsageError("--tls-handshake-timeout must be positive")
+    if values["self_signed_cert_validity"] <= 0:
+        raise UsageError("--self-signed-cert-validity must be positive")
+    cert, key = values["cert_file"], values["key_file"]
+    if bool(cert) != bool(key):
+        raise UsageError("--cert-file and --key-file must be given together")
+    if values["auto_tls"] and cert:
+        raise UsageError("--auto-tls and --cert-file/--key-file are mutually exclusive")
+    if values["trusted_ca_file"] and not cert and not values["auto_tls"]:
+        raise UsageError("--trusted-ca-file needs --cert-file/--key-file (or --auto-tls) for the server side")
+    if values["client_crl_file"] and cert and not values["trusted_ca_file"]:
+        raise UsageError("--client-crl-file needs --trusted-ca-file")
+    if values["client_cert_auth"] and cert and not values["trusted_ca_file"]:
+        raise UsageError("--client-cert-auth needs --trusted-ca-file to verify client certificates")
+    for field in ("cert_file", "key_file", "trusted_ca_file", "client_crl_file"):
+        path = values[field]
+        if path and not Path(path).is_file():
+            raise UsageError(f"--{field.replace('_', '-')} {path}: no such file")
+    if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
+        raise UsageError("--peer-cert-file and --peer-key-file must be given together")
+    return Config(
+        name=name,
+        data_dir=data_dir,
+        wal_dir=wal_dir,
+        listen_client_urls=listen_client,
+        advertise_client_urls=advertise_client,
+        listen_peer_urls=listen_peer,
+        initial_advertise_peer_urls=adv_peer,
+        initial_cluster=cluster,
+        initial_cluster_state=state,
+        initial_cluster_token=values["initial_cluster_token"],
+        listen_metrics_urls=metrics,
+        client_cert_auth=bool(values["client_cert_auth"]),
+        trusted_ca_file=values["trusted_ca_file"],
+        cert_file=cert,
+        key_file=key,
+        client_crl_file=values["client_crl_file"],
+        auto_tls=bool(values["auto_tls"]),
+        peer_client_cert_auth=bool(values["peer_client_cert_auth"]),
+        peer_trusted_ca_file=values["peer_trusted_ca_file"],
+        peer_cert_file=values["peer_cert_file"],
+        peer_key_file=values["peer_key_file"],
+        peer_crl_file=values["peer_crl_file"],
+        peer_auto_tls=bool(values["peer_auto_tls"]),
+        self_signed_cert_validity=values["self_signed_cert_validity"],
+        snapshot_count=values["snapshot_count"],
+        quota_backend_bytes=values["quota_backend_bytes"],
+        max_request_bytes=values["max_request_bytes"],
+        max_txn_ops=values["max_txn_ops"],
+        heartbeat_interval=values["heartbeat_interval"],
+        election_timeout=values["election_timeout"],
+        log_level=values["log_level"],
+        tls_handshake_timeout=values["tls_handshake_timeout"],
+        insecure_allow_plaintext=insecure,
+        sources=dict(sources or {}),
+    )
+
+
+def _parse_initial_cluster(text: str, name: str, adv_peer: tuple[URL, ...]) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return tuple((name, str(u)) for u in adv_peer)
+    pairs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        member, sep, url = item.partition("=")
+        if not sep or not member or not url:
+            raise UsageError(f"invalid --initial-cluster entry {item!r}: expected name=peerURL")
+        parse_url(url, "--initial-cluster")
+        pairs.append((member, url.strip()))
+    mine = {u for m, u in pairs if m == name}
+    if not mine:
+        raise UsageError(f"--initial-cluster has no entry for this member's --name {name!r}")
+    advertised = {str(u) for u in adv_peer}
+    if mine != advertised and {parse_url(u, "x") for u in mine} != set(adv_peer):
+        raise UsageError(
+            f"--initial-cluster entries for {name!r} ({', '.join(sorted(mine))}) do not match "
+            f"--initial-advertise-peer-urls ({', '.join(sorted(advertised))})"
+        )
+    return tuple(pairs)

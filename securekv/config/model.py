@@ -1,0 +1,107 @@
+"""The resolved, validated member configuration (frozen: nothing changes it after start-up)."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+import attrs
+
+from securekv.errors import UsageError
+
+
+@attrs.frozen
+class URL:
+    """A listen/advertise URL reduced to what we use: scheme, host, port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def is_tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_url(text: str, what: str) -> URL:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https", "unix", "unixs") or not parts.hostname:
+        raise UsageError(f"invalid {what} URL {text!r}: expected http(s)://host:port")
+    if parts.scheme in ("unix", "unixs"):
+        raise UsageError(f"{what} URL {text!r}: unix sockets are not supported")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"invalid {what} URL {text!r}: bad port") from None
+    if port is None:
+        raise UsageError(f"invalid {what} URL {text!r}: a port is required")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise UsageError(f"invalid {what} URL {text!r}: URLs must not have a path or query")
+    return URL(parts.scheme, parts.hostname, port)
+
+
+@attrs.frozen
+class Config:
+    name: str
+    data_dir: str
+    wal_dir: str
+    listen_client_urls: tuple[URL, ...]
+    advertise_client_urls: tuple[URL, ...]
+    listen_peer_urls: tuple[URL, ...]
+    initial_advertise_peer_urls: tuple[URL, ...]
+    initial_cluster: tuple[tuple[str, str], ...]  # (name, peer URL) pairs in the order given
+    initial_cluster_state: str
+    initial_cluster_token: str
+    listen_metrics_urls: tuple[URL, ...]
+    client_cert_auth: bool
+    trusted_ca_file: str
+    cert_file: str
+    key_file: str
+    client_crl_file: str
+    auto_tls: bool
+    peer_client_cert_auth: bool
+    peer_trusted_ca_file: str
+    peer_cert_file: str
+    peer_key_file: str
+    peer_crl_file: str
+    peer_auto_tls: bool
+    self_signed_cert_validity: int
+    snapshot_count: int
+    quota_backend_bytes: int
+    max_request_bytes: int
+    max_txn_ops: int
+    heartbeat_interval: int
+    election_timeout: int
+    log_level: str
+    tls_handshake_timeout: float
+    insecure_allow_plaintext: bool
+    # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
+    sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @property
+    def embedded_pki(self) -> bool:
+        """No certificate material given: run the embedded default (local CA under the data dir)."""
+        return (
+            any(u.is_tls for u in self.listen_client_urls)
+            and not self.auto_tls
+            and not self.cert_file
+            and not self.key_file
+            and not self.trusted_ca_file
+        )
+
+    @property
+    def effective_quota_bytes(self) -> int:
+        return self.quota_backend_bytes if self.quota_backend_bytes > 0 else 2 * 1024**3

@@ -1,0 +1,1 @@
+"""trio runtime: node loop, listeners, timers."""

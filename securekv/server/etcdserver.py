@@ -1,0 +1,623 @@
+"""The member's request handling on the trio side: etcd's v3 semantics over the node.
+
+Each public coroutine takes a request message and the authenticated Caller and returns the
+response message (or raises EtcdError). Reads are served from the in-memory store in the trio
+thread: every acknowledged write was applied before it was acknowledged, so a read here sees
+all of them (linearizable on one member; the cluster issue adds ReadIndex). Writes are proposed
+to the node as InternalRaftRequest entries carrying the caller's identity.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from securekv.api.auth_gate import Caller
+from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
+from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_SPACE, EtcdError, err
+
+log = logging.getLogger(__name__)
+
+VERSION = "3.4.23"
+CLUSTER_VERSION = "3.4.0"
+SNAPSHOT_CHUNK = 32 * 1024
+LOCK_SESSION_TTL = 60
+ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
+ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
+
+
+def prefix_end(key: bytes) -> bytes:
+    end = bytearray(key)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+class EtcdServer:
+    def __init__(
+        self,
+        *,
+        node: Any,
+        store: Any,
+        lessor: Any,
+        applier: Any,
+        hub: Any,
+        backend: Any,
+        cluster_id: int,
+        member_id: int,
+        name: str,
+        peer_urls: list[str],
+        client_urls: list[str],
+        max_txn_ops: int,
+        snapshot_dir: str = ".",
+        clock: Any = trio.current_time,
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.lessor = lessor
+        self.applier = applier
+        self.hub = hub
+        self.backend = backend
+        self.cluster_id = cluster_id
+        self.member_id = member_id
+        self.name = name
+        self.peer_urls = peer_urls
+        self.client_urls = client_urls
+        self.max_txn_ops = max_txn_ops
+        self.snapshot_dir = snapshot_dir
+        self._snapshots = 0
+        self.clock = clock
+        self.rng = random.SystemRandom()
+        self._changed = trio.Event()  # set (and replaced) whenever the store's revision moves
+        self._watch_wakeups: dict[int, "WatchSession"] = {}
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.node.term
+
+    def header(self, header: rpc_pb2.ResponseHeader, revision: int | None = None) -> None:
+        header.cluster_id = self.cluster_id
+        header.member_id = self.member_id
+        header.raft_term = self.term
+        if revision is not None:
+            header.revision = revision
+
+    def fill(self, response: Any, revision: int | None = None) -> Any:
+        """Top-level header fields; keeps the store's revision unless one is given."""
+        rev = revision if revision is not None else (response.header.revision or self.store.current_revision)
+        self.header(response.header, rev)
+        return response
+
+    def on_applied(self) -> None:
+        """Called by the node after each batch: wake revision waiters (lock, election)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def watch_wakeup(self, stream_id: int) -> None:
+        session = self._watch_wakeups.get(stream_id)
+        if session is not None:
+            session.wakeup.set()
+
+    def _request(self, caller: Caller, **fields: Any) -> raft_internal_pb2.InternalRaftRequest:
+        req = raft_internal_pb2.InternalRaftRequest(**fields)
+        req.header.username = caller.username
+        return req
+
+    def _check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
+        """With NOSPACE raised, refuse writes before they reach the log (etcd's quota check).
+
+        The first write over the quota still goes through the log: the applier refuses it and
+        raises the NOSPACE alarm deterministically on every member (etcd proposes the alarm).
+        """
+        kind = req.WhichOneof("request")
+        if kind is None or not self.applier.alarms.nospace:
+            return
+        if not self.applier.quota_ok(getattr(req, kind)):
+            raise err(ERR_NO_SPACE)
+
+    async def _propose(self, caller: Caller, **fields: Any) -> Any:
+        req = self._request(caller, **fields)
+        self._check_quota(req)
+        return await self.node.propose(req)
+
+    # -- KV: hot-path callbacks (run in the trio thread without spawning a task) -----------
+
+    def range_cb(self, req: rpc_pb2.RangeRequest, caller: Caller, reply: Any) -> None:
+        from securekv.mvcc import validate_range
+
+        validate_range(req)
+        reply(self.fill(self.store.range(req), self.store.current_revision), None)
+
+    def _write_cb(self, caller: Caller, field: str, req: Any, reply: Any) -> None:
+        ireq = self._request(caller, **{field: req})
+        self._check_quota(ireq)
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is None and result.error is not None:
+                error = result.error
+            reply(None if error is not None else self.fill(result.response), error)
+
+        self.node.submit(ireq, done)
+
+    def put_cb(self, req: rpc_pb2.PutRequest, caller: Caller, reply: Any) -> None:
+        from securekv.mvcc import validate_put
+
+        validate_put(req)
+        self._write_cb(caller, "put", req, reply)
+
+    def delete_range_cb(self, req: rpc_pb2.DeleteRangeRequest, caller: Caller, reply: Any) -> None:
+        from securekv.mvcc import validate_delete_range
+
+        validate_delete_range(req)
+        self._write_cb(caller, "delete_range", req, reply)
+
+    def txn_cb(self, req: rpc_pb2.TxnRequest, caller: Caller, reply: Any) -> None:
+        from securekv.mvcc import is_txn_readonly, validate_txn
+
+        validate_txn(req, self.max_txn_ops)
+        if is_txn_readonly(req):
+            reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
+            return
+        self._write_cb(caller, "txn", req, reply)
+
+    # -- KV ----------------------------------------------------------------------------------
+
+    async def range(self, req: rpc_pb2.RangeRequest, caller: Caller) -> rpc_pb2.RangeResponse:
+        from securekv.mvcc import validate_range
+
+        validate_range(req)
+        return self.fill(self.store.range(req), self.store.current_revision)
+
+    async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
+        from securekv.mvcc import validate_put
+
+        validate_put(req)
+        result = await self._propose(caller, put=req)
+        return self.fill(result.response)
+
+    async def delete_range(self, req: rpc_pb2.DeleteRangeRequest, caller: Caller) -> rpc_pb2.DeleteRangeResponse:
+        from securekv.mvcc import validate_delete_range
+
+        validate_delete_range(req)
+        result = await self._propose(caller, delete_range=req)
+        return self.fill(result.response)
+
+    async def txn(self, req: rpc_pb2.TxnRequest, caller: Caller) -> rpc_pb2.TxnResponse:
+        from securekv.mvcc import is_txn_readonly, validate_txn
+
+        validate_txn(req, self.max_txn_ops)
+        if is_txn_readonly(req):
+            return self.fill(self.store.txn_readonly(req), self.store.current_revision)
+        result = await self._propose(caller, txn=req)
+        return self.fill(result.response)
+
+    async def compact(self, req: rpc_pb2.CompactionRequest, caller: Caller) -> rpc_pb2.CompactionResponse:
+        result = await self._propose(caller, compaction=req)
+        response = result.response if result.response is not None else rpc_pb2.CompactionResponse()
+        return self.fill(response, result.revision)
+
+    # -- Lease -------------------------------------------------------------------------------
+
+    async def lease_grant(self, req: rpc_pb2.LeaseGrantRequest, caller: Caller) -> rpc_pb2.LeaseGrantResponse:
+        from securekv.lease import new_lease_id
+
+        grant = rpc_pb2.LeaseGrantRequest()
+        grant.CopyFrom(req)
+        if grant.ID == 0:
+            grant.ID = new_lease_id(self.rng, exists=self.lessor.__contains__)
+        result = await self._propose(caller, lease_grant=grant)
+        return self.fill(result.response, self.store.current_revision)
+
+    async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest, caller: Caller) -> rpc_pb2.LeaseRevokeResponse:
+        result = await self.node.propose(self._request(caller, lease_revoke=req))
+        response = result.response if result.response is not None else rpc_pb2.LeaseRevokeResponse()
+        return self.fill(response, result.revision)
+
+    async def lease_time_to_live(self, req: rpc_pb2.LeaseTimeToLiveRequest, caller: Caller) -> Any:
+        remaining, granted, keys = self.lessor.time_to_live(req.ID, self.clock())
+        resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=remaining, grantedTTL=granted)
+        if req.keys:
+            resp.keys.extend(keys)
+        return self.fill(resp, self.store.current_revision)
+
+    async def lease_leases(self, req: rpc_pb2.LeaseLeasesRequest, caller: Caller) -> rpc_pb2.LeaseLeasesResponse:
+        resp = rpc_pb2.LeaseLeasesResponse()
+        for lease_id in self.lessor.leases():
+            resp.leases.add(ID=lease_id)
+        return self.fill(resp, self.store.current_revision)
+
+    def keepalive(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
+        ttl = self.lessor.renew(lease_id, self.clock())
+        return self.fill(rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl), self.store.current_revision)
+
+    async def open_keepalive(self, _request: Any, caller: Caller) -> "KeepAliveSession":
+        return KeepAliveSession(self)
+
+    async def expire_leases(self) -> None:
+        """Lease ticker: propose a revoke for each expired lease (through the log)."""
+        for lease_id in self.lessor.expired(self.clock(), 1000):
+            req = raft_internal_pb2.InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+            if not self.node.propose_nowait(req):
+                break
+
+    # -- Watch -------------------------------------------------------------------------------
+
+    async def open_watch(self, _request: Any, caller: Caller) -> "WatchSession":
+        session = WatchSession(self, caller)
+        self._watch_wakeups[session.stream.id] = session
+        return session
+
+    # -- Cluster -----------------------------------------------------------------------------
+
+    def member(self) -> rpc_pb2.Member:
+        return rpc_pb2.Member(ID=self.member_id, name=self.name, peerURLs=self.peer_urls, clientURLs=self.client_urls)
+
+    async def member_list(self, req: Any, caller: Caller) -> rpc_pb2.MemberListResponse:
+        resp = rpc_pb2.MemberListResponse(members=[self.member()])
+        self.header(resp.header)
+        return resp
+
+    # -- Maintenance -------------------------------------------------------------------------
+
+    def alarm_errors(self) -> list[str]:
+        out = []
+        for a in self.applier.alarms.list():
+            name = rpc_pb2.AlarmType.Name(a.alarm)
+            out.append(f"memberID:{a.memberID} alarm:{name} " if a.memberID else f"alarm:{name} ")
+        return out
+
+    async def status(self, req: Any, caller: Caller) -> rpc_pb2.StatusResponse:
+        size, in_use = await self.node.backend_call(_sizes, self.backend)
+        resp = rpc_pb2.StatusResponse(
+            version=VERSION,
+            dbSize=size,
+            dbSizeInUse=in_use,
+            leader=self.member_id,
+            raftIndex=self.node.last_index,
+            raftTerm=self.term,
+            raftAppliedIndex=self.applier.applied_index,
+            errors=self.alarm_errors(),
+        )
+        return self.fill(resp, self.store.current_revision)
+
+    async def hash(self, req: Any, caller: Caller) -> rpc_pb2.HashResponse:
+        value = await self.node.backend_call(self.backend.content_hash)
+        return self.fill(rpc_pb2.HashResponse(hash=value & 0xFFFFFFFF), self.store.current_revision)
+
+    async def hash_kv(self, req: rpc_pb2.HashKVRequest, caller: Caller) -> rpc_pb2.HashKVResponse:
+        value, compact = self.store.hash_kv(req.revision)
+        return self.fill(rpc_pb2.HashKVResponse(hash=value, compact_revision=compact), self.store.current_revision)
+
+    async def alarm(self, req: rpc_pb2.AlarmRequest, caller: Caller) -> rpc_pb2.AlarmResponse:
+        if req.action == rpc_pb2.AlarmRequest.GET or (
+            req.action == rpc_pb2.AlarmRequest.ACTIVATE and req.alarm == rpc_pb2.NONE
+        ):
+            resp = rpc_pb2.AlarmResponse(alarms=self.applier.alarms.list(req.alarm))
+        else:
+            result = await self.node.propose(self._request(caller, alarm=req))
+            resp = result.response if result.response is not None else rpc_pb2.AlarmResponse()
+        return self.fill(resp, self.store.current_revision)
+
+    async def defragment(self, req: Any, caller: Caller) -> rpc_pb2.DefragmentResponse:
+        await self.node.backend_call(self.backend.defragment)
+        return rpc_pb2.DefragmentResponse()
+
+    async def move_leader(self, req: rpc_pb2.MoveLeaderRequest, caller: Caller) -> rpc_pb2.MoveLeaderResponse:
+        if req.targetID != self.member_id:
+            raise err(ERR_BAD_LEADER_TRANSFEREE)
+        return rpc_pb2.MoveLeaderResponse()
+
+    async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
+        """A consistent copy written to a private temp file, then streamed from it (bounded memory)."""
+        self._snapshots += 1
+        path = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}.db"
+        await self.node.backend_call(self.backend.backup_to, str(path))
+        return SnapshotSession(path)
+
+    async def health_check(self, req: Any, caller: Caller) -> Any:
+        from securekv.proto import health_pb2
+
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def authenticate(self, req: Any, caller: Caller) -> Any:
+        from securekv.rpctypes import ERR_AUTH_NOT_ENABLED
+
+        raise err(ERR_AUTH_NOT_ENABLED)
+
+    async def health(self) -> tuple[bool, str]:
+        if self.node.stopped:
+            return False, "server stopped"
+        if self.applier.alarms.list():
+            return False, "alarm"
+        return True, ""
+
+    # -- v3lock ------------------------------------------------------------------------------
+
+    async def _session_lease(self, lease: int, caller: Caller) -> int:
+        if lease:
+            return lease
+        resp = await self.lease_grant(rpc_pb2.LeaseGrantRequest(TTL=LOCK_SESSION_TTL), caller)
+        return resp.ID
+
+    async def _wait_deletes(self, prefix: bytes, max_create_rev: int) -> None:
+        """Wait until no key under prefix has create_revision <= max_create_rev (etcd's waitDeletes)."""
+        while True:
+            rng = rpc_pb2.RangeRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                limit=1,
+                sort_order=rpc_pb2.RangeRequest.DESCEND,
+                sort_target=rpc_pb2.RangeRequest.CREATE,
+                max_create_revision=max_create_rev,
+            )
+            changed = self._changed
+            if not self.store.range(rng).kvs:
+                return
+            await changed.wait()
+
+    async def _acquire(self, name: bytes, lease: int, value: bytes, caller: Caller) -> tuple[bytes, int, int]:
+        """Create name/<lease> if absent and wait to be the oldest: (key, create_rev, revision)."""
+        prefix = name + b"/"
+        key = prefix + (b"%x" % lease)
+        cmp = rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL, create_revision=0)
+        put = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value, lease=lease))
+        get = rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))
+        txn = rpc_pb2.TxnRequest(compare=[cmp], success=[put], failure=[get])
+        resp = await self.txn(txn, caller)
+        if resp.succeeded:
+            my_rev = resp.header.revision
+        else:
+            kvs = resp.responses[0].response_range.kvs
+            my_rev = kvs[0].create_revision if kvs else resp.header.revision
+            if kvs and kvs[0].value != value:
+                await self.put(rpc_pb2.PutRequest(key=key, value=value, lease=lease), caller)
+        try:
+            await self._wait_deletes(prefix, my_rev - 1)
+        except trio.Cancelled:
+            # The caller gave up: withdraw from the queue (etcd's Mutex.Lock does the same).
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.delete_range(rpc_pb2.DeleteRangeRequest(key=key), caller)
+                except EtcdError:
+                    pass
+            raise
+        return key, my_rev, self.store.current_revision
+
+    async def lock(self, req: v3lock_pb2.LockRequest, caller: Caller) -> v3lock_pb2.LockResponse:
+        lease = await self._session_lease(req.lease, caller)
+        if lease not in self.lessor:
+            from securekv.rpctypes import ERR_LEASE_NOT_FOUND
+
+            raise err(ERR_LEASE_NOT_FOUND)
+        key, _rev, revision = await self._acquire(req.name, lease, b"", caller)
+        resp = v3lock_pb2.LockResponse(key=key)
+        self.header(resp.header, revision)
+        return resp
+
+    async def unlock(self, req: v3lock_pb2.UnlockRequest, caller: Caller) -> v3lock_pb2.UnlockResponse:
+        resp = await self.delete_range(rpc_pb2.DeleteRangeRequest(key=req.key), caller)
+        out = v3lock_pb2.UnlockResponse()
+        self.header(out.header, resp.header.revision)
+        return out
+
+    # -- v3election --------------------------------------------------------------------------
+
+    async def campaign(self, req: v3election_pb2.CampaignRequest, caller: Caller) -> Any:
+        lease = await self._session_lease(req.lease, caller)
+        key, my_rev, revision = await self._acquire(req.name, lease, req.value, caller)
+        resp = v3election_pb2.CampaignResponse(
+            leader=v3election_pb2.LeaderKey(name=req.name, key=key, rev=my_rev, lease=lease)
+        )
+        self.header(resp.header, revision)
+        return resp
+
+    async def proclaim(self, req: v3election_pb2.ProclaimRequest, caller: Caller) -> Any:
+        leader = req.leader
+        cmp = rpc_pb2.Compare(key=leader.key, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL,
+                              create_revision=leader.rev)
+        put = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=leader.key, value=req.value, lease=leader.lease))
+        resp = await self.txn(rpc_pb2.TxnRequest(compare=[cmp], success=[put]), caller)
+        if not resp.succeeded:
+            raise EtcdError(ERR_ELECTION_NOT_LEADER.code, ERR_ELECTION_NOT_LEADER.message)
+        out = v3election_pb2.ProclaimResponse()
+        self.header(out.header, resp.header.revision)
+        return out
+
+    def _leader_kv(self, name: bytes) -> Any | None:
+        prefix = name + b"/"
+        rng = rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=1,
+                                   sort_order=rpc_pb2.RangeRequest.ASCEND, sort_target=rpc_pb2.RangeRequest.CREATE)
+        kvs = self.store.range(rng).kvs
+        return kvs[0] if kvs else None
+
+    async def leader(self, req: v3election_pb2.LeaderRequest, caller: Caller) -> Any:
+        kv = self._leader_kv(req.name)
+        if kv is None:
+            raise EtcdError(ERR_ELECTION_NO_LEADER.code, ERR_ELECTION_NO_LEADER.message)
+        resp = v3election_pb2.LeaderResponse(kv=kv)
+        self.header(resp.header, self.store.current_revision)
+        return resp
+
+    async def resign(self, req: v3election_pb2.ResignRequest, caller: Caller) -> Any:
+        leader = req.leader
+        cmp = rpc_pb2.Compare(key=leader.key, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL,
+                              create_revision=leader.rev)
+        delete = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=leader.key))
+        resp = await self.txn(rpc_pb2.TxnRequest(compare=[cmp], success=[delete]), caller)
+        out = v3election_pb2.ResignResponse()
+        self.header(out.header, resp.header.revision)
+        return out
+
+    async def open_observe(self, req: v3election_pb2.LeaderRequest, caller: Caller) -> "ObserveSession":
+        return ObserveSession(self, req.name)
+
+
+def _sizes(backend: Any) -> tuple[int, int]:
+    return backend.size_bytes(), backend.size_in_use()
+
+
+# -- stream sessions (trio side; the bridge pulls responses with next()) --------------------
+
+
+class WatchSession:
+    def __init__(self, server: EtcdServer, caller: Caller) -> None:
+        self.server = server
+        self.caller = caller
+        self.wakeup = trio.Event()
+        self.stream = server.hub.open_stream()
+        self.pending: collections.deque = collections.deque()
+        self.closed = False
+        self.drained = trio.Event()
+
+    async def handle(self, request: rpc_pb2.WatchRequest) -> None:
+        if self.closed:
+            return
+        self.stream.handle(request)
+        self.wakeup.set()
+        while not self.stream.accepting and not self.closed:
+            self.drained = trio.Event()
+            await self.drained.wait()
+
+    async def half_close(self) -> None:
+        """etcd keeps a watch stream open after the client half-closes."""
+
+    async def next(self) -> Any | None:
+        while not self.pending:
+            if self.closed:
+                return None
+            self.wakeup = trio.Event()
+            batch = self.stream.next_responses(64)
+            self.drained.set()
+            if batch:
+                self.pending.extend(batch)
+                break
+            await self.wakeup.wait()
+        response = self.pending.popleft()
+        self.server.header(response.header)
+        return response
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.server._watch_wakeups.pop(self.stream.id, None)
+        self.stream.close()
+        self.wakeup.set()
+        self.drained.set()
+
+
+class KeepAliveSession:
+    def __init__(self, server: EtcdServer) -> None:
+        self.server = server
+        self.send, self.recv = trio.open_memory_channel[Any](16)
+
+    async def handle(self, request: rpc_pb2.LeaseKeepAliveRequest) -> None:
+        await self.send.send(self.server.keepalive(request.ID))
+
+    async def half_close(self) -> None:
+        self.send.close()
+
+    async def next(self) -> Any | None:
+        try:
+            return await self.recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+
+    def close(self) -> None:
+        self.send.close()
+        self.recv.close()
+
+
+class SnapshotSession:
+    """Streams a snapshot file in 32 KiB chunks, zero-padded to a multiple of 512 bytes, then
+    one final message whose blob is the SHA-256 of everything sent (etcd's format, §8)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+        self.total = self.size + (-self.size) % 512
+        self.sent = 0
+        self.digest = hashlib.sha256()
+        self.done = False
+
+    async def handle(self, request: Any) -> None:  # server-streaming: no requests
+        pass
+
+    async def half_close(self) -> None:
+        pass
+
+    def _read(self, offset: int, length: int) -> bytes:
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    async def next(self) -> Any | None:
+        if self.done:
+            return None
+        if self.sent < self.total:
+            want = min(SNAPSHOT_CHUNK, self.total - self.sent)
+            chunk = b""
+            if self.sent < self.size:
+                chunk = await trio.to_thread.run_sync(self._read, self.sent, min(want, self.size - self.sent))
+            chunk += b"\0" * (want - len(chunk))
+            self.digest.update(chunk)
+            self.sent += len(chunk)
+            return rpc_pb2.SnapshotResponse(remaining_bytes=self.total - self.sent, blob=chunk)
+        self.close()
+        return rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=self.digest.digest())
+
+    def close(self) -> None:
+        self.done = True
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class ObserveSession:
+    def __init__(self, server: EtcdServer, name: bytes) -> None:
+        self.server = server
+        self.name = name
+        self.last: tuple[bytes, int] | None = None
+        self.closed = False
+        self.cancel = trio.Event()
+
+    async def handle(self, request: Any) -> None:
+        pass
+
+    async def half_close(self) -> None:
+        pass
+
+    async def next(self) -> Any | None:
+        while not self.closed:
+            changed = self.server._changed
+            kv = self.server._leader_kv(self.name)
+            if kv is not None and (kv.key, kv.mod_revision) != self.last:
+                self.last = (kv.key, kv.mod_revision)
+                resp = v3election_pb2.LeaderResponse(kv=kv)
+                self.server.header(resp.header, self.server.store.current_revision)
+                return resp
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                await changed.wait()
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        scope = getattr(self, "_scope", None)
+        if scope is not None:
+            scope.cancel()
+
+
+__all__ = ["EtcdServer", "VERSION", "CLUSTER_VERSION", "prefix_end"]

@@ -1,0 +1,97 @@
+"""Translate between the applier's results and the storage backend's rows (both directions)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Iterable
+
+from securekv.proto import rpc_pb2
+
+_REMAINING = struct.Struct("<q")
+
+
+def encode_lease_data(remaining_ttl: int) -> bytes:
+    return _REMAINING.pack(remaining_ttl)
+
+
+def decode_lease_data(data: bytes) -> int:
+    if len(data) != _REMAINING.size:
+        return 0
+    return _REMAINING.unpack(data)[0]
+
+
+def encode_alarms(alarms: Iterable[Any]) -> bytes:
+    resp = rpc_pb2.AlarmResponse()
+    for a in alarms:
+        resp.alarms.add(memberID=a.memberID, alarm=a.alarm)
+    return resp.SerializeToString()
+
+
+def decode_alarms(data: bytes | None) -> list[Any]:
+    if not data:
+        return []
+    resp = rpc_pb2.AlarmResponse()
+    resp.ParseFromString(bytes(data))
+    return list(resp.alarms)
+
+
+class _Acc:
+    def __init__(self) -> None:
+        self.puts: list[Any] = []
+        self.deletes: list[tuple[int, int]] = []
+        self.leases: dict[int, Any] = {}  # id -> LeaseRow | None (deleted)
+        self.meta: dict[str, Any] = {}
+        self.index = 0
+
+    def empty(self) -> bool:
+        return not (self.puts or self.deletes or self.leases or self.meta)
+
+
+def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
+    """One WriteBatch for a whole node batch, split only around compactions.
+
+    A compaction's row deletions may hit rows put earlier in the same batch, so whatever came
+    before it is committed first; every batch carries the applied index it reaches.
+    """
+    from securekv.storage import Lease, Revision, WriteBatch
+
+    out: list[Any] = []
+    acc = _Acc()
+
+    def flush(index: int) -> None:
+        nonlocal acc
+        out.append(
+            WriteBatch(
+                puts=[Revision(*r) for r in acc.puts],
+                deletes=list(acc.deletes),
+                lease_puts=[Lease(r.id, r.ttl, data=encode_lease_data(r.remaining_ttl))
+                            for r in acc.leases.values() if r is not None],
+                lease_deletes=[i for i, r in acc.leases.items() if r is None],
+                meta=dict(acc.meta),
+                consistent_index=index,
+            )
+        )
+        acc = _Acc()
+
+    for r in results:
+        kv = getattr(r, "kv", None)
+        compacting = kv is not None and bool(kv.deletes)
+        if compacting and not acc.empty():
+            flush(r.index - 1)
+        if kv is not None:
+            acc.puts.extend(kv.puts)
+            acc.deletes.extend(kv.deletes)
+            if kv.compact_revision is not None:
+                acc.meta["compact_revision"] = kv.compact_revision
+        for row in getattr(r, "lease_puts", ()) or ():
+            acc.leases[row.id] = row
+        for lease_id in getattr(r, "lease_deletes", ()) or ():
+            acc.leases[lease_id] = None
+        alarms = getattr(r, "alarms", None)
+        if alarms is not None:
+            acc.meta["alarms"] = encode_alarms(alarms)
+        if compacting:
+            flush(r.index)
+    if not acc.empty() or not out or out[-1].consistent_index != last_index:
+        flush(last_index)
+    return out
