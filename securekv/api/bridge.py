@@ -8,6 +8,7 @@ own channel), while a trio task reads the request iterator through ``trio.to_thr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -48,6 +49,27 @@ class Bridge:
         self.gate.authorize(caller, method, request)
         return caller
 
+    @contextlib.contextmanager
+    def _outcome(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+        """Map what the call raised to etcd's gRPC status and record the call's metrics."""
+        start = time.monotonic()
+        code = "OK"
+        try:
+            yield
+        except EtcdError as exc:
+            code = exc.code
+            context.abort(status_code(exc.code), exc.message)
+        except trio.RunFinishedError:
+            code = "UNAVAILABLE"
+            context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
+        except Exception as exc:  # a bug or an unsupported request: etcd sends these as Unknown
+            code = "UNKNOWN"
+            log.exception("%s failed", method)
+            context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(method, code, time.monotonic() - start)
+
     def unary(
         self,
         context: grpc.ServicerContext,
@@ -55,9 +77,7 @@ class Bridge:
         fn: Callable[[Any, Caller], Awaitable[Any]],
         request: Any,
     ) -> Any:
-        start = time.monotonic()
-        code = "OK"
-        try:
+        with self._outcome(context, method):
             caller = self.caller(context, method, request)
             scopes: list[trio.CancelScope] = []
 
@@ -75,19 +95,6 @@ class Bridge:
 
             context.add_callback(on_done)
             return trio.from_thread.run(run, trio_token=self.token)
-        except EtcdError as exc:
-            code = exc.code
-            context.abort(status_code(exc.code), exc.message)
-        except trio.RunFinishedError:
-            code = "UNAVAILABLE"
-            context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
-        except Exception as exc:  # a bug or an unsupported request: etcd sends these as Unknown
-            code = "UNKNOWN"
-            log.exception("%s failed", method)
-            context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-        finally:
-            if self.metrics is not None:
-                self.metrics.observe(method, code, time.monotonic() - start)
 
     def unary_cb(
         self,
@@ -98,9 +105,7 @@ class Bridge:
     ) -> Any:
         """Hot path: ``fn(request, caller, reply)`` runs as a plain callback in the trio thread
         (no task is spawned) and calls ``reply(response, error)`` once, now or later."""
-        start = time.monotonic()
-        code = "OK"
-        try:
+        with self._outcome(context, method):
             caller = self.caller(context, method, request)
             waiter = _ThreadWaiter()
 
@@ -115,19 +120,6 @@ class Bridge:
             if error is not None:
                 raise error
             return response
-        except EtcdError as exc:
-            code = exc.code
-            context.abort(status_code(exc.code), exc.message)
-        except trio.RunFinishedError:
-            code = "UNAVAILABLE"
-            context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
-        except Exception as exc:  # a bug or an unsupported request: etcd sends these as Unknown
-            code = "UNKNOWN"
-            log.exception("%s failed", method)
-            context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-        finally:
-            if self.metrics is not None:
-                self.metrics.observe(method, code, time.monotonic() - start)
 
     def stream(
         self,
@@ -138,9 +130,7 @@ class Bridge:
         bidi: bool,
     ) -> Iterator[Any]:
         """Generator for grpc: yields the session's responses until it ends or the client leaves."""
-        start = time.monotonic()
-        code = "OK"
-        try:
+        with self._outcome(context, method):
             caller = self.caller(context, method, None)
             session = trio.from_thread.run(open_session, None if bidi else request_or_iterator, caller,
                                            trio_token=self.token)
@@ -164,19 +154,6 @@ class Bridge:
                 if response is None:
                     break
                 yield response
-        except EtcdError as exc:
-            code = exc.code
-            context.abort(status_code(exc.code), exc.message)
-        except trio.RunFinishedError:
-            code = "UNAVAILABLE"
-            context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")
-        except Exception as exc:  # a bug or an unsupported request: etcd sends these as Unknown
-            code = "UNKNOWN"
-            log.exception("%s failed", method)
-            context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-        finally:
-            if self.metrics is not None:
-                self.metrics.observe(method, code, time.monotonic() - start)
 
 
 class _ThreadWaiter:
