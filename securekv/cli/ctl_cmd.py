@@ -25,7 +25,8 @@ EXIT_BAD_ARGS = 128
 
 # flag -> takes a value. Hoisted to the front so they work anywhere on the line.
 GLOBAL_FLAGS = {"--endpoints": True, "--cacert": True, "--cert": True, "--key": True, "--dial-timeout": True,
-                "--command-timeout": True, "--write-out": True, "-w": True, "--hex": False}
+                "--command-timeout": True, "--write-out": True, "-w": True, "--hex": False,
+                "--user": True, "--password": True}
 
 
 class Die(Exception):
@@ -116,7 +117,8 @@ class Ctl:
 
     def __init__(self, endpoints: str, cacert: str | None, cert: str | None, key: str | None,
                  dial_timeout: float, command_timeout: float, command_timeout_set: bool, write_out: str,
-                 is_hex: bool) -> None:
+                 is_hex: bool, user: str | None = None, password: str | None = None) -> None:
+        self.user, self.password = user, password
         self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.cacert, self.cert, self.key = cacert, cert, key
         self.dial_timeout = dial_timeout
@@ -135,12 +137,24 @@ class Ctl:
         try:
             c = Client(endpoints or self.endpoints, cacert=self.cacert, cert=self.cert, key=self.key,
                        timeout=self.command_timeout if timeout == -1.0 else timeout,
-                       dial_timeout=self.dial_timeout)
+                       dial_timeout=self.dial_timeout, user=self.user, password=self.password)
         except UsageError as exc:
             die(EXIT_BAD_ARGS, exc)
+        if self.user:
+            self._authenticate(c)
         if endpoints is None and timeout == -1.0:
             self._client = c
         return c
+
+    @staticmethod
+    def _authenticate(c) -> None:
+        """clientv3.New gets the token while dialing; a failure there is etcdctl's exit 2."""
+        from securekv.client.errors import ClientError
+
+        try:
+            c.authenticate()
+        except ClientError as exc:
+            die(EXIT_BAD_CONNECTION, exc)
 
     @property
     def printer(self):
@@ -184,16 +198,51 @@ def _duration(flag: str, value: str) -> float:
               help="Output format: simple, json or table.")
 @click.option("--hex", "is_hex", is_flag=True, default=False, envvar=_env("hex"),
               help="Print keys and values as hex escapes.")
+@click.option("--user", default="", envvar=_env("user"),
+              help="username[:password] for authentication (prompt if password is not supplied).")
+@click.option("--password", default="", envvar=_env("password"),
+              help="Password for authentication (then --user must not include one).")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: tuple[str, ...], cacert: str | None, cert: str | None, key: str | None,
-        dial_timeout: str, command_timeout: str | None, write_out: str, is_hex: bool) -> None:
+        dial_timeout: str, command_timeout: str | None, write_out: str, is_hex: bool, user: str,
+        password: str) -> None:
     """etcdctl-compatible client commands (etcd v3 API over mutual TLS)."""
     for flag, value in (("cacert", cacert), ("cert", cert), ("key", key)):
         if value == "":
             die(EXIT_BAD_ARGS, f"empty string is passed to --{flag} option")
     ctx.obj = Ctl(",".join(endpoints) or "127.0.0.1:2379", cacert, cert, key, _duration("dial-timeout", dial_timeout),
                   _duration("command-timeout", command_timeout or "5s"), command_timeout is not None,
-                  write_out, is_hex)
+                  write_out, is_hex, *_auth_cfg(user, password))
+
+
+def _auth_cfg(user: str, password: str) -> tuple[str | None, str | None]:
+    """etcdctl's authCfgFromCmd: ``--user name:pw``, ``--user name --password pw``, or a prompt."""
+    if not user:
+        return None, None
+    if password:
+        return user, password
+    name, sep, pw = user.partition(":")
+    if sep:
+        return name, pw
+    return user, _ask_password()
+
+
+def _ask_password() -> str:
+    """speakeasy.Ask as etcdctl uses it: the prompt on stdout, one line from stdin, a newline."""
+    if sys.stdin.isatty():
+        import getpass
+
+        try:
+            return getpass.getpass("Password: ", stream=sys.stdout)
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return ""
+    sys.stdout.write("Password: ")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return line[:-1] if line.endswith("\n") else line
 
 
 pass_ctl = click.pass_obj
@@ -700,6 +749,105 @@ def member_list(ctl: Ctl) -> None:
     """List the cluster's members."""
     c = ctl.client()
     ctl.show("member_list", _rpc(c.member_list))
+
+
+def _member_id(text: str) -> int:
+    try:
+        return _parse_uint_hex(text)
+    except ValueError as exc:
+        die(EXIT_BAD_ARGS, f"bad member ID arg ({exc}), expecting ID in Hex")
+
+
+def _parse_uint_hex(text: str) -> int:
+    """Go's strconv.ParseUint(text, 16, 64), with its error text."""
+    if not text or any(ch not in "0123456789abcdefABCDEF" for ch in text):
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    value = int(text, 16)
+    if value >= 1 << 64:
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": value out of range')
+    return value
+
+
+@member_grp.command("add")
+@click.argument("args", nargs=-1)
+@click.option("--peer-urls", default="", help="Comma separated peer URLs for the new member.")
+@click.option("--learner", is_flag=True, help="Add the member as a raft learner (non-voting).")
+@pass_ctl
+def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool) -> None:
+    """Add a member NAME to the cluster."""
+    if not args:
+        die(EXIT_BAD_ARGS, "member name not provided")
+    if len(args) > 1:
+        hint = "".join(f", did you mean --peer-urls={a}" for a in args if a.lower().startswith("http"))
+        die(EXIT_BAD_ARGS, "too many arguments" + hint)
+    if not peer_urls:
+        die(EXIT_BAD_ARGS, "member peer urls not provided")
+    c = ctl.client()
+    resp = _rpc(lambda: c.member_add(peer_urls.split(","), learner=learner))
+    ctl.show("member_add", resp, args[0], peer_urls)
+
+
+@member_grp.command("remove")
+@click.argument("args", nargs=-1)
+@pass_ctl
+def member_remove(ctl: Ctl, args: tuple[str, ...]) -> None:
+    """Remove the member with hex ID from the cluster."""
+    if len(args) != 1:
+        die(EXIT_BAD_ARGS, "member ID is not provided")
+    mid = _member_id(args[0])
+    c = ctl.client()
+    ctl.show("member_remove", mid, _rpc(lambda: c.member_remove(mid)))
+
+
+@member_grp.command("update")
+@click.argument("args", nargs=-1)
+@click.option("--peer-urls", default="", help="Comma separated peer URLs for the updated member.")
+@pass_ctl
+def member_update(ctl: Ctl, args: tuple[str, ...], peer_urls: str) -> None:
+    """Change the peer URLs of the member with hex ID."""
+    if len(args) != 1:
+        die(EXIT_BAD_ARGS, "member ID is not provided")
+    mid = _member_id(args[0])
+    if not peer_urls:
+        die(EXIT_BAD_ARGS, "member peer urls not provided")
+    c = ctl.client()
+    ctl.show("member_update", mid, _rpc(lambda: c.member_update(mid, peer_urls.split(","))))
+
+
+@member_grp.command("promote")
+@click.argument("args", nargs=-1)
+@pass_ctl
+def member_promote(ctl: Ctl, args: tuple[str, ...]) -> None:
+    """Promote the learner with hex ID to a voting member."""
+    if len(args) != 1:
+        die(EXIT_BAD_ARGS, "member ID is not provided")
+    mid = _member_id(args[0])
+    c = ctl.client()
+    ctl.show("member_promote", mid, _rpc(lambda: c.member_promote(mid)))
+
+
+@cli.command("move-leader")
+@click.argument("args", nargs=-1)
+@pass_ctl
+def move_leader_cmd(ctl: Ctl, args: tuple[str, ...]) -> None:
+    """Transfer leadership to the member with hex ID (sent to the endpoint that leads)."""
+    if len(args) != 1:
+        die(EXIT_BAD_ARGS, "move-leader command needs 1 argument")
+    try:
+        target = _parse_uint_hex(args[0])
+    except ValueError as exc:
+        die(EXIT_BAD_ARGS, exc)
+    c = ctl.client()
+    leader_ep, leader_id = None, 0
+    for ep in ctl.endpoints:
+        st = _rpc(lambda: c.status(ep))
+        if st.header.member_id == st.leader:
+            leader_ep, leader_id = ep, st.leader
+            break
+    if leader_ep is None:
+        die(EXIT_BAD_ARGS, f"no leader endpoint given at [{' '.join(ctl.endpoints)}]")
+    resp = _rpc(lambda: c.move_leader(target, leader_ep))
+    ctl.show("move_leader", leader_id, target, resp)
 
 
 @cli.group("endpoint", cls=SubGroup)

@@ -7,6 +7,7 @@ prints, so the CLI and library callers see exactly what the server said. Failure
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
@@ -53,6 +54,45 @@ def key_range(key: bytes | str, range_end: bytes | str | None = None, *, prefix:
     return k, b(range_end) if range_end is not None else b""
 
 
+ERR_AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                                            "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                       grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds the ``token`` metadata (when there is one) to every call on a channel."""
+
+    def __init__(self, token: Callable[[], str | None]) -> None:
+        self._token = token
+
+    def _details(self, d: Any) -> Any:
+        token = self._token()
+        if not token:
+            return d
+        metadata = [*(d.metadata or ()), ("token", token)]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready,
+                            getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
 class _Stubs:
     def __init__(self, channel: grpc.Channel) -> None:
         self.kv = rpc_pb2_grpc.KVStub(channel)
@@ -75,7 +115,7 @@ class Client:
 
     def __init__(self, endpoints: Sequence[str] | str = ("127.0.0.1:2379",), *, cacert: str | None = None,
                  cert: str | None = None, key: str | None = None, timeout: float | None = 5.0,
-                 dial_timeout: float = 2.0) -> None:
+                 dial_timeout: float = 2.0, user: str | None = None, password: str | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -90,6 +130,11 @@ class Client:
         self._stubs: dict[str, _Stubs] = {}
         self._primary: str | None = None
         self._lock = threading.Lock()
+        # clientv3 authenticates only when both are non-empty; the token then rides on every
+        # call as the ``token`` metadata (etcd's rpctypes.TokenFieldNameGRPC).
+        self._credentials = (user, password) if user and password else None
+        self._token: str | None = None
+        self._authenticated = False
 
     # -- plumbing -----------------------------------------------------------------------
     def __enter__(self) -> "Client":
@@ -133,10 +178,38 @@ class Client:
         with self._lock:
             ch = self._channels.get(ep.text)
             if ch is None:
-                ch = self._channels[ep.text] = open_channel(ep, self.tls)
+                ch = open_channel(ep, self.tls)
+                if self._credentials is not None:
+                    ch = grpc.intercept_channel(ch, TokenInterceptor(lambda: self._token))
+                self._channels[ep.text] = ch
             return ch
 
+    def authenticate(self) -> str | None:
+        """Get an auth token for ``user``/``password`` (clientv3's getToken), once.
+
+        Bounded by the dial timeout, as in clientv3. A server with auth disabled answers
+        ``authentication is not enabled``: like clientv3 the client then goes on without a token.
+        Returns the token (None without credentials or with auth disabled).
+        """
+        if self._credentials is None or self._authenticated:
+            return self._token
+        user, password = self._credentials
+        stub = rpc_pb2_grpc.AuthStub(self._channel(self._pick()))
+        try:
+            resp = self._call(stub.Authenticate, rpc_pb2.AuthenticateRequest(name=user, password=password),
+                              timeout=self.dial_timeout)
+        except ClientError as exc:
+            if exc.message != ERR_AUTH_NOT_ENABLED:
+                raise
+            self._token = None
+        else:
+            self._token = resp.token
+        self._authenticated = True
+        return self._token
+
     def stubs(self, endpoint: str | None = None) -> _Stubs:
+        if self._credentials is not None and not self._authenticated:
+            self.authenticate()
         ep = self._endpoint(endpoint)
         ch = self._channel(ep)
         with self._lock:
@@ -248,6 +321,7 @@ class Client:
         return self._call(self.stubs().cluster.MemberList, rpc_pb2.MemberListRequest())
 
     def member_add(self, peer_urls: Sequence[str], *, learner: bool = False) -> rpc_pb2.MemberAddResponse:
+        _check_urls(peer_urls)
         return self._call(self.stubs().cluster.MemberAdd,
                           rpc_pb2.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner))
 
@@ -255,11 +329,16 @@ class Client:
         return self._call(self.stubs().cluster.MemberRemove, rpc_pb2.MemberRemoveRequest(ID=member_id))
 
     def member_update(self, member_id: int, peer_urls: Sequence[str]) -> rpc_pb2.MemberUpdateResponse:
+        _check_urls(peer_urls)
         return self._call(self.stubs().cluster.MemberUpdate,
                           rpc_pb2.MemberUpdateRequest(ID=member_id, peerURLs=list(peer_urls)))
 
     def member_promote(self, member_id: int) -> rpc_pb2.MemberPromoteResponse:
         return self._call(self.stubs().cluster.MemberPromote, rpc_pb2.MemberPromoteRequest(ID=member_id))
+
+    def move_leader(self, target_id: int, endpoint: str | None = None) -> rpc_pb2.MoveLeaderResponse:
+        """Transfer leadership to ``target_id``; must be sent to the current leader's endpoint."""
+        return self._call(self.stubs(endpoint).maintenance.MoveLeader, rpc_pb2.MoveLeaderRequest(targetID=target_id))
 
     def status(self, endpoint: str | None = None) -> rpc_pb2.StatusResponse:
         return self._call(self.stubs(endpoint).maintenance.Status, rpc_pb2.StatusRequest())
@@ -292,6 +371,16 @@ class Client:
         before the file is renamed into place.
         """
         return save_snapshot(self.stubs().maintenance, path, progress=progress, timeout=timeout)
+
+
+def _check_urls(urls: Sequence[str]) -> None:
+    """clientv3 checks peer URLs before sending (etcd's types.NewURLs, Go's messages)."""
+    from securekv.client.gourl import check_peer_urls
+
+    try:
+        check_peer_urls(list(urls))
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
 
 
 def range_request(key: bytes | str, range_end: bytes | str | None = None, *, prefix: bool = False,

@@ -21,6 +21,10 @@ def cancel_error(resp: rpc_pb2.WatchResponse) -> WatchCanceled:
     if resp.compact_revision:
         return WatchCanceled(ERR_COMPACTED, resp.compact_revision)
     reason = resp.cancel_reason
+    if reason and resp.created:
+        # Refused at creation (e.g. permission denied): clientv3 keeps the reason as the
+        # stream's closeErr and prints it bare.
+        return WatchCanceled(reason)
     if reason:
         text = reason if reason in KNOWN_MESSAGES else f"rpc error: code = FailedPrecondition desc = {reason}"
         return WatchCanceled(text)
