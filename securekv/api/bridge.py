@@ -43,9 +43,18 @@ class Bridge:
         self.gate = gate
         self.metrics = metrics
         self.stopping = False
+        # Set by the server: False while this member knows no leader (etcd's `hasleader`
+        # metadata then fails the call with "etcdserver: no leader").
+        self.has_leader: Callable[[], bool] | None = None
 
     def caller(self, context: grpc.ServicerContext, method: str, request: Any) -> Caller:
-        caller = self.gate.identify(context.peer(), context.invocation_metadata())
+        metadata = context.invocation_metadata()
+        if self.has_leader is not None and any(k == "hasleader" and v == "true" for k, v in metadata or ()):
+            if not self.has_leader():
+                from securekv.rpctypes import ERR_NO_LEADER, err
+
+                raise err(ERR_NO_LEADER)
+        caller = self.gate.identify(context.peer(), metadata)
         self.gate.authorize(caller, method, request)
         return caller
 

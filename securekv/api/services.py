@@ -67,6 +67,18 @@ class Cluster(_Base, rpc_pb2_grpc.ClusterServicer):
     def MemberList(self, request, context):
         return self._u(context, "MemberList", self.server.member_list, request)
 
+    def MemberAdd(self, request, context):
+        return self._u(context, "MemberAdd", self.server.member_add, request)
+
+    def MemberRemove(self, request, context):
+        return self._u(context, "MemberRemove", self.server.member_remove, request)
+
+    def MemberUpdate(self, request, context):
+        return self._u(context, "MemberUpdate", self.server.member_update, request)
+
+    def MemberPromote(self, request, context):
+        return self._u(context, "MemberPromote", self.server.member_promote, request)
+
 
 class Maintenance(_Base, rpc_pb2_grpc.MaintenanceServicer):
     def Alarm(self, request, context):

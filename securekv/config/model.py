@@ -78,6 +78,9 @@ class Config:
     peer_key_file: str
     peer_crl_file: str
     peer_auto_tls: bool
+    peer_cert_allowed_cn: str
+    peer_cert_allowed_hostname: str
+    force_new_cluster: bool
     self_signed_cert_validity: int
     snapshot_count: int
     quota_backend_bytes: int

@@ -21,7 +21,7 @@ import trio
 
 from securekv.api.auth_gate import Caller
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_SPACE, EtcdError, err
+from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class EtcdServer:
         self.rng = random.SystemRandom()
         self._changed = trio.Event()  # set (and replaced) whenever the store's revision moves
         self._watch_wakeups: dict[int, "WatchSession"] = {}
+        self.transport: Any = None
+        self.published = False
+        self.published_event = trio.Event()
+        self.cluster_token = "etcd-cluster"
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -127,19 +131,46 @@ class EtcdServer:
             raise err(ERR_NO_SPACE)
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
+        self._refuse_learner()
         req = self._request(caller, **fields)
         self._check_quota(req)
         return await self.node.propose(req)
 
     # -- KV: hot-path callbacks (run in the trio thread without spawning a task) -----------
 
+    def _refuse_learner(self) -> None:
+        from securekv.rpctypes import ERR_LEARNER_NOT_SUPPORTED
+
+        if self.node.member_id in self.node.conf_state().learners:
+            raise err(ERR_LEARNER_NOT_SUPPORTED)
+
+    def needs_read_index(self, serializable: bool) -> bool:
+        """Linearizable reads need a ReadIndex round unless this member is the only voter
+        (then every acknowledged write is already applied in this thread)."""
+        if not serializable:
+            self._refuse_learner()  # etcd: a learner serves serializable reads only
+        return not serializable and not (self.node.single_voter() and self.node.is_leader)
+
     def range_cb(self, req: rpc_pb2.RangeRequest, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import validate_range
 
         validate_range(req)
+        if self.needs_read_index(req.serializable):
+            def ready(error: BaseException | None) -> None:
+                if error is not None:
+                    reply(None, error)
+                    return
+                try:
+                    reply(self.fill(self.store.range(req), self.store.current_revision), None)
+                except BaseException as exc:
+                    reply(None, exc)
+
+            self.node.read_index(ready)
+            return
         reply(self.fill(self.store.range(req), self.store.current_revision), None)
 
     def _write_cb(self, caller: Caller, field: str, req: Any, reply: Any) -> None:
+        self._refuse_learner()
         ireq = self._request(caller, **{field: req})
         self._check_quota(ireq)
 
@@ -167,6 +198,18 @@ class EtcdServer:
 
         validate_txn(req, self.max_txn_ops)
         if is_txn_readonly(req):
+            if self.needs_read_index(False):
+                def ready(error: BaseException | None) -> None:
+                    if error is not None:
+                        reply(None, error)
+                        return
+                    try:
+                        reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
+                    except BaseException as exc:
+                        reply(None, exc)
+
+                self.node.read_index(ready)
+                return
             reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
             return
         self._write_cb(caller, "txn", req, reply)
@@ -177,6 +220,8 @@ class EtcdServer:
         from securekv.mvcc import validate_range
 
         validate_range(req)
+        if self.needs_read_index(req.serializable):
+            await self.node.wait_read_index()
         return self.fill(self.store.range(req), self.store.current_revision)
 
     async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
@@ -225,6 +270,12 @@ class EtcdServer:
         return self.fill(response, result.revision)
 
     async def lease_time_to_live(self, req: rpc_pb2.LeaseTimeToLiveRequest, caller: Caller) -> Any:
+        if self._forward_leases():
+            data = await self._call_leader("lease_ttl", req.SerializeToString())
+            return self.fill(rpc_pb2.LeaseTimeToLiveResponse.FromString(data), self.store.current_revision)
+        return self._time_to_live(req)
+
+    def _time_to_live(self, req: rpc_pb2.LeaseTimeToLiveRequest) -> Any:
         remaining, granted, keys = self.lessor.time_to_live(req.ID, self.clock())
         resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=remaining, grantedTTL=granted)
         if req.keys:
@@ -237,6 +288,63 @@ class EtcdServer:
             resp.leases.add(ID=lease_id)
         return self.fill(resp, self.store.current_revision)
 
+    def _forward_leases(self) -> bool:
+        return self.transport is not None and not self.node.is_leader
+
+    async def _call_leader(self, kind: str, payload: bytes) -> bytes:
+        """Lease clocks live on the leader: forward (etcd forwards keepalive/TTL over HTTP)."""
+        from securekv.errors import PeerError
+        from securekv.rpctypes import ERR_TIMEOUT
+
+        leader = self.node.leader
+        if leader == 0:
+            raise err(ERR_NO_LEADER)
+        try:
+            data = await self.transport.call(leader, kind, payload, self.node.request_timeout)
+        except PeerError:
+            raise err(ERR_TIMEOUT) from None
+        if data.startswith(b"\x00ERR:"):
+            code, _, message = data[5:].decode().partition(":")
+            raise EtcdError(code, message)
+        return data
+
+    def register_peer_calls(self, transport: Any) -> None:
+        async def guarded(fn: Any, payload: bytes) -> bytes:
+            try:
+                return await fn(payload)
+            except EtcdError as exc:
+                return b"\x00ERR:" + f"{exc.code}:{exc.message}".encode()
+
+        async def keepalive(_frm: int, payload: bytes) -> bytes:
+            async def run(p: bytes) -> bytes:
+                if not self.node.is_leader:
+                    raise err(ERR_NOT_LEADER)
+                return self.keepalive(int.from_bytes(p, "big", signed=True)).SerializeToString()
+            return await guarded(run, payload)
+
+        async def ttl(_frm: int, payload: bytes) -> bytes:
+            async def run(p: bytes) -> bytes:
+                if not self.node.is_leader:
+                    raise err(ERR_NOT_LEADER)
+                return self._time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(p)).SerializeToString()
+            return await guarded(run, payload)
+
+        async def promote(_frm: int, payload: bytes) -> bytes:
+            async def run(p: bytes) -> bytes:
+                req = rpc_pb2.MemberPromoteRequest.FromString(p)
+                return (await self.member_promote(req, None)).SerializeToString()
+            return await guarded(run, payload)
+
+        transport.register_call("lease_keepalive", keepalive)
+        transport.register_call("lease_ttl", ttl)
+        transport.register_call("member_promote", promote)
+
+    async def keepalive_async(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
+        if self._forward_leases():
+            data = await self._call_leader("lease_keepalive", lease_id.to_bytes(8, "big", signed=True))
+            return self.fill(rpc_pb2.LeaseKeepAliveResponse.FromString(data), self.store.current_revision)
+        return self.keepalive(lease_id)
+
     def keepalive(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
         ttl = self.lessor.renew(lease_id, self.clock())
         return self.fill(rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl), self.store.current_revision)
@@ -244,8 +352,23 @@ class EtcdServer:
     async def open_keepalive(self, _request: Any, caller: Caller) -> "KeepAliveSession":
         return KeepAliveSession(self)
 
+    def on_leader_change(self, old: int, new: int) -> None:
+        """Only the leader's lessor keeps deadlines; a new leader extends every lease by an
+        election timeout so none expires early across the change (etcd's Promote)."""
+        now = self.clock()
+        if new == self.member_id:
+            extend = 0.0 if self.node.single_voter() else self.election_timeout
+            self.lessor.promote(now, extend=extend)
+        elif old == self.member_id or self.lessor.is_primary:
+            self.lessor.demote()
+        self.on_applied()
+
+    election_timeout = 1.0
+
     async def expire_leases(self) -> None:
         """Lease ticker: propose a revoke for each expired lease (through the log)."""
+        if not self.node.is_leader:
+            return
         for lease_id in self.lessor.expired(self.clock(), 1000):
             req = raft_internal_pb2.InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
             if not self.node.propose_nowait(req):
@@ -263,8 +386,153 @@ class EtcdServer:
     def member(self) -> rpc_pb2.Member:
         return rpc_pb2.Member(ID=self.member_id, name=self.name, peerURLs=self.peer_urls, clientURLs=self.client_urls)
 
+    def members(self) -> list[rpc_pb2.Member]:
+        ms = self.node.membership.members
+        if not ms:
+            return [self.member()]
+        out = []
+        for m in sorted(ms.values(), key=lambda m: m.id):
+            client = list(m.client_urls) if m.id != self.member_id else self.client_urls
+            name = m.name if m.id != self.member_id else self.name
+            out.append(rpc_pb2.Member(ID=m.id, name=name, peerURLs=list(m.peer_urls), clientURLs=client,
+                                      isLearner=m.is_learner))
+        return out
+
+    def _started_members(self) -> int:
+        """Members this one is connected to, plus itself (etcd's strict reconfig check)."""
+        n = 1
+        for mid in self.node.membership.members:
+            if mid != self.member_id and self.transport is not None and self.transport.active_since(mid) is not None:
+                n += 1
+        return n
+
+    def _voters(self) -> list[int]:
+        return list(self.node.conf_state().voters)
+
+    async def member_add(self, req: rpc_pb2.MemberAddRequest, caller: Caller) -> rpc_pb2.MemberAddResponse:
+        import time as _time
+
+        from securekv.raft import ConfChange, ConfChangeType
+        from securekv.rpctypes import ERR_MEMBER_BAD_URLS, ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_PEER_URL_EXIST
+        from securekv.server import ids
+        from securekv.server.cluster import Member
+
+        urls = [str(u) for u in req.peerURLs]
+        if not urls or any(not (u.startswith("https://") or u.startswith("http://")) for u in urls):
+            raise err(ERR_MEMBER_BAD_URLS)
+        for m in self.node.membership.members.values():
+            if set(urls) & set(m.peer_urls):
+                raise err(ERR_PEER_URL_EXIST)
+        if not req.isLearner:
+            nmembers = len(self._voters()) + 1
+            nstarted = self._started_members()
+            # etcd's special case: growing a one-member cluster (after --force-new-cluster).
+            if not (nstarted == 1 and nmembers == 2) and nstarted < nmembers // 2 + 1:
+                raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
+        # Deterministic (no time stamp, unlike etcd) so the joining member, started with the
+        # same --initial-cluster-token, derives the same ID from its peer URLs.
+        mid = ids.member_id(urls, self.cluster_token)
+        if mid in self.node.membership.removed or mid in self.node.membership.members:
+            mid = ids.member_id(urls, self.cluster_token, int(_time.time()))
+        member = Member(mid, "", sorted(urls), (), bool(req.isLearner))
+        cc = ConfChange(ConfChangeType.ADD_LEARNER if req.isLearner else ConfChangeType.ADD_NODE, mid,
+                        member.context())
+        await self.node.propose_conf_change(cc)
+        resp = rpc_pb2.MemberAddResponse(member=rpc_pb2.Member(ID=mid, peerURLs=urls, isLearner=req.isLearner),
+                                         members=self.members())
+        self.header(resp.header)
+        return resp
+
+    async def member_remove(self, req: rpc_pb2.MemberRemoveRequest, caller: Caller) -> rpc_pb2.MemberRemoveResponse:
+        from securekv.raft import ConfChange, ConfChangeType
+        from securekv.rpctypes import ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_MEMBER_NOT_FOUND
+
+        m = self.node.membership.members.get(req.ID)
+        if m is None:
+            raise err(ERR_MEMBER_NOT_FOUND)
+        if not m.is_learner:
+            voters = self._voters()
+            started = self._started_members()
+            if req.ID != self.member_id and self.transport is not None and self.transport.active_since(req.ID) is not None:
+                started -= 1
+            remaining = len(voters) - 1
+            if remaining > 0 and started < remaining // 2 + 1:
+                raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
+        await self.node.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, req.ID))
+        resp = rpc_pb2.MemberRemoveResponse(members=self.members())
+        self.header(resp.header)
+        return resp
+
+    async def member_update(self, req: rpc_pb2.MemberUpdateRequest, caller: Caller) -> rpc_pb2.MemberUpdateResponse:
+        from securekv.raft import ConfChange, ConfChangeType
+        from securekv.rpctypes import ERR_MEMBER_BAD_URLS, ERR_MEMBER_NOT_FOUND, ERR_PEER_URL_EXIST
+        from securekv.server.cluster import Member
+
+        m = self.node.membership.members.get(req.ID)
+        if m is None:
+            raise err(ERR_MEMBER_NOT_FOUND)
+        urls = [str(u) for u in req.peerURLs]
+        if not urls or any(not (u.startswith("https://") or u.startswith("http://")) for u in urls):
+            raise err(ERR_MEMBER_BAD_URLS)
+        for other in self.node.membership.members.values():
+            if other.id != req.ID and set(urls) & set(other.peer_urls):
+                raise err(ERR_PEER_URL_EXIST)
+        # A conf change that Raft treats as a no-op (already a voter/learner) whose context
+        # carries the new URLs: every member applies the update at the same index.
+        kind = ConfChangeType.ADD_LEARNER if m.is_learner else ConfChangeType.ADD_NODE
+        ctx = Member(m.id, m.name, sorted(urls), (), m.is_learner).context()
+        await self.node.propose_conf_change(ConfChange(kind, req.ID, ctx))
+        resp = rpc_pb2.MemberUpdateResponse(members=self.members())
+        self.header(resp.header)
+        return resp
+
+    async def member_promote(self, req: rpc_pb2.MemberPromoteRequest, caller: Caller) -> rpc_pb2.MemberPromoteResponse:
+        from securekv.raft import ConfChange, ConfChangeType
+        from securekv.rpctypes import (ERR_LEARNER_NOT_READY, ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_MEMBER_NOT_FOUND,
+                                       ERR_MEMBER_NOT_LEARNER)
+
+        m = self.node.membership.members.get(req.ID)
+        if m is None:
+            raise err(ERR_MEMBER_NOT_FOUND)
+        if not m.is_learner:
+            raise err(ERR_MEMBER_NOT_LEARNER)
+        if not self.node.is_leader:
+            data = await self._call_leader("member_promote", req.SerializeToString())
+            return rpc_pb2.MemberPromoteResponse.FromString(data)
+        progress = self.node.status().progress
+        mine = progress.get(self.member_id)
+        theirs = progress.get(req.ID)
+        if mine is None or theirs is None or theirs.match < mine.match * 0.9:
+            raise err(ERR_LEARNER_NOT_READY)
+        voters = len(self._voters())
+        if self._started_members() < (voters + 1) // 2 + 1:
+            raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
+        await self.node.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, req.ID))
+        resp = rpc_pb2.MemberPromoteResponse(members=self.members())
+        self.header(resp.header)
+        return resp
+
+    async def publish_loop(self) -> None:
+        """Make this member's name and client URLs part of the replicated membership (etcd's
+        publish): retried until applied, so `member list` on any member shows them."""
+        from securekv.server.cluster import publish_entry
+
+        last = -10.0
+        while True:
+            m = self.node.membership.members.get(self.member_id)
+            if m is not None and list(m.client_urls) == list(self.client_urls) and m.name == self.name:
+                self.published = True
+                self.published_event.set()
+                return
+            now = trio.current_time()
+            if self.node.leader != 0 and m is not None and now - last >= 1.0:
+                last = now
+                self.node.propose_raw(publish_entry(self.member_id, name=self.name, clientURLs=self.client_urls))
+            with trio.move_on_after(0.2):
+                await self.node.wait_applied()
+
     async def member_list(self, req: Any, caller: Caller) -> rpc_pb2.MemberListResponse:
-        resp = rpc_pb2.MemberListResponse(members=[self.member()])
+        resp = rpc_pb2.MemberListResponse(members=self.members())
         self.header(resp.header)
         return resp
 
@@ -283,10 +551,11 @@ class EtcdServer:
             version=VERSION,
             dbSize=size,
             dbSizeInUse=in_use,
-            leader=self.member_id,
-            raftIndex=self.node.last_index,
+            leader=self.node.leader,
+            raftIndex=self.node.commit_index,
             raftTerm=self.term,
             raftAppliedIndex=self.applier.applied_index,
+            isLearner=self.node.is_learner(),
             errors=self.alarm_errors(),
         )
         return self.fill(resp, self.store.current_revision)
@@ -314,9 +583,21 @@ class EtcdServer:
         return rpc_pb2.DefragmentResponse()
 
     async def move_leader(self, req: rpc_pb2.MoveLeaderRequest, caller: Caller) -> rpc_pb2.MoveLeaderResponse:
-        if req.targetID != self.member_id:
+        from securekv.rpctypes import ERR_TIMEOUT
+
+        if req.targetID == self.member_id and self.node.is_leader:
+            return rpc_pb2.MoveLeaderResponse()
+        if not self.node.is_leader:
+            raise err(ERR_NOT_LEADER)
+        cs = self.node.conf_state()
+        if req.targetID not in cs.voters:
             raise err(ERR_BAD_LEADER_TRANSFEREE)
-        return rpc_pb2.MoveLeaderResponse()
+        self.node.transfer_leader(req.targetID)
+        with trio.move_on_after(self.node.request_timeout):
+            while self.node.leader != req.targetID:
+                await self.node.wait_leader_change()
+            return rpc_pb2.MoveLeaderResponse()
+        raise err(ERR_TIMEOUT)
 
     async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
         """A consistent copy written to a private temp file, then streamed from it (bounded memory)."""
@@ -338,6 +619,10 @@ class EtcdServer:
     async def health(self) -> tuple[bool, str]:
         if self.node.stopped:
             return False, "server stopped"
+        if self.node.leader == 0:
+            return False, "no leader"
+        if not self.published:
+            return False, "member not yet published"
         if self.applier.alarms.list():
             return False, "alarm"
         return True, ""
@@ -523,7 +808,7 @@ class KeepAliveSession:
         self.send, self.recv = trio.open_memory_channel[Any](16)
 
     async def handle(self, request: rpc_pb2.LeaseKeepAliveRequest) -> None:
-        await self.send.send(self.server.keepalive(request.ID))
+        await self.send.send(await self.server.keepalive_async(request.ID))
 
     async def half_close(self) -> None:
         self.send.close()

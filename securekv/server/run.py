@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -103,7 +104,7 @@ class _State:
         from securekv.apply import Applier
         from securekv.lease import LeaseRow, Lessor, min_lease_ttl
         from securekv.mvcc import MVCCStore
-        from securekv.server.persist import decode_alarms, decode_lease_data, to_write_batches
+        from securekv.server.persist import decode_alarms, decode_lease_data
         from securekv.storage import WAL, Backend, HardState, Metadata
 
         member_dir = Path(config.data_dir) / "member"
@@ -111,23 +112,61 @@ class _State:
         for stale in member_dir.glob(".snapshot-*"):  # copies of a snapshot cut short by a crash
             stale.unlink()
         wal_dir = config.wal_dir or str(member_dir / "wal")
+        from securekv.raft import ConfChange, ConfChangeType, ConfState, Entry, EntryType
+        from securekv.server.cluster import META_KEY, Membership, initial_members, validate_bootstrap
+        from securekv.storage import SnapshotMarker
+        from securekv.storage.raftstorage import RaftStorage
+
+        members = initial_members(config.initial_cluster, config.initial_cluster_token)
+        self.created = False
         if WAL.exists(wal_dir):
             self.wal, state = WAL.open(wal_dir)
             self.member_id = state.metadata.member_id or member_id
             self.cluster_id = state.metadata.cluster_id or cluster_id
-            hard = state.hard_state
-            entries = state.entries
+            if (config.initial_cluster_state == "new" and not config.force_new_cluster
+                    and self.cluster_id != cluster_id and self.member_id != member_id
+                    and len(members) > 1):
+                self.wal.close()
+                raise UsageError(
+                    f"the data dir {config.data_dir} belongs to member {self.member_id:x} of cluster "
+                    f"{self.cluster_id:x}, not to {config.name!r} of the cluster described by "
+                    "--initial-cluster/--initial-cluster-token (use the right --data-dir)")
         else:
-            self.wal = WAL.create(wal_dir, Metadata(member_id=member_id, cluster_id=cluster_id))
-            self.member_id, self.cluster_id = member_id, cluster_id
-            hard = HardState()
-            entries = []
+            me = validate_bootstrap(config.name, [str(u) for u in config.initial_advertise_peer_urls], members)
+            self.member_id = me.id
+            self.cluster_id = cluster_id
+            self.wal = WAL.create(wal_dir, Metadata(member_id=self.member_id, cluster_id=self.cluster_id))
+            self.created = True
+            if config.initial_cluster_state == "new":
+                founders = sorted(members, key=lambda m: m.id)
+                voters = [m.id for m in founders]
+                self.wal.save_snapshot(SnapshotMarker(index=0, term=0, voters=voters))
+                boot = [Entry(0, i + 1, EntryType.CONF_CHANGE,
+                              ConfChange(ConfChangeType.ADD_NODE, m.id, m.context()).encode())
+                        for i, m in enumerate(founders)]
+                # Committed from the start (as etcd does): identical on every founder.
+                self.wal.append(boot, hard_state=HardState(0, 0, len(boot)))
+            self.wal.sync()
+            state = self.wal_read_result = None
+            self.wal.close()
+            self.wal, state = WAL.open(wal_dir)
         self.backend = Backend.open(str(member_dir / "db.sqlite"))
+        self.membership = Membership.decode(self.backend.get_meta(META_KEY))
+        if self.member_id in self.membership.removed:
+            self.wal.close()
+            self.backend.close()
+            raise UsageError(f"member {self.member_id:x} ({config.name}) was removed from the cluster "
+                             "and cannot restart with this data dir; remove the data dir and add it "
+                             "again with `member add`")
+        if config.force_new_cluster:
+            state = _force_new_cluster(self.wal, state, self.member_id)
+        self.raft_storage = RaftStorage.from_wal(state, ConfState())
+        self.raft_applied = self.raft_storage.first_index() - 1
         ci = self.backend.consistent_index()
         compact = self.backend.get_meta("compact_revision")
         self.store = MVCCStore.restore(self.backend.iter_revisions(),
                                        compact_revision=int(compact) if compact is not None else -1)
-        self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=True)
+        self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
         now = clock()
         self.lessor.restore(
             [LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], now
@@ -136,24 +175,49 @@ class _State:
         self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci)
         self.applier.restore_lease_attachments()
         self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
-        # Replay the WAL tail the backend has not applied yet (a crash between fsync and commit).
-        results = []
-        last = ci
-        for entry in entries:
-            if entry.index <= ci:
-                continue
-            req = raft_internal_pb2.InternalRaftRequest()
-            req.ParseFromString(entry.data)
-            results.append(self.applier.apply(entry.index, req, now=now))
-            last = entry.index
-        if results:
-            for wb in to_write_batches(results, last):
-                self.backend.commit(wb)
-            log.info("replayed %d WAL entries (applied index %d -> %d)", len(results), ci, last)
-        # A restart is a new election on one member: bump the term like etcd does.
-        self.term = max(hard.term, 1) + 1
-        self.wal.append([], hard_state=HardState(self.term, self.member_id, max(hard.commit, last)))
-        self.wal.sync()
+        # The WAL tail above the backend's consistent index is replayed by Raft itself: the
+        # node applies committed entries from the last snapshot marker on, skipping those the
+        # backend already holds (conf changes are always re-applied to Raft).
+        self.term = state.hard_state.term
+
+    def install_snapshot(self, config: Config, data: bytes) -> None:
+        """Replace the backend by the leader's copy and rebuild everything read from it (worker thread)."""
+        import os
+        import tempfile
+
+        from securekv.apply import Applier
+        from securekv.lease import LeaseRow, Lessor, min_lease_ttl
+        from securekv.mvcc import MVCCStore
+        from securekv.server.cluster import META_KEY, Membership
+        from securekv.server.persist import decode_alarms, decode_lease_data
+        from securekv.storage import Backend
+
+        member_dir = Path(config.data_dir) / "member"
+        fd, tmp = tempfile.mkstemp(prefix=".snapshot-recv-", dir=member_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            path = str(member_dir / "db.sqlite")
+            self.backend.close()
+            Backend.restore(tmp, path)
+            self.backend = Backend.open(path)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        compact = self.backend.get_meta("compact_revision")
+        self.store = MVCCStore.restore(self.backend.iter_revisions(),
+                                       compact_revision=int(compact) if compact is not None else -1)
+        self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
+        self.lessor.restore([LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], 0.0)
+        quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
+        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index())
+        self.applier.restore_lease_attachments()
+        self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
+        self.membership = Membership.decode(self.backend.get_meta(META_KEY))
 
     def close(self) -> None:
         for closer in (self.wal.close, self.backend.close):
@@ -161,6 +225,48 @@ class _State:
                 closer()
             except Exception as exc:  # keep closing the rest
                 log.warning("error while closing storage: %s", exc)
+
+
+def _force_new_cluster(wal: Any, state: Any, member_id: int) -> Any:
+    """--force-new-cluster (etcd's semantics): keep the committed log, drop the uncommitted
+    tail, and commit conf changes that remove every other member, so this member restarts as
+    the only voter with all its data. Written to the WAL, so the change survives restarts."""
+    import attrs as _attrs
+
+    from securekv.raft import ConfChange, ConfChangeType, ConfState, EntryType
+    from securekv.raft.confchange import apply_change
+    from securekv.storage import HardState, WalEntry
+
+    marker = state.snapshot
+    cs = ConfState(voters=tuple(marker.voters), learners=tuple(marker.learners)) if marker is not None else ConfState()
+    hs = state.hard_state
+    commit = max(hs.commit, marker.index if marker is not None else 0)
+    kept = [e for e in state.entries if e.index <= commit]
+    for e in kept:
+        if e.type == int(EntryType.CONF_CHANGE):
+            nxt = apply_change(cs, ConfChange.decode(e.data))
+            if nxt is not None:
+                cs = nxt
+    others = sorted((set(cs.voters) | set(cs.learners)) - {member_id})
+    term = max(hs.term, 1)
+    last = kept[-1].index if kept else commit
+    extra = []
+    if member_id not in cs.voters:
+        extra.append(WalEntry(last + 1, term, ConfChange(ConfChangeType.ADD_NODE, member_id).encode(),
+                              int(EntryType.CONF_CHANGE)))
+        last += 1
+    for mid in others:
+        last += 1
+        extra.append(WalEntry(last, term, ConfChange(ConfChangeType.REMOVE_NODE, mid).encode(),
+                              int(EntryType.CONF_CHANGE)))
+    new_hs = HardState(term, 0, last)
+    # The new entries start right after the commit index, replacing any uncommitted tail
+    # (the WAL's truncation rule).
+    wal.append(extra, hard_state=new_hs)
+    wal.sync()
+    log.warning("--force-new-cluster: removed members %s from the configuration; this member is now "
+                "the only voter (index %d)", ", ".join(f"{m:x}" for m in others) or "none", last)
+    return _attrs.evolve(state, hard_state=new_hs, entries=kept + extra)
 
 
 async def serve(
@@ -190,16 +296,17 @@ async def serve(
         tls_files, local_pki = resolve_tls(config)
         tls = ReloadingContext(tls_files) if tls_files is not None else None
         member_id, cluster_id = cluster_ids(config)
+        cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
         state = _State(config, member_id, cluster_id, trio.current_time)
         metrics = ServerMetrics(state.member_id, VERSION)
-        metrics.has_leader.set(1)
-        metrics.is_leader.set(1)
+        metrics.has_leader.set(0)
+        metrics.is_leader.set(0)
         if tls_files is not None:
             metrics.watch_certificates(lambda: [tls.files.cert_file] if tls else [])
 
         holder: dict[str, EtcdServer] = {}
         hub = WatchHub(
-            state.store.events_between,
+            lambda *a, **kw: state.store.events_between(*a, **kw),
             revision=state.store.current_revision,
             compact_revision=max(state.store.compact_revision, 0),
             wakeup=lambda sid: holder["etcd"].watch_wakeup(sid),
@@ -211,10 +318,22 @@ async def serve(
             metrics.proposals_committed.inc(entries)
             holder["etcd"].on_applied()
 
+        def on_leader_change(old: int, new: int) -> None:
+            metrics.has_leader.set(1 if new else 0)
+            metrics.is_leader.set(1 if new == state.member_id else 0)
+            etcd = holder.get("etcd")
+            if etcd is not None:
+                etcd.on_leader_change(old, new)
+
         node = Node(
-            wal=state.wal, backend=state.backend, applier=state.applier, hub=hub, term=state.term,
+            wal=state.wal, backend=state.backend, applier=state.applier, hub=hub,
             member_id=state.member_id, max_request_bytes=config.max_request_bytes,
             to_write_batch=to_write_batches, on_batch=on_batch, snapshot_count=config.snapshot_count,
+            raft_storage=state.raft_storage, membership=state.membership, raft_applied=state.raft_applied,
+            election_tick=max(config.election_timeout // config.heartbeat_interval, 2),
+            tick_seconds=config.heartbeat_interval / 1000.0,
+            request_timeout=5.0 + 2 * config.election_timeout / 1000.0,
+            term=state.term, on_leader_change=on_leader_change,
         )
         etcd = EtcdServer(
             node=node, store=state.store, lessor=state.lessor, applier=state.applier, hub=hub,
@@ -224,11 +343,42 @@ async def serve(
             snapshot_dir=str(Path(config.data_dir) / "member"),
         )
         holder["etcd"] = etcd
+        etcd.election_timeout = config.election_timeout / 1000.0
+        etcd.cluster_token = config.initial_cluster_token
+        async def install_snapshot(snap: Any) -> None:
+            await trio.to_thread.run_sync(state.install_snapshot, config, snap.data)
+            node.applier = state.applier
+            node.backend = state.backend
+            node.membership = state.membership
+            etcd.store, etcd.lessor, etcd.applier, etcd.backend = (state.store, state.lessor, state.applier,
+                                                                   state.backend)
+            if state.store.compact_revision > 0:
+                hub.compact(state.store.compact_revision)
+            hub.advance(state.store.current_revision)
+            if node.is_leader:
+                state.lessor.promote(trio.current_time(), extend=etcd.election_timeout)
+            t = node.transport
+            if t is not None:
+                known = set(t.peers())
+                for m in state.membership.members.values():
+                    if m.id != state.member_id and m.peer_urls:
+                        (t.update_peer if m.id in known else t.add_peer)(m.id, list(m.peer_urls))
+                for mid in known - set(state.membership.members):
+                    t.remove_peer(mid)
+            etcd.on_applied()
+            log.info("installed the leader's snapshot at index %d", snap.metadata.index)
+
+        node.on_install_snapshot = install_snapshot
+        transport = _make_transport(config, state, node)
+        etcd.transport = transport
+        if transport is not None:
+            etcd.register_peer_calls(transport)
 
         registry = IdentityRegistry()
         bridge = Bridge(trio.lowlevel.current_trio_token(), AuthGate(registry), metrics)
         grpc_server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                                   options=grpc_options(config), maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+        bridge.has_leader = lambda: node.leader != 0
         add_all(grpc_server, bridge, etcd)
         grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
         if not grpc_port:
@@ -265,37 +415,67 @@ async def serve(
             return FrontDoor(tls if url.is_tls else None, grpc_port, IdentityRegistry(), metrics_http,
                              config.tls_handshake_timeout)
 
+        transport_scopes: list[trio.CancelScope] = []
+        node_scopes: list[trio.CancelScope] = []
         async with trio.open_nursery() as nursery:
-            set_reader_nursery(nursery)
-            await nursery.start(node.run)
-            client_urls = []
-            for url in config.listen_client_urls:
-                listeners = await _listen(url)
-                client_urls.append(_bound_url(url, listeners))
-                nursery.start_soon(trio.serve_listeners, client_door(url).handle, listeners)
-            metrics_urls = []
-            for url in config.listen_metrics_urls:
-                listeners = await _listen(url)
-                metrics_urls.append(_bound_url(url, listeners))
-                nursery.start_soon(trio.serve_listeners, metrics_door(url).handle, listeners)
-            nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
-            nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
-            if tls is not None:
-                nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
-            period = watchdog_period()
-            if period:
-                nursery.start_soon(_every, period, _sync(notifier.watchdog))
-            started = Started(tuple(client_urls), tuple(metrics_urls), grpc_port, state.member_id,
-                              state.cluster_id, tls_files, local_pki)
-            if announce is not None:
-                announce(started)
-            notifier.ready(status=f"serving clients on {', '.join(client_urls)}")
-            task_status.started(started)
             try:
-                await trio.sleep_forever()
+                set_reader_nursery(nursery)
+                if transport is not None:
+                    peer_listeners = []
+                    for url in config.listen_peer_urls:
+                        peer_listeners.extend(await _listen(url))
+                    await nursery.start(_shielded, transport_scopes, transport.run)
+                    await nursery.start(_shielded, transport_scopes, partial(transport.serve, peer_listeners))
+                # The node and the peer transport outlive a cancellation of serve() long enough to
+                # hand leadership over (etcd's stop behaviour); they are stopped explicitly below.
+                await nursery.start(_shielded, node_scopes, node.run)
+                nursery.start_soon(etcd.publish_loop)
+                if transport is not None:
+                    # As etcd: clients are served once this member's attributes are applied from
+                    # the log, i.e. it has a leader and caught up with the cluster's membership.
+                    log.info("waiting to join the cluster (leader election / catch-up) before serving clients")
+                    await etcd.published_event.wait()
+                elif node.single_voter():
+                    # One voter campaigns at once: serve when it leads (a few ms), so the first
+                    # requests never see "no leader".
+                    while node.leader == 0:
+                        await node.wait_leader_change()
+                client_urls = []
+                for url in config.listen_client_urls:
+                    listeners = await _listen(url)
+                    client_urls.append(_bound_url(url, listeners))
+                    nursery.start_soon(trio.serve_listeners, client_door(url).handle, listeners)
+                metrics_urls = []
+                for url in config.listen_metrics_urls:
+                    listeners = await _listen(url)
+                    metrics_urls.append(_bound_url(url, listeners))
+                    nursery.start_soon(trio.serve_listeners, metrics_door(url).handle, listeners)
+                nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
+                nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
+                if tls is not None:
+                    nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
+                period = watchdog_period()
+                if period:
+                    nursery.start_soon(_every, period, _sync(notifier.watchdog))
+                started = Started(tuple(client_urls), tuple(metrics_urls), grpc_port, state.member_id,
+                                  state.cluster_id, tls_files, local_pki)
+                if announce is not None:
+                    announce(started)
+                notifier.ready(status=f"serving clients on {', '.join(client_urls)}")
+                task_status.started(started)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    notifier.stopping()
+                    with trio.CancelScope(shield=True) as stop_scope:
+                        stop_scope.deadline = trio.current_time() + 2 * config.election_timeout / 1000.0
+                        await node.hand_over_leadership()
             finally:
-                notifier.stopping()
                 node.close()
+                for scope in node_scopes:
+                    scope.deadline = trio.current_time() + 5.0  # the node drains, then ends
+                for scope in transport_scopes:
+                    scope.cancel()
                 set_reader_nursery(None)
                 nursery.cancel_scope.cancel()
     finally:
@@ -307,6 +487,87 @@ async def serve(
             with trio.CancelScope(shield=True):
                 state.close()
         lock.release()
+
+
+async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -> int:
+    """A member joining an existing cluster asks the other members for the cluster ID."""
+    from securekv.server.discovery import discover_cluster_id
+    from securekv.storage import WAL
+
+    wal_dir = config.wal_dir or str(Path(config.data_dir) / "member" / "wal")
+    if config.initial_cluster_state != "existing" or WAL.exists(wal_dir):
+        return cluster_id
+    mine = {u for n, u in config.initial_cluster if n == config.name}
+    others = [u for n, u in config.initial_cluster if n != config.name and u not in mine]
+    if not others:
+        raise UsageError("--initial-cluster-state existing needs the other members in --initial-cluster")
+    tls = _peer_tls(config)
+    with trio.move_on_after(30):
+        while True:
+            found = await discover_cluster_id(tls, member_id, others, timeout=config.tls_handshake_timeout)
+            if found:
+                log.info("joining cluster %x", found)
+                return found
+            await trio.sleep(1.0)
+    raise UsageError(f"could not learn the cluster ID from any member of --initial-cluster ({', '.join(others)}); "
+                     "are they running and is this member added with `member add`?")
+
+
+async def _shielded(scopes: list[trio.CancelScope], fn: Callable[..., Any],
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``fn`` in a scope that outer cancellation does not reach; stopped via ``scopes``."""
+    with trio.CancelScope(shield=True) as scope:
+        scopes.append(scope)
+        await fn(task_status=task_status)
+
+
+def _wants_peers(config: Config, state: Any) -> bool:
+    """A peer port is opened for a member of (or joining) a multi-member cluster, or when peer
+    TLS material is configured; a plain single member stays without one."""
+    names = {name for name, _ in config.initial_cluster}
+    return (len(names) > 1 or len(state.membership.members) > 1 or config.initial_cluster_state == "existing"
+            or bool(config.peer_cert_file) or config.peer_auto_tls)
+
+
+def _peer_tls(config: Config) -> Any:
+    from securekv.peer import PeerTLS
+
+    if not any(u.is_tls for u in config.listen_peer_urls):
+        return None  # http:// peers: only reachable with --insecure-allow-plaintext (checked by config)
+    if config.peer_cert_file:
+        return PeerTLS.from_files(config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file or None,
+                                  crl_file=config.peer_crl_file or None,
+                                  client_cert_auth=config.peer_client_cert_auth,
+                                  allowed_cn=config.peer_cert_allowed_cn or None,
+                                  allowed_hostname=config.peer_cert_allowed_hostname or None)
+    if config.peer_auto_tls:
+        from securekv.pki.autotls import ensure_self_signed
+
+        hosts = sorted({"127.0.0.1", "localhost", "::1", *(u.host for u in config.listen_peer_urls),
+                        *(u.host for u in config.initial_advertise_peer_urls)} - {"0.0.0.0", "::"})
+        auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "peer", hosts,
+                                  validity_years=config.self_signed_cert_validity)
+        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False)
+    raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file or --peer-auto-tls")
+
+
+def _make_transport(config: Config, state: Any, node: Any) -> Any:
+    if not _wants_peers(config, state):
+        return None
+    from securekv.peer import PeerTransport
+    from securekv.server.cluster import initial_members
+
+    transport = PeerTransport(state.member_id, state.cluster_id, _peer_tls(config), node.deliver,
+                              node.report_unreachable, node.report_snapshot,
+                              handshake_timeout=config.tls_handshake_timeout)
+    node.transport = transport
+    members = list(state.membership.members.values())
+    if not members:
+        members = initial_members(config.initial_cluster, config.initial_cluster_token)
+    for m in members:
+        if m.id != state.member_id and m.peer_urls:
+            transport.add_peer(m.id, list(m.peer_urls))
+    return transport
 
 
 async def _listen(url: Any) -> list[trio.SocketListener]:
