@@ -22,6 +22,7 @@ import trio
 from securekv.api.auth_gate import Caller
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
 from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err
+from securekv.server.etcdsnap import export_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -600,10 +601,21 @@ class EtcdServer:
         raise err(ERR_TIMEOUT)
 
     async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
-        """A consistent copy written to a private temp file, then streamed from it (bounded memory)."""
+        """An etcd-format (bbolt) snapshot in a private temp file, then streamed from it.
+
+        The backend's consistent copy is taken under the backend lock (fast, sqlite's backup
+        API); the conversion to etcd's buckets then runs in a worker thread on that copy, so
+        commits go on meanwhile. Both temp files match the ``.snapshot-*`` glob that start-up
+        removes after a crash.
+        """
         self._snapshots += 1
-        path = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}.db"
-        await self.node.backend_call(self.backend.backup_to, str(path))
+        base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}"
+        copy, path = Path(f"{base}.sqlite"), Path(f"{base}.db")
+        try:
+            await self.node.backend_call(self.backend.backup_to, str(copy))
+            await trio.to_thread.run_sync(export_snapshot, str(copy), str(path), CLUSTER_VERSION)
+        finally:
+            copy.unlink(missing_ok=True)
         return SnapshotSession(path)
 
     async def health_check(self, req: Any, caller: Caller) -> Any:
@@ -825,8 +837,9 @@ class KeepAliveSession:
 
 
 class SnapshotSession:
-    """Streams a snapshot file in 32 KiB chunks, zero-padded to a multiple of 512 bytes, then
-    one final message whose blob is the SHA-256 of everything sent (etcd's format, §8)."""
+    """Streams a snapshot file in 32 KiB chunks, zero-padded to a multiple of 512 bytes (a bbolt
+    file already is), then one final message whose blob is the SHA-256 of everything sent
+    (etcd's format, §8: ``etcdctl snapshot save`` checks the length, ``restore`` the digest)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import REPO, clean_stderr, free_port
+from server_harness import REPO, clean_stderr, free_port
 
 
 def test_put_get_over_mutual_tls_and_restart(server) -> None:

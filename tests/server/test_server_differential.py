@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import clean_stderr
+from server_harness import clean_stderr
 
 SESSION: list[tuple[str, ...]] = [
     ("put", "foo", "bar"),

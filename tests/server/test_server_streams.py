@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 
-from conftest import ETCDCTL, clean_stderr
+from server_harness import ETCDCTL, clean_stderr
 
 
 def _spawn(member, *args: str) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import Certs, have
+from server_harness import Certs, have
 
 OPENSSL = "/usr/bin/openssl"
 HEALTH_REQ = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
