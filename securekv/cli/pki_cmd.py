@@ -61,6 +61,37 @@ def _passphrase(path: str | None) -> bytes | None:
     return read_passphrase_file(path)
 
 
+def _new_passphrase() -> bytes:
+    """``--encrypt-key``: prompt twice (hidden) on a terminal; from a pipe, read one line.
+
+    Without a terminal getpass would warn and echo, and a closed stdin would abort with a
+    multi-line message; a script pipes the passphrase instead (or uses --passphrase-file).
+    """
+    from securekv.errors import UsageError
+
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise UsageError("--encrypt-key read no passphrase from standard input (pipe one line, or use --passphrase-file)")
+        return line.encode()
+    try:
+        text = click.prompt("Passphrase for the new CA key", hide_input=True, confirmation_prompt=True, err=True)
+    except click.Abort:
+        raise UsageError("no passphrase entered for --encrypt-key") from None
+    if not text:
+        raise UsageError("empty passphrase")
+    return text.encode()
+
+
+def _cn(cn: str | None) -> str | None:
+    """An explicitly empty ``--cn`` is a mistake, not a request for the default."""
+    if cn is not None and not cn.strip():
+        from securekv.errors import UsageError
+
+        raise UsageError("--cn is empty; leave it out to get the default common name")
+    return cn
+
+
 def _duration(text: str | None, what: str):
     if text is None:
         return None
@@ -108,13 +139,11 @@ def init_cmd(directory, csr, cn, key_algo, key_size, expiry, pathlen, force, int
         raise UsageError("--parent-dir, --permit-dns, --permit-ip and --parent-passphrase-file need --intermediate")
     if intermediate and not parent_dir:
         raise UsageError("--intermediate needs --parent-dir ROOT (the directory of the signing CA)")
+    cn = _cn(cn)
     lifetime = _duration(expiry, "--expiry")
     passphrase = _passphrase(passphrase_file)
     if encrypt_key and passphrase is None:
-        passphrase = click.prompt("Passphrase for the new CA key", hide_input=True, confirmation_prompt=True,
-                                  err=True).encode()
-        if not passphrase:
-            raise UsageError("empty passphrase")
+        passphrase = _new_passphrase()
     if intermediate:
         result = init_intermediate(
             directory, parent_dir, cn=cn, csr=csr, key_algo=key_algo, key_size=key_size, expiry=lifetime,
@@ -159,7 +188,7 @@ def issue_cmd(profile, name, directory, hosts, uri, csr, config, expiry, key_alg
     from securekv.pki.issue import issue_cert
 
     result = issue_cert(
-        directory, profile, name, hosts=_split(hosts) if hosts else None, uris=_split(uri), cn=cn, csr=csr,
+        directory, profile, name, hosts=_split(hosts) if hosts else None, uris=_split(uri), cn=_cn(cn), csr=csr,
         config=config, expiry=_duration(expiry, "--expiry"), key_algo=key_algo, key_size=key_size,
         passphrase=_passphrase(passphrase_file),
     )

@@ -18,9 +18,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from securekv.errors import UsageError
-from securekv.fsutil import atomic_write_many, fsync_dir
+from securekv.fsutil import fsync_dir
 from securekv.pki import keys
 from securekv.pki.ca import BACKDATE, pem
+from securekv.pki.files import check_targets, write_files
 from securekv.pki.names import cert_sans, parse_hosts, sans_cover, split_host_port
 from securekv.pki.verify import utcnow
 
@@ -59,6 +60,7 @@ def ensure_self_signed(
     directory = Path(dir)
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     moment = utcnow(now)
+    check_targets((cert_path, key_path))
     reason = _reuse_problem(cert_path, key_path, names, moment, min_remaining)
     if reason is None:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -91,7 +93,7 @@ def ensure_self_signed(
     if not directory.exists():
         directory.mkdir(parents=True, mode=0o700)
         fsync_dir(directory.parent)
-    atomic_write_many([(cert_path, pem(cert), 0o644), (key_path, keys.key_to_pem(key), 0o600)])
+    write_files([(cert_path, pem(cert), 0o644), (key_path, keys.key_to_pem(key), 0o600)])
     return AutoTLS(cert_path, key_path, cert, True, reason)
 
 

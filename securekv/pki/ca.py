@@ -23,9 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from securekv.errors import UsageError
-from securekv.fsutil import atomic_write_many, fsync_dir
+from securekv.fsutil import fsync_dir
 from securekv.pki import keys
 from securekv.pki.cfssl import DEFAULT_CA_EXPIRY, CSRSpec, default_config_json, load_csr
+from securekv.pki.files import check_targets, write_files
 from securekv.pki.names import build_subject, validate_dns_name
 from securekv.pki.verify import is_ca, load_cert_chain, load_certs_pem, utcnow
 
@@ -184,6 +185,8 @@ def name_constraints(permit_dns: Iterable[str], permit_ip: Iterable[str]) -> x50
     subtrees: list[x509.GeneralName] = []
     for raw in permit_dns:
         name = raw.strip()
+        if "*" in name:
+            raise UsageError(f"malformed --permit-dns {raw!r}: a name constraint is a domain suffix (example.com), not a wildcard")
         validate_dns_name(name.lstrip("."))
         subtrees.append(x509.DNSName(name.lower()))
     for raw in permit_ip:
@@ -244,8 +247,9 @@ def init_ca(
     config_path = directory / CA_CONFIG
     if not config_path.exists():
         files.append((config_path, json.dumps(default_config_json(), indent=2) + "\n", 0o644))
+    check_targets(path for path, _, _ in files)
     _ensure_dir(directory)
-    atomic_write_many(files)
+    write_files(files)
     _remove_stale(directory, (CA_CHAIN, ROOT_CERT))
     return CAResult(directory, directory / CA_CERT, directory / CA_KEY, config_path, cert,
                     keys.describe_key(key), False, encrypted=bool(passphrase))
@@ -316,8 +320,9 @@ def init_intermediate(
     config_path = directory / CA_CONFIG
     if not config_path.exists():
         files.append((config_path, json.dumps(default_config_json(), indent=2) + "\n", 0o644))
+    check_targets(path for path, _, _ in files)
     _ensure_dir(directory)
-    atomic_write_many(files)
+    write_files(files)
     return CAResult(directory, directory / CA_CERT, directory / CA_KEY, config_path, cert, keys.describe_key(key),
                     True, directory / CA_CHAIN, directory / ROOT_CERT, bool(passphrase),
                     (warning,) if warning else ())

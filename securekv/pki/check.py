@@ -59,8 +59,10 @@ def check_dir(
     directory = Path(dir)
     if not directory.is_dir():
         raise UsageError(f"directory {directory} does not exist")
-    host_list = [h.strip() for h in hosts if h.strip()]
+    host_list = [h.strip() for h in hosts]
     for host in host_list:
+        if not host:
+            raise UsageError("malformed host '': empty host name (check for a stray comma)")
         if parse_ip(host) is None:
             validate_dns_name(host)
     ca_path = directory / CA_CERT
@@ -87,6 +89,8 @@ def check_dir(
             add(path, ERROR, str(exc))
             continue
         leaf = chain[0]
+        if path.name == CA_CERT and not is_ca(leaf):
+            add(path, ERROR, "is not a CA certificate (basicConstraints CA:FALSE); nothing can chain to it")
         if path.name != CA_CERT and ca_cert not in chain[1:]:
             chain = chain + [ca_cert]
         try:

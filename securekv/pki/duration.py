@@ -35,10 +35,12 @@ def parse_duration(text: str, *, what: str = "duration") -> timedelta:
         if match is None:
             raise UsageError(f"invalid {what} {text!r}: expected a number followed by y, w, d, h, m or s (e.g. 8760h, 90d, 1y)")
         number, unit = match.groups()
-        if unit == "ms":
-            total += timedelta(milliseconds=float(number))
-        else:
-            total += _UNITS[unit] * float(number)
+        try:
+            total += timedelta(milliseconds=float(number)) if unit == "ms" else _UNITS[unit] * float(number)
+        except OverflowError:  # e.g. 1e400h: still one clear line, never a traceback
+            raise UsageError(f"invalid {what} {text!r}: longer than 100 years") from None
+        if total > _MAX:
+            raise UsageError(f"invalid {what} {text!r}: longer than 100 years")
         pos = match.end()
     if total <= timedelta(0):
         raise UsageError(f"invalid {what} {text!r}: must be greater than zero")

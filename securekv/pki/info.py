@@ -8,10 +8,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from securekv.errors import UsageError
 from securekv.pki.keys import describe_key
 from securekv.pki.names import cert_sans
 from securekv.pki.usages import ext_key_usage_names, key_usage_names
-from securekv.pki.verify import is_ca, load_cert_chain, utcnow
+from securekv.pki.verify import PEM_BEGIN, is_ca, load_cert_chain, utcnow
 
 
 def colon_hex(data: bytes) -> str:
@@ -56,9 +57,27 @@ def cert_info(cert: x509.Certificate, *, now: datetime | None = None) -> dict:
     }
 
 
+def load_any(path: str | Path) -> list[x509.Certificate]:
+    """A PEM bundle (leaf first) or one DER certificate (``openssl x509 -outform DER``)."""
+    if _looks_pem(path):
+        return load_cert_chain(path)
+    try:
+        return [x509.load_der_x509_certificate(Path(path).read_bytes())]
+    except ValueError:
+        raise UsageError(f"{path} holds no PEM or DER certificate") from None
+
+
+def _looks_pem(path: str | Path) -> bool:
+    """True unless ``path`` is a readable file without a PEM certificate in it."""
+    try:
+        return PEM_BEGIN in Path(path).read_bytes()
+    except OSError:
+        return True  # let load_cert_chain report the missing/unreadable file
+
+
 def file_info(path: str | Path, *, now: datetime | None = None) -> dict:
     """Info for the first certificate in ``path``; the rest of the bundle under "chain"."""
-    certs = load_cert_chain(path)
+    certs = load_any(path)
     info = cert_info(certs[0], now=now)
     info["file"] = str(path)
     info["chain"] = [cert_info(c, now=now) for c in certs[1:]]

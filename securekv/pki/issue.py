@@ -15,10 +15,10 @@ import attrs
 from cryptography import x509
 
 from securekv.errors import UsageError
-from securekv.fsutil import atomic_write_many
 from securekv.pki import keys
 from securekv.pki.ca import CA, CA_CONFIG, RESERVED_NAMES, authority_key_id, load_ca, pem, validity
 from securekv.pki.cfssl import CSRSpec, Profile, SigningConfig, default_config, load_config, load_csr
+from securekv.pki.files import check_targets, write_files
 from securekv.pki.names import SANs, build_subject, parse_hosts
 from securekv.pki.usages import build_ext_key_usage, build_key_usage
 from securekv.pki.verify import utcnow
@@ -121,6 +121,7 @@ def issue_cert(
     subject = build_subject(cn or spec.cn or name, spec.names)
     if not target.is_dir():
         raise UsageError(f"output directory {target} does not exist")
+    check_targets((target / f"{name}.pem", target / f"{name}-key.pem"))
     moment = utcnow(now)
     not_before, not_after, warning = validity(moment, expiry or prof.expiry, ca.cert.not_valid_after_utc, "CA",
                                              ca.cert.not_valid_before_utc)
@@ -130,7 +131,7 @@ def issue_cert(
         (target / f"{name}.pem", pem(cert) + b"".join(pem(c) for c in ca.chain), 0o644),
         (target / f"{name}-key.pem", keys.key_to_pem(key), 0o600),
     ]
-    atomic_write_many(files)
+    write_files(files)
     return IssuedCert(files[0][0], files[1][0], cert, ca.chain, profile, keys.describe_key(key), sans,
                       warning is not None, (warning,) if warning else ())
 

@@ -17,9 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from securekv.errors import CorruptionError, UsageError
-from securekv.fsutil import atomic_write, atomic_write_many
 from securekv.pki import keys
-from securekv.pki.ca import CRL_FILE, REVOKED_FILE, authority_key_id, load_ca
+from securekv.pki.ca import CRL_FILE, RESERVED_NAMES, REVOKED_FILE, authority_key_id, load_ca
+from securekv.pki.files import write_files
 from securekv.pki.issue import validate_name
 from securekv.pki.verify import issued_by, load_cert_chain, utcnow
 
@@ -62,22 +62,41 @@ def parse_reason(text: str) -> x509.ReasonFlags:
 
 
 def _state(directory: Path) -> dict:
+    """The parsed record; every entry is checked so a damaged file is one clear error."""
     path = directory / REVOKED_FILE
     if not path.exists():
         return {"crl_number": 0, "revoked": []}
+    damaged = CorruptionError(f"revocation record {path} is damaged; restore it from backup")
     try:
         data = json.loads(path.read_text())
-        assert isinstance(data, dict) and isinstance(data.get("revoked"), list)
-        return data
-    except (ValueError, AssertionError):
-        raise CorruptionError(f"revocation record {path} is damaged; restore it from backup") from None
+    except (OSError, ValueError):
+        raise damaged from None
+    if not isinstance(data, dict) or not isinstance(data.get("revoked"), list):
+        raise damaged
+    number = data.get("crl_number", 0)
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise damaged
+    try:
+        for item in data["revoked"]:
+            _entry(item)
+    except (TypeError, KeyError, ValueError):
+        raise damaged from None
+    return data
+
+
+def _entry(item: dict) -> Revocation:
+    reason = x509.ReasonFlags(item["reason"]).value
+    when = datetime.fromisoformat(item["revoked_at"])
+    if when.tzinfo is None:
+        raise ValueError("naive revocation time")
+    name = item.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValueError("name must be a string")
+    return Revocation(int(item["serial"], 16), reason, when, name)
 
 
 def load_revocations(dir: str | os.PathLike) -> list[Revocation]:
-    out = []
-    for item in _state(Path(dir))["revoked"]:
-        out.append(Revocation(int(item["serial"], 16), item["reason"], datetime.fromisoformat(item["revoked_at"]), item.get("name")))
-    return out
+    return [_entry(item) for item in _state(Path(dir))["revoked"]]
 
 
 def revoke(
@@ -92,7 +111,11 @@ def revoke(
     ca = load_ca(directory, need_key=False)
     flag = parse_reason(reason)
     name = None
-    if (directory / f"{target}.pem").exists() and target not in ("ca", "crl", "root-ca", "ca-chain"):
+    if target == "ca":  # also valid hex: never let it silently mean serial 0xca
+        raise UsageError("refusing to revoke the CA's own certificate; replace the CA instead (for serial CA write 0xca)")
+    if target in RESERVED_NAMES:
+        raise UsageError(f"{target!r} names one of the CA's own files, not an issued certificate")
+    if (directory / f"{target}.pem").exists():
         validate_name(target)
         cert = load_cert_chain(directory / f"{target}.pem")[0]
         if not issued_by(cert, ca.cert):
@@ -109,7 +132,7 @@ def revoke(
         raise UsageError(f"serial {serial:x} is already revoked")
     record = Revocation(serial, flag.value, utcnow(now), name)
     state["revoked"].append(record.to_json())
-    atomic_write(directory / REVOKED_FILE, json.dumps(state, indent=2) + "\n", 0o644)
+    write_files([(directory / REVOKED_FILE, json.dumps(state, indent=2) + "\n", 0o644)])
     return record
 
 
@@ -146,7 +169,7 @@ def write_crl(
         builder = builder.add_revoked_certificate(entry.build())
     crl = builder.sign(ca.key, keys.signing_hash(ca.key))
     state["crl_number"] = number
-    atomic_write_many([
+    write_files([
         (directory / CRL_FILE, crl.public_bytes(serialization.Encoding.PEM), 0o644),
         (directory / REVOKED_FILE, json.dumps(state, indent=2) + "\n", 0o644),
     ])

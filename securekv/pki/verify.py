@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from securekv.errors import UsageError
 from securekv.pki.names import common_name
 
-_BEGIN = b"-----BEGIN CERTIFICATE-----"
+PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
 def utcnow(now: datetime | None = None) -> datetime:
@@ -29,7 +29,7 @@ def utcnow(now: datetime | None = None) -> datetime:
 
 
 def load_certs_pem(data: bytes, *, source: str = "input") -> list[x509.Certificate]:
-    if _BEGIN not in data:
+    if PEM_BEGIN not in data:
         raise UsageError(f"{source} holds no PEM certificate")
     try:
         return x509.load_pem_x509_certificates(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -30,6 +31,27 @@ def world(tmp_path):
     (tmp_path / "mixed" / "ca-key.pem").write_bytes((tmp_path / "other" / "ca-key.pem").read_bytes())
     (tmp_path / "nokey").mkdir()
     (tmp_path / "nokey" / "ca.pem").write_bytes((tmp_path / "ca" / "ca.pem").read_bytes())
+    (tmp_path / "noca").mkdir()
+    (tmp_path / "notca").mkdir()  # ca.pem is a leaf (CA:FALSE) with its matching key
+    (tmp_path / "notca" / "ca.pem").write_bytes((tmp_path / "ca" / "alice.pem").read_bytes())
+    (tmp_path / "notca" / "ca-key.pem").write_bytes((tmp_path / "ca" / "alice-key.pem").read_bytes())
+    (tmp_path / "badca").mkdir()
+    (tmp_path / "badca" / "ca.pem").write_text("garbage\n")
+    (tmp_path / "badkey").mkdir()
+    (tmp_path / "badkey" / "ca.pem").write_bytes((tmp_path / "ca" / "ca.pem").read_bytes())
+    (tmp_path / "badkey" / "ca-key.pem").write_text("garbage\n")
+    (tmp_path / "keydir").mkdir()  # ca-key.pem is a directory
+    (tmp_path / "keydir" / "ca.pem").write_bytes((tmp_path / "ca" / "ca.pem").read_bytes())
+    (tmp_path / "keydir" / "ca-key.pem").mkdir()
+    init_ca(tmp_path / "clash", now=NOW)  # directories where issue's output files must go
+    (tmp_path / "clash" / "bob-key.pem").mkdir()
+    (tmp_path / "clash" / "carol.pem").mkdir()
+    init_ca(tmp_path / "damaged", now=NOW)
+    (tmp_path / "damaged" / "revoked.json").write_text('{"crl_number": 1, "revoked": [{"serial": "zz"}]}\n')
+    (tmp_path / "badc.json").write_text('{"CN": "x", "names": [{"C": "USA"}]}')
+    (tmp_path / "badhosts.json").write_text('{"CN": "x", "hosts": ["bad_host"]}')
+    (tmp_path / "badexp.json").write_text('{"signing": {"profiles": {"x": {"usages": ["client auth"], "expiry": "forever"}}}}')
+    (tmp_path / "caprof.json").write_text('{"signing": {"profiles": {"ica": {"usages": ["cert sign"], "ca_constraint": {"is_ca": true}}}}}')
     return tmp_path
 
 
@@ -71,7 +93,39 @@ CASES = [
     ("issue client ca --dir {t}/ca", "clash with the CA's own files"),
     ("issue client bob --dir {t}/ca --uri nope", "malformed URI 'nope'"),
     ("info {t}/missing.pem", "certificate file {t}/missing.pem does not exist"),
-    ("info {t}/good.pass", "holds no PEM certificate"),
+    ("info {t}/good.pass", "holds no PEM or DER certificate"),
+    ("info {t}/ca", "is a directory"),
+    # added by the issue-2 audit: each was a traceback, a silent success or a partial write
+    ("init --dir {t}/new --expiry 1" + "9" * 400 + "h", "longer than 100 years"),
+    ("init --dir {t}/new --cn ''", "--cn is empty"),
+    ("init --dir {t}/new --encrypt-key", "--encrypt-key read no passphrase from standard input"),
+    ("init --dir {t}/new --key-algo ed25519 --key-size 384", "ed25519 keys have a fixed size"),
+    ("init --dir {t}/new --csr {t}/badc.json", "C must be a two-letter code"),
+    ("init --dir {t}/new --intermediate --parent-dir {t}/ca --permit-dns *.example.com", "not a wildcard"),
+    ("init --dir {t}/new --intermediate --parent-dir {t}/notca", "{t}/notca/ca.pem is not a CA certificate"),
+    ("init --dir {t}/new --intermediate --parent-dir {t}/badkey", "{t}/badkey/ca-key.pem is not a PEM private key"),
+    ("init --dir {t}/keydir --force", "{t}/keydir/ca-key.pem is a directory"),
+    ("issue client bob --dir {t}/noca", "no CA certificate {t}/noca/ca.pem"),
+    ("issue client bob --dir {t}/notca", "{t}/notca/ca.pem is not a CA certificate"),
+    ("issue client bob --dir {t}/badca", "{t}/badca/ca.pem holds no PEM certificate"),
+    ("issue client bob --dir {t}/badkey", "{t}/badkey/ca-key.pem is not a PEM private key"),
+    ("issue client bob --dir {t}/keydir", "cannot read key file {t}/keydir/ca-key.pem"),
+    ("issue client bob --dir {t}/clash", "{t}/clash/bob-key.pem is a directory"),
+    ("issue client carol --dir {t}/clash", "{t}/clash/carol.pem is a directory"),
+    ("issue client bob --dir {t}/ca --cn ' '", "--cn is empty"),
+    ("issue client bob --dir {t}/ca --csr {t}/badc.json", "C must be a two-letter code"),
+    ("issue server web --dir {t}/ca --csr {t}/badhosts.json", "malformed host 'bad_host'"),
+    ("issue x bob --dir {t}/ca --config {t}/badexp.json", "profile 'x' expiry 'forever'"),
+    ("issue ica bob --dir {t}/ca --config {t}/caprof.json", "issues CA certificates"),
+    ("issue client bob --dir {t}/ca --key-size abc", "'abc' is not a valid integer"),
+    ("check --dir {t}/ca --hosts localhost,,127.0.0.1", "empty host name"),
+    ("check --dir {t}/badca", "{t}/badca/ca.pem holds no PEM certificate"),
+    ("check --dir {t}/damaged", "revocation record {t}/damaged/revoked.json is damaged"),
+    ("revoke ca --dir {t}/ca", "refusing to revoke the CA's own certificate"),
+    ("revoke crl --dir {t}/ca", "'crl' names one of the CA's own files"),
+    ("revoke 0xabc --dir {t}/damaged", "is damaged"),
+    ("crl --dir {t}/damaged", "is damaged"),
+    ("crl --dir {t}/enc", "is passphrase-protected"),
     ("check --dir {t}/nowhere", "directory {t}/nowhere does not exist"),
     ("check --dir {t}/ca --warn 3x", "invalid --warn '3x'"),
     ("check --dir {t}/ca --hosts bad_host", "malformed host 'bad_host'"),
@@ -86,11 +140,15 @@ CASES = [
 ]
 
 
+# click's own parse errors exit 2 (same one-line format); every other refusal exits 1
+CLICK_PARSE_ERRORS = tuple(f"securekv pki: error: {p}" for p in ("Missing ", "No such option", "Invalid value"))
+
+
 @pytest.mark.parametrize("args, message", CASES, ids=[c[0].split(" --dir")[0] + ":" + c[1][:30] for c in CASES])
 def test_bad_input(world, pki, args: str, message: str) -> None:
     before = snapshot(world)
-    result = pki(*args.format(t=world).split())
-    assert result.exit_code != 0
+    result = pki(*shlex.split(args.format(t=world)))
+    assert result.exit_code == (2 if result.stderr.startswith(CLICK_PARSE_ERRORS) else 1), result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("securekv pki: error: ")

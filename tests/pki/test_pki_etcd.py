@@ -17,6 +17,7 @@ from securekv.pki.ca import init_ca, init_intermediate
 from securekv.pki.issue import issue_cert
 from securekv.pki.revoke import revoke, write_crl
 from securekv.pki.tls import client_context
+from securekv.pki.verify import load_cert
 
 from pki_helpers import tool
 
@@ -91,12 +92,15 @@ def etcd(tmp_path_factory):
     issue_cert(node.pki, "client", "alice")
     issue_cert(node.pki, "client", "revoked-user")
     revoke(node.pki, "revoked-user", reason="keyCompromise")
+    issue_cert(node.pki, "peer", "revoked-peer", hosts=["127.0.0.1"])
+    revoke(node.pki, "revoked-peer", reason="cessationOfOperation")
     write_crl(node.pki)
     init_intermediate(root / "inter", node.pki)
     issue_cert(root / "inter", "client", "bob")
     init_ca(root / "other")
     issue_cert(root / "other", "client", "mallory")
-    with running_etcd(node, "--client-crl-file", str(node.pki / "crl.pem")):
+    crl = str(node.pki / "crl.pem")
+    with running_etcd(node, "--client-crl-file", crl, "--peer-crl-file", crl):
         yield node
 
 
@@ -122,6 +126,10 @@ def test_etcdctl_with_other_ca_cert_refused(etcd) -> None:
 def test_etcdctl_with_revoked_cert_refused(etcd) -> None:
     proc = etcd.ctl("get", "greeting", cert="revoked-user", timeout="1s", dial="1s")
     assert proc.returncode != 0
+    assert "context deadline exceeded" in proc.stderr or "bad certificate" in proc.stderr
+    serial = load_cert(etcd.pki / "revoked-user.pem").serial_number
+    as_bytes = serial.to_bytes((serial.bit_length() + 7) // 8, "big").hex()  # etcd prints %x of the bytes
+    assert f"certificate serial {as_bytes} revoked" in (etcd.root / "etcd.log").read_text()  # refused for the CRL
 
 
 def test_intermediate_issued_client_cert_carries_its_chain(etcd) -> None:
@@ -152,6 +160,8 @@ def test_peer_port_requires_client_cert(etcd) -> None:
     assert _peer_request(etcd, etcd.pki / "member.pem").startswith(b"HTTP/1.1 200")
     assert _peer_request(etcd, None) == b""
     assert _peer_request(etcd, etcd.root / "other" / "mallory.pem") == b""
+    # same CA and hosts as member.pem, refused only because the securekv CRL lists it (--peer-crl-file)
+    assert _peer_request(etcd, etcd.pki / "revoked-peer.pem") == b""
 
 
 def test_client_cert_cn_is_the_rbac_user(tmp_path) -> None:

@@ -13,6 +13,7 @@ from securekv.pki.autotls import ensure_self_signed
 from securekv.pki.ca import init_ca
 from securekv.pki.check import check_dir
 from securekv.pki.issue import issue_cert
+from securekv.pki.keys import load_private_key
 from securekv.pki.local import ensure_local_pki
 from securekv.pki.names import cert_sans
 from securekv.pki.revoke import load_revocations, revoke, write_crl
@@ -49,6 +50,11 @@ def test_auto_tls_replaces_damaged_files(tmp_path) -> None:
     ensure_self_signed(tmp_path, ["a"], now=NOW)
     (tmp_path / "key.pem").write_text("garbage")
     assert ensure_self_signed(tmp_path, ["a"], now=NOW).created
+    blocked = tmp_path / "blocked"
+    (blocked / "key.pem").mkdir(parents=True)  # a directory where the key must go: refused, nothing written
+    with pytest.raises(UsageError, match="key.pem is a directory"):
+        ensure_self_signed(blocked, ["a"], now=NOW)
+    assert sorted(p.name for p in blocked.iterdir()) == ["key.pem"]
 
 
 def test_local_pki_for_serve(tmp_path) -> None:
@@ -159,11 +165,13 @@ def test_cli_human_and_json_output(tmp_path, pki) -> None:
     assert "Chain [1]:" in info.stdout and "CN=securekv intermediate CA" in info.stdout
 
 
-def test_cli_encrypt_key_prompts(tmp_path, pki) -> None:
-    out = pki("init", "--dir", tmp_path, "--encrypt-key", input="pw\npw\n")
+def test_cli_encrypt_key_from_stdin(tmp_path, pki) -> None:
+    """Not a terminal: one line of stdin is the passphrase (the terminal prompt is in test_pki_cli_features)."""
+    out = pki("init", "--dir", tmp_path, "--encrypt-key", input="pw\n")
     assert out.exit_code == 0, out.stderr
     assert b"ENCRYPTED" in (tmp_path / "ca-key.pem").read_bytes()
+    load_private_key(tmp_path / "ca-key.pem", b"pw")
     before = snapshot(tmp_path)
-    mismatch = pki("init", "--dir", tmp_path / "b", "--encrypt-key", input="pw\nother\npw\npw\n")
-    assert mismatch.exit_code == 0  # click re-prompts on a mismatch
-    assert snapshot(tmp_path)["ca.pem"] == before["ca.pem"]
+    issued = pki("issue", "client", "a", "--dir", tmp_path)
+    assert issued.exit_code == 1 and "passphrase-protected" in issued.stderr
+    assert snapshot(tmp_path) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from datetime import timedelta
 
@@ -156,3 +157,41 @@ def test_other_ca_key_algorithms_verify(tmp_path, algo: str) -> None:
     assert proc.returncode == 0, proc.stderr
     expected = "ED25519" if algo == "ed25519" else "sha256WithRSAEncryption"
     assert expected in run_tool("openssl", "x509", "-in", str(tmp_path / "s.pem"), "-noout", "-text").stdout
+
+
+def _openssl_field(cert, *args: str) -> str:
+    """One ``name=value`` line of ``openssl x509 -noout ARGS`` -> value."""
+    return run_tool("openssl", "x509", "-in", str(cert), "-noout", *args).stdout.strip().split("=", 1)[1]
+
+
+def test_info_reads_openssl_certs_pem_and_der(tmp_path, pki) -> None:
+    """`pki info` on certificates made by OpenSSL itself: a self-signed CA (PEM and DER) and a
+    bare v1 leaf with no extensions at all; every field agrees with OpenSSL's own reading."""
+    ca, ca_key = tmp_path / "oca.pem", tmp_path / "oca-key.pem"
+    run_tool("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/C=US/O=Acme/CN=openssl.example",
+             "-addext", "subjectAltName=DNS:openssl.example,IP:10.0.0.1", "-addext", "extendedKeyUsage=serverAuth,clientAuth",
+             "-addext", "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign", "-keyout", str(ca_key), "-out", str(ca))
+    run_tool("openssl", "x509", "-in", str(ca), "-outform", "DER", "-out", str(tmp_path / "oca.der"))
+    for path in (ca, tmp_path / "oca.der"):
+        result = pki("info", path, "--json")
+        assert result.exit_code == 0, result.stderr
+        info = json.loads(result.stdout)
+        assert info["subject"] == info["issuer"] == "CN=openssl.example,O=Acme,C=US"
+        assert info["serial"].replace(":", "") == _openssl_field(ca, "-serial")
+        assert info["sha256_fingerprint"] == _openssl_field(ca, "-fingerprint", "-sha256")
+        assert info["sans"] == {"dns": ["openssl.example"], "ip": ["10.0.0.1"], "uri": []}
+        assert info["key_usage"] == ["digital signature", "key encipherment", "cert sign"]
+        assert info["extended_key_usage"] == ["server auth", "client auth"]
+        assert info["signature_algorithm"] == "sha256WithRSAEncryption" and info["public_key"] == "RSA 2048"
+        assert info["is_ca"] is True  # openssl req -x509 marks it CA:TRUE
+    # a plain `openssl x509 -req` leaf: version 1, no extensions
+    run_tool("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=bare",
+             "-keyout", str(tmp_path / "bare-key.pem"), "-out", str(tmp_path / "bare.csr"))
+    run_tool("openssl", "x509", "-req", "-in", str(tmp_path / "bare.csr"), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "5", "-out", str(tmp_path / "bare.pem"))
+    result = pki("info", tmp_path / "bare.pem")
+    assert result.exit_code == 0, result.stderr
+    assert "Subject:             CN=bare" in result.stdout and "Issuer:              CN=openssl.example,O=Acme,C=US" in result.stdout
+    assert "SANs:                (none)" in result.stdout and "Key usage:           (none)" in result.stdout
+    assert "CA:                  no" in result.stdout and "Public key:          ECDSA P-256" in result.stdout
+    assert _openssl_field(tmp_path / "bare.pem", "-fingerprint", "-sha256") in result.stdout
