@@ -30,7 +30,7 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
     from securekv.deploy import install
 
     try:
-        plan = install.plan_systemd(config_file, user, exec_path.split() if exec_path else None, load_credentials)
+        plan = install.plan_systemd(config_file, user, exec_path.split() if exec_path is not None else None, load_credentials)
         if dry_run:
             click.echo(install.describe(plan, root), nl=False)
             return
@@ -56,11 +56,12 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
 @click.option("--backend", required=True, metavar="nftables|iptables|firewalld|ufw", help="Firewall to render rules for.")
 @click.option("--peers", required=True, metavar="ADDR,...", help="Member IP addresses allowed on the peer port.")
 @click.option("--clients", required=True, metavar="CIDR,...", help="Networks allowed on the client port.")
-@click.option("--client-port", type=int, default=2379, show_default=True)
-@click.option("--peer-port", type=int, default=2380, show_default=True)
+# Ports are parsed by us, not click, so a bad one is the same one-line error as every other input.
+@click.option("--client-port", default="2379", show_default=True, metavar="PORT")
+@click.option("--peer-port", default="2380", show_default=True, metavar="PORT")
 @click.option("--root", metavar="DIR", help="Write the rule files under DIR instead of applying them.")
 @click.option("--print", "print_only", is_flag=True, help="Print the rules without applying them.")
-def firewall_cmd(backend: str, peers: str, clients: str, client_port: int, peer_port: int, root: str | None, print_only: bool) -> None:
+def firewall_cmd(backend: str, peers: str, clients: str, client_port: str, peer_port: str, root: str | None, print_only: bool) -> None:
     """Peer port open to the members only, client port to the given networks only; the rest dropped."""
     from securekv.deploy import firewall as fw
     from securekv.deploy import install
@@ -69,7 +70,7 @@ def firewall_cmd(backend: str, peers: str, clients: str, client_port: int, peer_
         if root is not None and print_only:
             raise UsageError("--root and --print are mutually exclusive")
         backend = fw.check_backend(backend)
-        spec = fw.make_spec(peers, clients, client_port, peer_port)
+        spec = fw.make_spec(peers, clients, fw.parse_port(client_port, "--client-port"), fw.parse_port(peer_port, "--peer-port"))
         plan = install.plan_firewall(backend, spec)
         if print_only:
             many = len(plan.files) > 1

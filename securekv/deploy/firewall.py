@@ -68,6 +68,7 @@ def parse_peers(values: str | Iterable[str]) -> tuple[IPAddress, ...]:
             address = ipaddress.ip_address(text)
         except ValueError:
             raise UsageError(f"--peers: {item!r} is not an IPv4 or IPv6 address") from None
+        _check_plain(address, address.max_prefixlen, "--peers", item)
         if address.is_unspecified or address.is_multicast:
             raise UsageError(f"--peers: {item} is not a member's address")
         found.add(address)
@@ -76,18 +77,48 @@ def parse_peers(values: str | Iterable[str]) -> tuple[IPAddress, ...]:
     return tuple(sorted(found, key=lambda a: (a.version, a)))
 
 
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _check_plain(address: IPAddress, prefixlen: int, option: str, item: str) -> None:
+    """Refuse forms no firewall rule can match: a zone index, an IPv4-mapped IPv6 address.
+
+    A zone (``fe80::1%eth0``) is not part of a packet's address and breaks nft's syntax; a packet
+    from an IPv4 host carries its IPv4 address, so an ``::ffff:a.b.c.d`` rule would never match.
+    """
+    if address.version == 6 and address.scope_id:
+        bare = ipaddress.IPv6Address(int(address))
+        plain = str(bare) if "/" not in item else str(ipaddress.ip_network((int(bare), prefixlen), strict=False))
+        raise UsageError(f"{option}: {item} has a zone index (%{address.scope_id}); firewall rules match "
+                         f"addresses only, give {plain}")
+    if address.version == 6 and address in _MAPPED and prefixlen >= 96:
+        v4 = ipaddress.ip_network((int(address) & 0xFFFFFFFF, prefixlen - 96), strict=False)
+        plain = str(v4.network_address) if "/" not in item else str(v4)
+        raise UsageError(f"{option}: {item} is an IPv4-mapped IPv6 address; packets from it arrive as IPv4, give {plain}")
+
+
+def parse_port(value: str | int, what: str) -> int:
+    """A port from the command line: digits only, 1-65535 (click's int would accept '+1', ' 1')."""
+    if isinstance(value, str):
+        if not value.isdigit():
+            raise UsageError(f"{what} must be a TCP port between 1 and 65535, got {value!r}")
+        value = int(value)
+    return check_port(value, what)
+
+
 def parse_clients(values: str | Iterable[str]) -> tuple[IPNetwork, ...]:
     found: set[IPNetwork] = set()
     for item in _split(values):
         if not item:
             raise UsageError("--clients has an empty entry (check for a stray comma)")
         try:
-            network = ipaddress.ip_network(item, strict=True)
-        except ValueError as exc:
-            if "host bits set" in str(exc):
-                fixed = ipaddress.ip_network(item, strict=False)
-                raise UsageError(f"--clients: {item} has host bits set; did you mean {fixed}?") from None
+            network = ipaddress.ip_network(item, strict=False)
+            host = ipaddress.ip_address(item.split("/", 1)[0])
+        except ValueError:
             raise UsageError(f"--clients: {item!r} is not an IPv4 or IPv6 network (CIDR)") from None
+        _check_plain(host, network.prefixlen, "--clients", item)
+        if host != network.network_address:
+            raise UsageError(f"--clients: {item} has host bits set; did you mean {network}?")
         found.add(network)
     if not found:
         raise UsageError("--clients needs at least one network")

@@ -58,7 +58,7 @@ def plan_systemd(
 ) -> Plan:
     user = check_user(user)
     config = load_config_file(config_file)
-    argv = check_exec_start(tuple(exec_start) if exec_start else default_exec_start())
+    argv = check_exec_start(tuple(exec_start) if exec_start is not None else default_exec_start())
     data = dict(config.data)
     credentials: tuple[tuple[str, str], ...] = ()
     if load_credentials:
@@ -100,14 +100,30 @@ def under_root(root: str, path: str) -> Path:
 
 
 def write_files(files: Sequence[fw.RenderedFile], root: str) -> list[Path]:
-    """Write every file under ``root`` (DESTDIR convention) all-or-nothing."""
+    """Write every file under ``root`` (DESTDIR convention) all-or-nothing.
+
+    Directories this call creates are removed again if writing fails, so a failed run leaves
+    the tree exactly as it found it.
+    """
     targets = [(under_root(root, f.path), f.content, f.mode) for f in files]
     for target, _, _ in targets:
         if target.exists() and not target.is_file():
             raise UsageError(f"cannot write {target}: it exists and is not a regular file")
-    for target, _, _ in targets:
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    atomic_write_many(targets)
+    created: list[Path] = []
+    try:
+        for target, _, _ in targets:
+            missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            for directory in reversed(missing):
+                directory.mkdir(mode=0o755)
+                created.append(directory)
+        atomic_write_many(targets)
+    except BaseException:
+        for directory in reversed(created):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
     return [t for t, _, _ in targets]
 
 

@@ -68,3 +68,50 @@ def localize(config_name: str, tmp: Path, ports: dict) -> dict:
         if key in data:
             data[key] = ",".join(dict.fromkeys(data[key].split(",")))
     return data
+
+
+def tls_handshake(port: int, pki: Path, cert: str = "root") -> bool:
+    """A mutual-TLS handshake with the member on 127.0.0.1:port (client certificate ``cert``)."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    ctx.load_cert_chain(str(pki / f"{cert}.pem"), str(pki / f"{cert}-key.pem"))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                return tls.version() in ("TLSv1.2", "TLSv1.3")
+    except OSError:
+        return False
+
+
+class NotifyReceiver:
+    """The service manager's side of sd_notify: a datagram socket that also learns the sender's pid.
+
+    SO_PASSCRED makes the kernel attach the sender's credentials, which is how systemd enforces
+    NotifyAccess=main (only the main process may change the service state).
+    """
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(str(path))
+        self.path = path
+
+    def recv(self, timeout: float) -> tuple[str, int]:
+        """One datagram and its sender's pid; raises TimeoutError after ``timeout`` seconds."""
+        import socket
+        import struct
+
+        self.sock.settimeout(timeout)
+        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        pid = -1
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _, _ = struct.unpack("iii", payload[:12])
+        return data.decode(), pid
+
+    def close(self) -> None:
+        self.sock.close()

@@ -39,6 +39,16 @@ def test_cluster_configs_agree_on_the_cluster() -> None:
             assert all(u.startswith("https://") for u in c[key].split(","))
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_use_tls_on_every_port(name: str) -> None:
+    data = yaml.safe_load((CONFIGS / name).read_text())
+    urls = [u for key, value in data.items() if key.endswith("-urls") for u in value.split(",")]
+    urls += [entry.split("=", 1)[1] for entry in data.get("initial-cluster", "").split(",") if entry]
+    assert urls and all(u.startswith("https://") for u in urls), urls
+    env = (CONFIGS / "securekv.env").read_text()
+    assert "http://" not in env
+
+
 def test_env_example_uses_known_flags() -> None:
     from securekv.config.options import OPTIONS
 

@@ -223,10 +223,16 @@ BAD = [
     (["--client-port", "2380"], "port 2380 is used twice: --client-port and --peer-port must differ"),
     (["--peer-port", "70000"], "--peer-port must be a TCP port between 1 and 65535"),
     (["--print", "--root", "{root}"], "--root and --print are mutually exclusive"),
+    (["--peers", "fe80::1%eth0"], "--peers: fe80::1%eth0 has a zone index (%eth0); firewall rules match addresses only, give fe80::1"),
+    (["--clients", "fe80::%eth0/64"], "--clients: fe80::%eth0/64 has a zone index (%eth0); firewall rules match addresses only, give fe80::/64"),
+    (["--peers", "::ffff:10.0.0.1"], "--peers: ::ffff:10.0.0.1 is an IPv4-mapped IPv6 address; packets from it arrive as IPv4, give 10.0.0.1"),
+    (["--clients", "::ffff:10.0.0.0/120"], "--clients: ::ffff:10.0.0.0/120 is an IPv4-mapped IPv6 address; packets from it arrive as IPv4, give 10.0.0.0/24"),
+    (["--client-port", "abc"], "--client-port must be a TCP port between 1 and 65535, got 'abc'"),
+    (["--client-port", "0"], "--client-port must be a TCP port between 1 and 65535, got 0"),
 ]
 
 
-@pytest.mark.parametrize("extra, message", BAD, ids=[b[1][:40] for b in BAD])
+@pytest.mark.parametrize("extra, message", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, cli, extra: list[str], message: str) -> None:
     root = tmp_path / "root"
     root.mkdir()

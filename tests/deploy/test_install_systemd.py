@@ -150,6 +150,10 @@ BAD = [
     ("relative exec", ["--config", SINGLE, "--exec", "securekv"], "must be an absolute path"),
     ("exec in home", ["--config", SINGLE, "--exec", "/root/.local/bin/securekv"], "ProtectHome=/PrivateTmp= hide"),
     ("no keys to load", ["--config", "{auto_tls_config}", "--load-credentials"], "--load-credentials needs a key-file"),
+    ("port twice", ["--config", "{dup_config}"], "port 2379 is used twice: listen-client-urls and listen-metrics-urls both bind"),
+    ("yaml syntax", ["--config", "{broken_config}"], "broken.yaml: not valid YAML at line 2"),
+    ("not a config", ["--config", str(CONFIGS / "securekv.env")], "the config must be a YAML mapping"),
+    ("empty exec", ["--config", SINGLE, "--exec", ""], "ExecStart needs a program"),
 ]
 
 
@@ -165,7 +169,10 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, cli, la
     (root / "etc/securekv").mkdir(parents=True)
     (root / "etc/securekv/securekv.yaml").write_text("previous: content\n")
     before = snapshot(root)
-    subst = {"bad_config": str(tmp_path / "bad.yaml"), "tmp": str(tmp_path), "auto_tls_config": str(tmp_path / "auto.yaml")}
+    (tmp_path / "dup.yaml").write_text(yaml.safe_dump(dict(data, **{"listen-metrics-urls": "https://127.0.0.1:2379"})))
+    (tmp_path / "broken.yaml").write_text("name: a\n  bad: [\n")
+    subst = {"bad_config": str(tmp_path / "bad.yaml"), "tmp": str(tmp_path), "auto_tls_config": str(tmp_path / "auto.yaml"),
+             "dup_config": str(tmp_path / "dup.yaml"), "broken_config": str(tmp_path / "broken.yaml")}
     argv = [a.format(**subst) for a in args]
     if "--exec" not in argv:
         argv += ["--exec", EXEC]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_helpers import EXEC, REPO, free_port, localize
+from deploy_helpers import EXEC, REPO, free_port, localize, tls_handshake
 
 DEADLINE_S = 30
 
@@ -47,17 +46,6 @@ def member_config(tmp_path: Path, cli) -> tuple[Path, dict, Path]:
     installed = root / "etc/securekv/securekv.yaml"
     assert yaml.safe_load(installed.read_text()) == data
     return installed, data, pki
-
-
-def tls_handshake(port: int, pki: Path) -> bool:
-    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    ctx.load_cert_chain(str(pki / "root.pem"), str(pki / "root-key.pem"))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                return tls.version() in ("TLSv1.2", "TLSv1.3")
-    except OSError:
-        return False
 
 
 PROBE = Path(__file__).with_name("deploy_mdwe_probe.py")
@@ -93,6 +81,8 @@ def test_ready_after_tls_accepts_and_stopping_on_sigterm(tmp_path: Path, member_
                 continue
         # The moment READY=1 arrives, a mutual-TLS client must get through on the first try.
         assert tls_handshake(port, pki), "READY=1 sent before the client port accepted TLS"
+        metrics_port = int(data["listen-metrics-urls"].rsplit(":", 1)[1])
+        assert data["listen-metrics-urls"].startswith("https://") and tls_handshake(metrics_port, pki)
         # ... and the member really serves: the real etcdctl writes and reads a key.
         etcdctl = ["etcdctl", f"--endpoints=https://127.0.0.1:{port}", f"--cacert={pki / 'ca.pem'}",
                    f"--cert={pki / 'root.pem'}", f"--key={pki / 'root-key.pem'}"]
