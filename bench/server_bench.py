@@ -6,6 +6,9 @@ alternate between the servers because this shared 2-core machine drifts by ±25 
 
     python3 bench/server_bench.py [--servers etcd,securekv] [--rounds 2] [--scale 1.0]
 
+``--servers`` may also name ``noop-sync``, ``noop-aio``, ``noop-trio``: grpcio alone answering
+at once (bench/grpc_noop.py), the ceiling any grpcio server in CPython reaches here.
+
 Prints a markdown table (requests/s, p99 latency, server CPU ms per request) for the
 workloads the issues name, and the ratio securekv/etcd.
 """
@@ -82,6 +85,9 @@ def start_server(kind: str, base: Path, tls: dict[str, str]) -> tuple[subprocess
     ]
     if kind == "etcd":
         cmd = ["etcd", *common, "--log-level", "error"]
+    elif kind.startswith("noop-"):  # grpcio alone, no server behind it (bench/grpc_noop.py)
+        cmd = [sys.executable, str(ROOT / "bench" / "grpc_noop.py"), "--port", str(port),
+               "--mode", kind.removeprefix("noop-"), "--ca", tls["ca"], "--cert", tls["cert"], "--key", tls["key"]]
     else:
         cmd = [sys.executable, "-m", "securekv", "serve", *common, "--log-level", "error"]
     log = open(base / f"{kind}-{port}.log", "wb")
@@ -154,9 +160,10 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
+        both = {"etcd", "securekv"} <= set(servers)
         print("| workload | " + " | ".join(f"{s} req/s (p99 ms, CPU ms/req)" for s in servers)
-              + (" | securekv/etcd |" if set(servers) == {"etcd", "securekv"} else " |"))
-        print("|---" * (len(servers) + 1 + (set(servers) == {"etcd", "securekv"})) + "|")
+              + (" | securekv/etcd |" if both else " |"))
+        print("|---" * (len(servers) + 1 + both) + "|")
         for name in workloads:
             cells, med = [], {}
             for kind in servers:
@@ -164,7 +171,7 @@ def main() -> None:
                 med[kind] = statistics.median(r[0] for r in rows)
                 cells.append(f"{med[kind]:,.0f} ({statistics.median(r[1] for r in rows):.1f}, "
                              f"{statistics.median(r[2] for r in rows):.3f})")
-            ratio = f" {med['securekv'] / med['etcd']:.2f} |" if set(servers) == {"etcd", "securekv"} else ""
+            ratio = f" {med['securekv'] / med['etcd']:.2f} |" if both else ""
             print(f"| {name} | " + " | ".join(cells) + " |" + ratio)
     finally:
         shutil.rmtree(base, ignore_errors=True)
