@@ -21,6 +21,7 @@ from .types import (
     LOCAL_MESSAGES,
     NONE,
     RESPONSE_MESSAGES,
+    SEND_BEFORE_PERSIST,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -41,7 +42,8 @@ __all__ = [
     "CompactedError", "Config", "ConfChange", "ConfChangeType", "ConfState", "EMPTY_HARD_STATE",
     "EMPTY_SNAPSHOT", "Entry", "EntryType", "HardState", "LOCAL_MESSAGES", "MemoryStorage",
     "Message", "MessageType", "NONE", "ProgressView", "ProposalDropped", "RESPONSE_MESSAGES",
-    "RaftError", "RawNode", "ReadState", "Ready", "Rng", "Role", "Snapshot",
+    "RaftError", "RawNode", "ReadState", "Ready", "Rng", "Role", "SEND_BEFORE_PERSIST",
+    "Snapshot",
     "SnapshotMetadata", "SnapshotOutOfDateError", "SnapshotTemporarilyUnavailable", "SoftState",
     "Status", "StepLocalMessage", "Storage", "StorageError", "UnavailableError", "bootstrap_entries",
 ]

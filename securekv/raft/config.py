@@ -20,6 +20,11 @@ def _positive(_inst: object, attribute: attrs.Attribute, value: int) -> None:  #
         raise ValueError(f"raft config: {attribute.name} must be > 0, got {value}")
 
 
+def _non_negative(_inst: object, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
+    if value < 0:
+        raise ValueError(f"raft config: {attribute.name} must be >= 0, got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Knobs of a node.
@@ -31,6 +36,8 @@ class Config:
       to it are not handed out again.
     * ``max_size_per_msg``: byte budget (``Entry.size``) of one append message; at least one
       entry is always sent.
+    * ``max_entries_per_msg``: entry count cap of one append message (0 = no cap), so a
+      catching-up follower is fed in bounded steps whatever the entry sizes.
     * ``max_inflight_msgs``: append messages in flight per follower in the pipelined state.
     * ``max_uncommitted_entries_size``: leader drops proposals once this many bytes of
       uncommitted entries are in its log (0 = no limit).
@@ -48,6 +55,7 @@ class Config:
     rng: Rng
     applied: int = 0
     max_size_per_msg: int = 1 << 20
+    max_entries_per_msg: int = attrs.field(default=0, validator=_non_negative)
     max_inflight_msgs: int = attrs.field(default=256, validator=_positive)
     max_uncommitted_entries_size: int = 0
     max_committed_size_per_ready: int = 0

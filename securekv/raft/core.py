@@ -61,6 +61,7 @@ class Raft:
         max_next = c.max_committed_size_per_ready or None
         self.log = RaftLog(c.storage, max_next)
         self.max_msg_size = c.max_size_per_msg
+        self.max_msg_entries = c.max_entries_per_msg
         self.max_uncommitted_size = c.max_uncommitted_entries_size
         self.trk = ProgressTracker(c.max_inflight_msgs)
         self.check_quorum = c.check_quorum
@@ -138,7 +139,11 @@ class Raft:
         prev_index = pr.next - 1
         try:
             prev_term = log.term(prev_index)
-            ents = log.entries(pr.next, self.max_msg_size)
+            if self.max_msg_entries:
+                hi = min(log.last_index() + 1, pr.next + self.max_msg_entries)
+                ents = log.slice(pr.next, hi, self.max_msg_size) if pr.next < hi else []
+            else:
+                ents = log.entries(pr.next, self.max_msg_size)
         except StorageError:
             return self._maybe_send_snapshot(to)
         if not ents and not send_if_empty:

@@ -13,6 +13,7 @@ from .types import (
     LOCAL_MESSAGES,
     NONE,
     RESPONSE_MESSAGES,
+    SEND_BEFORE_PERSIST,
     ConfChange,
     ConfState,
     Entry,
@@ -149,6 +150,9 @@ class RawNode:
             hard = r.hard_state()
         entries = tuple(r.log.unstable.entries)
         snap = r.log.unstable.snapshot
+        must_sync = (bool(entries) or snap is not None or hard.term != prev_hard.term
+                     or hard.vote != prev_hard.vote)
+        messages = tuple(r.msgs)
         rd = Ready(
             soft_state=soft if soft is not prev_soft else None,
             hard_state=hard if hard is not prev_hard else None,
@@ -156,9 +160,11 @@ class RawNode:
             entries=entries,
             snapshot=snap,
             committed_entries=tuple(r.log.next_ents()),
-            messages=tuple(r.msgs),
-            must_sync=bool(entries) or snap is not None or hard.term != prev_hard.term
-            or hard.vote != prev_hard.vote,
+            messages=messages,
+            must_sync=must_sync,
+            # Without anything to sync, nothing a message could depend on is at risk.
+            after_persist=tuple(must_sync and m.type not in SEND_BEFORE_PERSIST
+                                for m in messages),
         )
         r.msgs = []
         r.read_states = []

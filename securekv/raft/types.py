@@ -58,6 +58,17 @@ LOCAL_MESSAGES = frozenset(
     {MessageType.HUP, MessageType.BEAT, MessageType.UNREACHABLE, MessageType.SNAP_STATUS,
      MessageType.CHECK_QUORUM}
 )
+#: Types that never depend on state persisted in the same Ready, so a Ready may let them leave
+#: before (or while) it is persisted: forwarded requests, non-binding pre-votes, heartbeats and
+#: their answers, TIMEOUT_NOW and snapshots (read from storage, durable already). Everything
+#: else waits: APP (the leader counts its own unpersisted entries toward commit), APP_RESP and
+#: VOTE_RESP (acknowledge the log / vote), VOTE (our own vote) and READ_INDEX_RESP (a single
+#: voter's commit index covers its unpersisted entries).
+SEND_BEFORE_PERSIST = frozenset(
+    {MessageType.PROP, MessageType.READ_INDEX, MessageType.TRANSFER_LEADER,
+     MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP, MessageType.HEARTBEAT,
+     MessageType.HEARTBEAT_RESP, MessageType.TIMEOUT_NOW, MessageType.SNAP}
+)
 RESPONSE_MESSAGES = frozenset(
     {MessageType.APP_RESP, MessageType.VOTE_RESP, MessageType.HEARTBEAT_RESP,
      MessageType.UNREACHABLE, MessageType.READ_INDEX_RESP, MessageType.PRE_VOTE_RESP}
@@ -195,7 +206,9 @@ class Ready:
 
     1. persist ``snapshot`` (if any), ``entries`` and ``hard_state`` (if any) — fsync when
        ``must_sync``;
-    2. send ``messages`` — ALL of them only after step 1 (the simple etcd rule);
+    2. send ``messages`` — all of them after step 1 is always correct (the simple etcd rule);
+       ``after_persist`` marks which ones must wait, so :meth:`messages_before_persist` may
+       leave before step 1 and :meth:`messages_after_persist` after it;
     3. apply ``committed_entries`` (and ``RawNode.apply_conf_change`` for conf-change entries);
     4. call ``RawNode.advance()``.
     """
@@ -208,3 +221,18 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     messages: tuple[Message, ...] = ()
     must_sync: bool = False
+    #: ``after_persist[i]``: ``messages[i]`` may only leave once this Ready is persisted.
+    #: Empty (a Ready built by hand) means every message waits.
+    after_persist: tuple[bool, ...] = ()
+
+    def messages_before_persist(self) -> tuple[Message, ...]:
+        """Messages that depend on nothing this Ready persists: they may leave at once."""
+        if len(self.after_persist) != len(self.messages):
+            return ()
+        return tuple(m for m, late in zip(self.messages, self.after_persist) if not late)
+
+    def messages_after_persist(self) -> tuple[Message, ...]:
+        """Messages that may only leave after step 1 (persisting) completed."""
+        if len(self.after_persist) != len(self.messages):
+            return self.messages
+        return tuple(m for m, late in zip(self.messages, self.after_persist) if late)

@@ -10,11 +10,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import attrs
 
-from securekv.raft import Entry, RawNode, ReadState
+from securekv.raft import Entry, Message, RawNode, Ready, ReadState
 from securekv.sim.world import RunResult, SimParams, Simulation
 
 #: Deliberately broken rules ``--inject-bug`` can patch into the core (see inject_bug).
-BUGS = ("figure8", "figure8-with-noop", "local-reads")
+BUGS = ("figure8", "figure8-with-noop", "local-reads", "send-before-persist")
 
 
 def run_seed(seed: int, params: SimParams, bug: str | None = None) -> RunResult:
@@ -38,7 +38,17 @@ def inject_bug(bug: str | None) -> Iterator[None]:
     saved = {(RaftLog, "maybe_commit"): RaftLog.maybe_commit,
              (Raft, "become_leader"): Raft.become_leader,
              (Raft, "append_entry"): Raft.append_entry,
-             (RawNode, "read_index"): RawNode.read_index}
+             (RawNode, "read_index"): RawNode.read_index,
+             (Ready, "messages_before_persist"): Ready.messages_before_persist,
+             (Ready, "messages_after_persist"): Ready.messages_after_persist}
+
+    def everything_early(self: Ready) -> tuple[Message, ...]:
+        # Votes and append acknowledgements leave before the state they promise is durable:
+        # a crash inside the Ready breaks the promise (seeds that send early only).
+        return self.messages
+
+    def nothing_late(self: Ready) -> tuple[Message, ...]:
+        return ()
 
     def read_index_locally(self: RawNode, context: bytes) -> None:
         # Answers every ReadIndex at once from whatever this node has applied, without asking
@@ -71,6 +81,9 @@ def inject_bug(bug: str | None) -> Iterator[None]:
 
     if bug == "local-reads":
         RawNode.read_index = read_index_locally  # type: ignore[method-assign]
+    elif bug == "send-before-persist":
+        Ready.messages_before_persist = everything_early  # type: ignore[method-assign]
+        Ready.messages_after_persist = nothing_late  # type: ignore[method-assign]
     else:
         RaftLog.maybe_commit = commit_by_counting_only  # type: ignore[method-assign]
     if bug == "figure8":

@@ -142,6 +142,10 @@ class Simulation:
         # Per-seed knobs: the same code sees many shapes of cluster.
         self.max_size_per_msg = rng.choice([1, 300, 1 << 20])
         self.max_inflight = rng.choice([1, 4, 256])
+        self.max_entries_per_msg = rng.choice([0, 0, 2])
+        # Half the seeds send what a Ready marks as independent of its persistence before
+        # persisting it (so a crash at stage 0 or 1 has already let them out).
+        self.send_early = rng.random() < 0.5
         # Pre-Vote is the default; without it a node with a stale log and a fast clock can
         # keep every other node's election timer reset (etcd semantics), so those seeds get
         # milder clock skew to stay live.
@@ -197,6 +201,7 @@ class Simulation:
             id=node.id, storage=node.storage, rng=node.rng, election_tick=self.p.election_tick,
             heartbeat_tick=self.p.heartbeat_tick, applied=node.applied,
             max_size_per_msg=self.max_size_per_msg, max_inflight_msgs=self.max_inflight,
+            max_entries_per_msg=self.max_entries_per_msg,
             check_quorum=self.check_quorum, pre_vote=self.pre_vote,
         )
 
@@ -381,6 +386,10 @@ class Simulation:
             self._push(self.now + self.rng.randint(5 * self.p.tick, 60 * self.p.tick),
                        "restart", node.id, node.epoch + 1)
         st = node.storage
+        late = rd.messages
+        if self.send_early:
+            self._send(node, rd.messages_before_persist())
+            late = rd.messages_after_persist()
         if stage == 0 or (stage == 1 and rd.snapshot is not None and not rd.snapshot.is_empty()):
             # A snapshot persisted without the hard state of its Ready is newer than the
             # persisted commit index; recovery must ignore it (etcd's ValidSnapshotEntries),
@@ -425,15 +434,13 @@ class Simulation:
                        f" log {st.first_index()}..{st.last_index()}")
             if node.role is Role.LEADER:
                 self.monitor.observe_leader(node.id, node.term, st)
-        # 2. send (only now: everything above is durable)
-        messages = rd.messages
+        # 2. send what had to wait (only now: everything above is durable)
+        messages = late
         if stage == 3:
             messages = tuple(m for m in messages if self.rng.random() < 0.5)
-        for m in messages:
-            for delay in self.net.schedule():
-                self._push(self.now + delay, "msg", m, node.epoch)
+        self._send(node, messages)
         if stage == 3:
-            return self._crash(node, f"after sending {len(messages)}/{len(rd.messages)} messages")
+            return self._crash(node, f"after sending {len(messages)}/{len(late)} messages")
         # 3. apply
         for rs in rd.read_states:
             op = node.reads.get(rs.request_ctx)
@@ -450,6 +457,11 @@ class Simulation:
         self._finish_reads(node)
         self._maybe_compact(node)
         return None
+
+    def _send(self, node: SimNode, messages: tuple[Message, ...]) -> None:
+        for m in messages:
+            for delay in self.net.schedule():
+                self._push(self.now + delay, "msg", m, node.epoch)
 
     def _apply(self, node: SimNode, e: Entry) -> None:
         self.monitor.observe_applied(node.id, e)
@@ -475,7 +487,8 @@ class Simulation:
         self._conf_seen.add(index)
         self.conf_changes += 1
         self.trace(f"conf change {cc.type.name} n{cc.node_id} committed at {index}")
-        if cc.type is ConfChangeType.ADD_LEARNER and cc.node_id not in self.nodes:
+        if (cc.type in (ConfChangeType.ADD_LEARNER, ConfChangeType.ADD_NODE)
+                and cc.node_id not in self.nodes):
             self._add_node(cc.node_id, MemoryStorage())
         elif cc.type is ConfChangeType.REMOVE_NODE and cc.node_id in self.nodes:
             gone = self.nodes[cc.node_id]
@@ -766,6 +779,7 @@ class Simulation:
         options: list[ConfChange] = []
         if len(self.nodes) < self.p.nodes + self.p.max_extra_nodes:
             options.append(ConfChange(ConfChangeType.ADD_LEARNER, self.next_id))
+            options.append(ConfChange(ConfChangeType.ADD_NODE, self.next_id))  # straight to voter
         for nid in cs.learners:
             if nid in self.nodes and not self.nodes[nid].removed:
                 options.append(ConfChange(ConfChangeType.PROMOTE_LEARNER, nid))
@@ -779,7 +793,7 @@ class Simulation:
         except ProposalDropped as exc:
             self.trace(f"conf change {cc.type.name} n{cc.node_id} refused: {exc}")
             return False
-        if cc.type is ConfChangeType.ADD_LEARNER:
+        if cc.node_id == self.next_id:
             self.next_id += 1
         self.trace(f"FAULT propose {cc.type.name} n{cc.node_id} at leader n{leader.id}")
         return True

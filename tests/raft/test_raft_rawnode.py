@@ -131,6 +131,7 @@ def test_restart_with_commit_beyond_log_is_refused() -> None:
         (dict(election_tick=2, heartbeat_tick=2), "election_tick must be greater"),
         (dict(election_tick=0), "election_tick must be > 0"),
         (dict(max_inflight_msgs=0), "max_inflight_msgs must be > 0"),
+        (dict(max_entries_per_msg=-1), "max_entries_per_msg must be >= 0"),
     ],
 )
 def test_config_validation(kw: dict[str, object], match: str) -> None:
@@ -188,3 +189,107 @@ def test_ready_messages_are_frozen() -> None:
     m = n.ready().messages[0]
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         m.term = 5  # type: ignore[misc]
+
+
+# --------------------------------------------------------------- which messages must wait
+
+
+def _drain_ready(n: RawNode, st: MemoryStorage) -> None:
+    rd = n.ready()
+    st.append(rd.entries)
+    if rd.hard_state is not None:
+        st.set_hard_state(rd.hard_state)
+    n.advance()
+
+
+def _candidate() -> tuple[RawNode, MemoryStorage]:
+    n, st = node(pre_vote=False)
+    n.campaign()
+    return n, st
+
+
+def _pre_candidate() -> tuple[RawNode, MemoryStorage]:
+    n, st = node(pre_vote=True)
+    n.campaign()
+    return n, st
+
+
+def _voter() -> tuple[RawNode, MemoryStorage]:
+    n, st = node(pre_vote=False)
+    n.step(Message(MT.VOTE, to=1, frm=2, term=3))
+    return n, st
+
+
+def _heartbeat_of_new_term() -> tuple[RawNode, MemoryStorage]:
+    n, st = node()
+    n.step(Message(MT.HEARTBEAT, to=1, frm=2, term=3, context=b"read-1"))
+    return n, st
+
+
+def _follower_appends_and_forwards() -> tuple[RawNode, MemoryStorage]:
+    n, st = node()
+    n.step(Message(MT.APP, to=1, frm=2, term=2, entries=(Entry(2, 1, data=b"a"),)))
+    n.propose(b"forwarded")
+    n.read_index(b"read-2")
+    return n, st
+
+
+def _leader_proposes() -> tuple[RawNode, MemoryStorage]:
+    n, st = node(voters=(1, 2), pre_vote=False)
+    n.campaign()
+    _drain_ready(n, st)
+    n.step(Message(MT.VOTE_RESP, to=1, frm=2, term=1))
+    _drain_ready(n, st)
+    n.step(Message(MT.APP_RESP, to=1, frm=2, term=1, index=1))  # 2 replicates from now on
+    _drain_ready(n, st)
+    n.propose(b"x")
+    return n, st
+
+
+def _leader_commits() -> tuple[RawNode, MemoryStorage]:
+    n, st = _leader_proposes()
+    _drain_ready(n, st)
+    n.step(Message(MT.APP_RESP, to=1, frm=2, term=1, index=2))
+    return n, st
+
+
+@pytest.mark.parametrize(
+    "scenario,must_sync,early,late",
+    [
+        (_candidate, True, [], [MT.VOTE, MT.VOTE]),  # our own vote must be durable first
+        (_pre_candidate, False, [MT.PRE_VOTE, MT.PRE_VOTE], []),  # nothing to persist
+        (_voter, True, [], [MT.VOTE_RESP]),
+        (_heartbeat_of_new_term, True, [MT.HEARTBEAT_RESP], []),
+        (_follower_appends_and_forwards, True, [MT.PROP, MT.READ_INDEX], [MT.APP_RESP]),
+        (_leader_proposes, True, [], [MT.APP]),  # the leader counts its own unpersisted entry
+        (_leader_commits, False, [MT.APP], []),  # a commit-index change alone risks nothing
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_ready_marks_messages_that_must_wait_for_persistence(
+    scenario, must_sync: bool, early: list[MT], late: list[MT]
+) -> None:
+    n, _ = scenario()
+    rd = n.ready()
+    assert rd.must_sync is must_sync
+    assert len(rd.after_persist) == len(rd.messages)
+    assert [m.type for m in rd.messages_before_persist()] == early
+    assert [m.type for m in rd.messages_after_persist()] == late
+    assert sorted(rd.messages_before_persist() + rd.messages_after_persist(),
+                  key=rd.messages.index) == list(rd.messages)
+
+
+def test_hand_built_ready_keeps_every_message_until_persisted() -> None:
+    from securekv.raft import Ready
+
+    m = Message(MT.HEARTBEAT, to=2, frm=1, term=1)
+    rd = Ready(messages=(m,))
+    assert rd.messages_before_persist() == () and rd.messages_after_persist() == (m,)
+
+
+def test_early_types_exclude_every_promise_about_durable_state() -> None:
+    from securekv.raft import SEND_BEFORE_PERSIST
+
+    assert not SEND_BEFORE_PERSIST & {MT.APP, MT.APP_RESP, MT.VOTE, MT.VOTE_RESP,
+                                      MT.READ_INDEX_RESP}
+    assert not SEND_BEFORE_PERSIST & LOCAL_MESSAGES

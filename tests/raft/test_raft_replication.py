@@ -146,6 +146,31 @@ def test_batching_catch_up_in_one_message_and_size_limit() -> None:
     assert net.log(3) == net.log(1)
 
 
+@pytest.mark.parametrize(
+    "max_entries,max_size,want_max",
+    [
+        (0, 1 << 20, 12),  # no count cap: the whole backlog in one message
+        (1, 1 << 20, 1),
+        (5, 1 << 20, 5),
+        (5, 2 * (1 + ENTRY_OVERHEAD), 2),  # the tighter of the two limits wins
+        (100, 1 << 20, 12),
+    ],
+)
+def test_entry_count_limit_per_message(max_entries: int, max_size: int, want_max: int) -> None:
+    net = Network([1, 2, 3], max_entries_per_msg=max_entries, max_size_per_msg=max_size)
+    net.elect(1)
+    net.isolate(3)
+    for i in range(12):
+        net.propose(1, bytes([i]))
+    net.heal()
+    net.sent.clear()
+    net.tick(1, 1)
+    apps = [m for m in net.sent if m.type is MT.APP and m.to == 3 and m.entries]
+    assert max(len(m.entries) for m in apps) == want_max
+    assert net.log(3) == net.log(1)
+    assert net.applied_data(3) == [bytes([i]) for i in range(12)]
+
+
 def test_propose_many_is_one_append_per_follower() -> None:
     net = Network([1, 2, 3])
     net.elect(1)

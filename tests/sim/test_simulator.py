@@ -104,6 +104,17 @@ def test_simulator_catches_figure8(bug: str) -> None:
     assert rc2 == 1 and summary2["failures"] == summary["failures"]
 
 
+def test_simulator_catches_messages_sent_before_persisting() -> None:
+    """Every message of a Ready may leave before it is persisted (votes, append acks): a node
+    that crashes inside that Ready breaks promises others already counted on."""
+    rc, out, summary = sim("--seeds", "200", "--ticks", "800", "--inject-bug",
+                           "send-before-persist", "--fail-fast")
+    assert rc == 1, out[-3000:]
+    (failure,) = summary["failures"]
+    assert failure["invariant"] in SAFETY, failure
+    assert f"VIOLATION seed={failure['seed']}" in out and "trace (last events):" in out
+
+
 def test_simulator_catches_non_linearizable_reads() -> None:
     """ReadIndex answered locally without confirming leadership: every safety property of the
     log still holds, only the client-history check can tell."""
@@ -141,6 +152,25 @@ def test_crash_loses_what_was_not_persisted() -> None:
         world._drain()
         assert not node.alive
         assert (node.storage.hard_state.term > term) is kept, stage
+
+
+@pytest.mark.parametrize("pre_vote,escapes", [(True, True), (False, False)])
+def test_early_messages_leave_even_if_the_ready_is_lost(pre_vote: bool, escapes: bool) -> None:
+    """Seeds that send early let a Ready's independent messages (pre-votes) out before the
+    crash point; messages that must wait (votes: the term and vote were never persisted)
+    die with the node."""
+    world = Simulation(1, random.Random(1), SimParams(nodes=3, chaos_ticks=40))
+    world.send_early, world.pre_vote = True, pre_vote
+    node = world.nodes[1]
+    world._boot(node)  # with this seed's Pre-Vote setting
+    world._queue.clear()
+    node.raw.campaign()  # type: ignore[union-attr]
+    node.crash_stage = 0
+    world._drain()
+    assert not node.alive and node.storage.hard_state.term == 0
+    sent = [ev[3] for ev in world._queue if ev[2] == "msg"]
+    assert bool(sent) is escapes
+    assert all(m.frm == 1 and m.type.name == "PRE_VOTE" for m in sent)
 
 
 def test_kv_state_machine_dedups_and_round_trips() -> None:
