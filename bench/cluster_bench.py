@@ -190,20 +190,7 @@ def main() -> None:
                 finally:
                     stop(procs)
         measured = [s for s in servers if s not in problems]
-        both = set(measured) == {"etcd", "securekv"}
-        print("| workload (3 members, to the leader) | "
-              + " | ".join(f"{s} req/s (p99 ms, CPU ms/req)" for s in measured)
-              + (" | securekv/etcd |" if both else " |"))
-        print("|---" * (len(measured) + 1 + both) + "|")
-        for name in workloads:
-            cells, med = [], {}
-            for kind in measured:
-                rows = results[(kind, name)]
-                med[kind] = statistics.median(r[0] for r in rows)
-                cells.append(f"{med[kind]:,.0f} ({statistics.median(r[1] for r in rows):.1f}, "
-                             f"{statistics.median(r[2] for r in rows):.3f})")
-            ratio = f" {med['securekv'] / med['etcd']:.2f} |" if both else ""
-            print(f"| {name} | " + " | ".join(cells) + " |" + ratio)
+        sb.print_table("workload (3 members, to the leader)", measured, workloads, results)
         for kind in measured:
             fo = failovers[kind]
             print(f"\nfailover {kind}: median {statistics.median(fo) * 1000:.0f} ms "

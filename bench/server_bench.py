@@ -130,6 +130,24 @@ def run_workload(tool: str, url: str, tls: dict[str, str], name: str, scale: flo
     return rps, p99, total
 
 
+def print_table(title: str, servers: list[str], workloads: list[str],
+                results: dict[tuple[str, str], list[tuple[float, float, float]]]) -> None:
+    """Markdown table of medians (req/s, p99 ms, CPU ms/req), with securekv/etcd when both ran."""
+    both = {"etcd", "securekv"} <= set(servers)
+    print(f"| {title} | " + " | ".join(f"{s} req/s (p99 ms, CPU ms/req)" for s in servers)
+          + (" | securekv/etcd |" if both else " |"))
+    print("|---" * (len(servers) + 1 + both) + "|")
+    for name in workloads:
+        cells, med = [], {}
+        for kind in servers:
+            rows = results[(kind, name)]
+            med[kind] = statistics.median(r[0] for r in rows)
+            cells.append(f"{med[kind]:,.0f} ({statistics.median(r[1] for r in rows):.1f}, "
+                         f"{statistics.median(r[2] for r in rows):.3f})")
+        ratio = f" {med['securekv'] / med['etcd']:.2f} |" if both else ""
+        print(f"| {name} | " + " | ".join(cells) + " |" + ratio)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--servers", default="etcd,securekv")
@@ -160,19 +178,7 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
-        both = {"etcd", "securekv"} <= set(servers)
-        print("| workload | " + " | ".join(f"{s} req/s (p99 ms, CPU ms/req)" for s in servers)
-              + (" | securekv/etcd |" if both else " |"))
-        print("|---" * (len(servers) + 1 + both) + "|")
-        for name in workloads:
-            cells, med = [], {}
-            for kind in servers:
-                rows = results[(kind, name)]
-                med[kind] = statistics.median(r[0] for r in rows)
-                cells.append(f"{med[kind]:,.0f} ({statistics.median(r[1] for r in rows):.1f}, "
-                             f"{statistics.median(r[2] for r in rows):.3f})")
-            ratio = f" {med['securekv'] / med['etcd']:.2f} |" if both else ""
-            print(f"| {name} | " + " | ".join(cells) + " |" + ratio)
+        print_table("workload", servers, workloads, results)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -79,22 +79,28 @@ def _get(st: _State, key: bytes) -> list[bytes]:
     return [kv.value for kv in st.store.range(rpc_pb2.RangeRequest(key=key)).kvs]
 
 
+def _start_all(nursery: trio.Nursery, nodes: list) -> dict[int, trio.CancelScope]:
+    """Run every node's loop in its own cancel scope (cancelling one = killing that member)."""
+    scopes = {}
+    for node in nodes:
+        scope = trio.CancelScope()
+        scopes[node.member_id] = scope
+
+        async def run(node=node, scope=scope) -> None:
+            with scope:
+                await node.run()
+
+        nursery.start_soon(run)
+    return scopes
+
+
 async def test_three_nodes_forward_read_and_fail_over(tmp_path: Path) -> None:
     net = Loopback()
     members = [_node(tmp_path, n, net) for n in URLS]
     states = [s for s, _ in members]
     nodes = [n for _, n in members]
     async with trio.open_nursery() as nursery:
-        scopes = {}
-        for node in nodes:
-            scope = trio.CancelScope()
-            scopes[node.member_id] = scope
-
-            async def run(node=node, scope=scope) -> None:
-                with scope:
-                    await node.run()
-
-            nursery.start_soon(run)
+        scopes = _start_all(nursery, nodes)
         leader = await _leader(nodes)
         followers = [n for n in nodes if n is not leader]
         # The founders' membership was applied from the log on every member.
@@ -224,16 +230,7 @@ async def test_leases_live_on_the_leader_and_survive_a_leader_change(tmp_path: P
         servers[node.member_id] = etcd
     nodes = [n for _, n in members]
     async with trio.open_nursery() as nursery:
-        scopes = {}
-        for node in nodes:
-            scope = trio.CancelScope()
-            scopes[node.member_id] = scope
-
-            async def run(node=node, scope=scope) -> None:
-                with scope:
-                    await node.run()
-
-            nursery.start_soon(run)
+        scopes = _start_all(nursery, nodes)
         leader = await _leader(nodes)
         follower = next(n for n in nodes if n is not leader)
         fs = servers[follower.member_id]
