@@ -38,6 +38,10 @@ class AuthGate:
         for key, value in metadata or ():
             if key in ("token", "authorization"):
                 token = value if isinstance(value, str) else value.decode()
+        return self.caller_for(identity, token)
+
+    def caller_for(self, identity: Identity, token: str) -> Caller:
+        """The caller of a request that arrived on ``identity``'s connection (gRPC or gateway)."""
         username = identity.common_name if (self.use_cn and not token) else ""
         return Caller(username=username, identity=identity, token=token)
 

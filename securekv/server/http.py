@@ -1,28 +1,41 @@
 """HTTP/1.1 on the client port (behind the TLS front door) and on --listen-metrics-urls.
 
-Serves etcd's GET endpoints: ``/health`` (``{"health":"true"}``), ``/version`` and
-``/metrics``. One request per connection (``Connection: close``): these are probes and scrapes,
-not a hot path, and it keeps the parser tiny and bounded.
+Serves etcd's GET endpoints ``/health`` (``{"health":"true"}``), ``/version`` and
+``/metrics``, and on the client port etcd's JSON gateway (``POST /v3/...``,
+:mod:`securekv.api.gateway`). h11 does the HTTP/1.1 framing: keep-alive, chunked bodies,
+``Expect: 100-continue``; every request head and body is bounded in size and time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
+import h11
 import trio
+
+from securekv.api.gateway import HTTP_REASON, Gateway, Reply, StreamReply, is_gateway_path, route_for
+from securekv.server.frontdoor import Identity
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
-HEAD_TIMEOUT = 10.0
+HEAD_TIMEOUT = 10.0  # from the first byte of a request to its complete head and body
+IDLE_TIMEOUT = 60.0  # a kept-alive connection with no new request is closed
+BODY_TIMEOUT = 30.0
 
-CORS = (
-    b"Access-Control-Allow-Origin: *\r\n"
-    b"Access-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n"
-    b"Access-Control-Allow-Headers: accept, content-type, authorization\r\n"
-)
+CORS = [
+    (b"Access-Control-Allow-Origin", b"*"),
+    (b"Access-Control-Allow-Methods", b"POST, GET, OPTIONS, PUT, DELETE"),
+    (b"Access-Control-Allow-Headers", b"accept, content-type, authorization"),
+]
+TEXT = b"text/plain; charset=utf-8"
+JSON = b"application/json"
+
+
+class _Done(Exception):
+    """The connection is over (closed by the peer, timed out or unusable)."""
 
 
 class HttpApp:
@@ -32,61 +45,191 @@ class HttpApp:
         version: Callable[[], dict],
         metrics: Callable[[], bytes],
         metrics_content_type: str,
+        gateway: Gateway | None = None,
+        max_body: int = 4 * 1024 * 1024,
     ) -> None:
         self.health = health
         self.version = version
         self.metrics = metrics
         self.metrics_content_type = metrics_content_type
+        self.gateway = gateway
+        self.max_body = max_body
 
-    async def serve(self, stream: trio.abc.Stream, paths: frozenset[str]) -> None:
-        head = b""
-        with trio.move_on_after(HEAD_TIMEOUT):
-            while b"\r\n\r\n" not in head and len(head) < MAX_HEAD:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
+    async def serve(self, stream: trio.abc.Stream, paths: frozenset[str], identity: Identity | None = None,
+                    gateway: bool = False) -> None:
+        """Requests on one connection until either side closes it."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        try:
+            while True:
+                try:
+                    request, body = await self._read_request(conn, stream)
+                except h11.RemoteProtocolError as exc:
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        status = exc.error_status_hint
+                        await _send(conn, stream, status, TEXT, b"%d %s\n" % (status, HTTP_REASON.get(
+                            status, "Bad Request").encode()))
                     return
-                head += chunk
-        if b"\r\n\r\n" not in head:
-            await _respond(stream, 400, b"text/plain; charset=utf-8", b"bad request\n")
+                except _TooLarge:
+                    await _send(conn, stream, 413, TEXT, b"request body too large\n")
+                    return
+                if request is None:
+                    return
+                keep = await self._dispatch(conn, stream, request, body, paths, identity, gateway)
+                if not keep or conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+        except (_Done, trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            await _respond(stream, 400, b"text/plain; charset=utf-8", b"bad request\n")
-            return
-        method, target = parts[0], parts[1]
-        path = target.split("?", 1)[0]
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> tuple[Any, bytes]:
+        event = await _next_event(conn, stream, IDLE_TIMEOUT)
+        if isinstance(event, h11.ConnectionClosed):
+            return None, b""
+        assert isinstance(event, h11.Request), event
+        length = _content_length(event)
+        if length is not None and length > self.max_body:
+            raise _TooLarge()
+        body = bytearray()
+        if conn.client_is_waiting_for_100_continue:
+            await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        with trio.move_on_after(BODY_TIMEOUT) as scope:
+            while True:
+                part = await _next_event(conn, stream, None)
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > self.max_body:
+                        raise _TooLarge()
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    raise _Done()
+        if scope.cancelled_caught:
+            raise _Done()
+        return event, bytes(body)
+
+    async def _dispatch(self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, body: bytes,
+                        paths: frozenset[str], identity: Identity | None, gateway: bool) -> bool:
+        method = request.method.decode("latin-1")
+        path = request.target.decode("latin-1").split("?", 1)[0]
+        if gateway and self.gateway is not None and is_gateway_path(path):
+            route = route_for(path)
+            if route is None:  # grpc-gateway's own answer, not Go's default mux text
+                await _send(conn, stream, 404, TEXT, b"Not Found\n")
+                return True
+            if method == "OPTIONS":
+                await _send(conn, stream, 200, TEXT, b"")
+                return True
+            if method != "POST":
+                await _send(conn, stream, 405, TEXT, b"Method Not Allowed\n")
+                return True
+            token = ""
+            for name, value in request.headers:
+                if name == b"authorization":
+                    token = value.decode("latin-1")
+            reply = await self.gateway.call(route, body, identity or Identity(tls=False), token)
+            if isinstance(reply, Reply):
+                await _send(conn, stream, reply.status, JSON, reply.body)
+                return True
+            await _stream(conn, stream, reply)
+            return False
         if path not in paths:
-            await _respond(stream, 404, b"text/plain; charset=utf-8", b"404 page not found\n")
-            return
+            await _send(conn, stream, 404, TEXT, b"404 page not found\n")
+            return True
         if method == "OPTIONS":
-            await _respond(stream, 200, b"text/plain; charset=utf-8", b"")
-            return
+            await _send(conn, stream, 200, TEXT, b"")
+            return True
         if method not in ("GET", "HEAD"):
-            await _respond(stream, 405, b"text/plain; charset=utf-8", b"Method Not Allowed\n")
-            return
+            await _send(conn, stream, 405, TEXT, b"Method Not Allowed\n")
+            return True
+        head_only = method == "HEAD"
         if path == "/health":
             ok, _reason = await self.health()
-            body = b'{"health":"true"}' if ok else b'{"health":"false"}\n'
-            await _respond(stream, 200 if ok else 503, b"text/plain; charset=utf-8", body, method == "HEAD")
+            body_out = b'{"health":"true"}' if ok else b'{"health":"false"}\n'
+            await _send(conn, stream, 200 if ok else 503, TEXT, body_out, head_only)
         elif path == "/version":
-            body = json.dumps(self.version(), separators=(",", ":")).encode()
-            await _respond(stream, 200, b"application/json", body, method == "HEAD")
+            await _send(conn, stream, 200, JSON, json.dumps(self.version(), separators=(",", ":")).encode(),
+                        head_only)
         elif path == "/metrics":
-            await _respond(stream, 200, self.metrics_content_type.encode(), self.metrics(), method == "HEAD")
+            await _send(conn, stream, 200, self.metrics_content_type.encode(), self.metrics(), head_only)
+        return True
 
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
+class _TooLarge(Exception):
+    pass
 
 
-async def _respond(stream: trio.abc.Stream, status: int, ctype: bytes, body: bytes, head_only: bool = False) -> None:
-    out = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Status"))
-    out += CORS
-    out += b"Content-Type: " + ctype + b"\r\n"
-    out += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-    if not head_only:
-        out += body
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float | None) -> Any:
+    """The next h11 event; ``idle`` bounds the wait for a new request's first byte."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
+            raise _Done()
+        timeout = idle if idle is not None else HEAD_TIMEOUT
+        data = b""
+        with trio.move_on_after(timeout) as scope:
+            data = await stream.receive_some(65536)
+        if scope.cancelled_caught:
+            raise _Done()
+        idle = None
+        conn.receive_data(data)
+
+
+async def _send(conn: h11.Connection, stream: trio.abc.Stream, status: int, ctype: bytes, body: bytes,
+                head_only: bool = False) -> None:
+    headers = [*CORS, (b"Content-Type", ctype), (b"Content-Length", b"%d" % len(body))]
+    out = conn.send(h11.Response(status_code=status, headers=headers, reason=HTTP_REASON.get(status, "").encode()))
+    if body and not head_only:
+        out += conn.send(h11.Data(data=body))
+    out += conn.send(h11.EndOfMessage())
     await stream.send_all(out)
+
+
+async def _stream(conn: h11.Connection, stream: trio.abc.Stream, reply: StreamReply) -> None:
+    """One line per message, each its own chunk (etcd3gw parses chunk by chunk); the connection
+    closes after the stream (the client may not send more while it is open)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_for_close, stream, nursery.cancel_scope)
+            first = await reply.next_line()
+            status = reply.error_status if reply.error_status else 200
+            headers = [*CORS, (b"Content-Type", JSON), (b"Connection", b"close")]
+            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers,
+                                                         reason=HTTP_REASON.get(status, "").encode())))
+            line = first
+            while line is not None:
+                await stream.send_all(conn.send(h11.Data(data=line)))
+                line = await reply.next_line()
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            nursery.cancel_scope.cancel()
+    finally:
+        reply.close()
+
+
+async def _watch_for_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    """End the stream when the client goes away (all it may send now is EOF)."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    except trio.BusyResourceError:
+        return
+    scope.cancel()
 
 
 CLIENT_PATHS = frozenset({"/health", "/version", "/metrics"})

@@ -24,6 +24,7 @@ from securekv.errors import UsageError
 from securekv.proto import raft_internal_pb2
 from securekv.server import ids
 from securekv.server.frontdoor import FrontDoor, Identity, IdentityRegistry
+from securekv.api.gateway import Gateway
 from securekv.server.http import CLIENT_PATHS, METRICS_PATHS, HttpApp
 from securekv.server.metrics import CONTENT_TYPE, ServerMetrics
 from securekv.server.tls import ReloadingContext, TLSFiles
@@ -398,10 +399,13 @@ async def serve(
             metrics.watch_streams.set(getattr(stats, "streams", 0))
             return metrics.render()
 
-        app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE)
+        gateway = Gateway(etcd, bridge.gate, metrics)
+        # JSON is base64 and field names on top of the protobuf request: room for both.
+        app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE, gateway,
+                      max_body=2 * config.max_request_bytes + 64 * 1024)
 
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
-            await app.serve(stream, CLIENT_PATHS)
+            await app.serve(stream, CLIENT_PATHS, identity, gateway=True)
 
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
