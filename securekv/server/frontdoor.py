@@ -2,8 +2,9 @@
 
 Each client URL is a trio listener. A connection is TLS-handshaken (bounded time, CRL-checked,
 client certificate required when configured), then routed by ALPN — ``h2`` relays the bytes to
-grpcio on an internal loopback port, ``http/1.1`` goes to the HTTP handler — or, without ALPN,
-by the first bytes (the HTTP/2 preface means gRPC).
+grpcio on an internal loopback port, ``http/1.1`` goes to the HTTP handler (which the server
+prefers when a client offers both: gRPC clients offer ``h2`` only) — or, without ALPN, by the
+first bytes (the HTTP/2 preface means gRPC).
 
 Trust boundary: grpcio listens insecurely on 127.0.0.1 at an ephemeral port. Before connecting
 to it, the front door binds its outgoing socket and records ``source port -> Identity`` in the

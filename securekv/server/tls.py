@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 
 # TLS 1.2 suites allowed: forward-secret AEAD only. TLS 1.3 suites are all AEAD already.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384:!CBC"
-ALPN = ["h2", "http/1.1"]
+# HTTP/1.1 first: a client that offers both (curl, browsers, requests) is not a gRPC client
+# (gRPC offers h2 only), and HTTP/1.1 is where /health, /version, /metrics and the JSON gateway
+# are served; gRPC clients still get h2.
+ALPN = ["http/1.1", "h2"]
 
 
 @attrs.frozen

@@ -316,3 +316,24 @@ def test_watch_stream_ends_when_client_leaves_and_calls_are_counted(member: Memb
     while _metric(m, "etcd_debugging_mvcc_watcher_total") != 0:
         assert time.monotonic() < deadline, "watcher not released after the client left"
         time.sleep(0.05)
+
+
+def test_plain_curl_reaches_health_and_gateway(gw: Member) -> None:
+    """curl offers h2 and http/1.1 by ALPN; runbooks call it with no protocol flag. securekv picks
+    HTTP/1.1 for such clients (gRPC clients offer h2 only), so /health and /v3 answer as etcd's do."""
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    assert curl, "curl is installed by scripts/install-and-test.sh"
+    c = gw.certs
+    base = [curl, "-sS", "--cacert", str(c.ca), "--cert", str(c.client_cert), "--key", str(c.client_key)]
+    health = subprocess.run([*base, f"{gw.endpoint}/health"], capture_output=True, text=True, timeout=20)
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout) == {"health": "true"}
+    put = subprocess.run([*base, "-d", '{"key":"%s","value":"%s"}' % (b64("c"), b64("url")),
+                          f"{gw.endpoint}/v3/kv/put"], capture_output=True, text=True, timeout=20)
+    assert put.returncode == 0 and '"revision":"2"' in put.stdout, (put.stdout, put.stderr)
+    got = subprocess.run([*base, "-d", '{"key":"%s"}' % b64("c"), f"{gw.endpoint}/v3/kv/range"],
+                         capture_output=True, text=True, timeout=20)
+    assert json.loads(got.stdout)["kvs"][0]["value"] == b64("url")
