@@ -65,7 +65,7 @@ def _add(server: Server, tool: str, *args: str) -> tuple[object, int, str]:
 
 
 def _masks(new_id: int, url: str) -> dict[str, str]:
-    return {url: "<NEW-URL>", f"{new_id:16x}": "<NEW-ID>", f"{new_id:x}": "<NEW-ID>", str(new_id): "<NEW-ID>"}
+    return {url: "<NEW-URL>", f"{new_id:016x}": "<NEW-ID>", f"{new_id:x}": "<NEW-ID>", str(new_id): "<NEW-ID>"}
 
 
 def _mask(text: str, masks: dict[str, str]) -> str:
