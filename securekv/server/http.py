@@ -233,4 +233,5 @@ async def _watch_for_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> 
 
 
 CLIENT_PATHS = frozenset({"/health", "/version", "/metrics"})
-METRICS_PATHS = frozenset({"/health", "/metrics"})
+# etcd 3.4 serves only /health and /metrics here; /version too costs nothing and probes expect it.
+METRICS_PATHS = frozenset({"/health", "/version", "/metrics"})

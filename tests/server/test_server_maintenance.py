@@ -80,6 +80,8 @@ def test_metrics_content(member) -> None:
     assert "securekv_server_certificate_expiry_seconds{" in text
     assert "etcd_debugging_mvcc_watcher_total" in text and "etcd_debugging_lease_total" in text
     assert "etcd_disk_wal_fsync_duration_seconds_count" in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{member.metrics_port}/version", timeout=10) as resp:
+        assert json.loads(resp.read()) == {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"}
 
 
 def _kv(member):
