@@ -22,7 +22,6 @@ import trio
 from securekv.config import Config
 from securekv.errors import UsageError
 from securekv.proto import raft_internal_pb2
-from securekv.server import ids
 from securekv.server.frontdoor import FrontDoor, Identity, IdentityRegistry
 from securekv.api.gateway import Gateway
 from securekv.server.http import CLIENT_PATHS, METRICS_PATHS, HttpApp
@@ -79,12 +78,9 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
 
 
 def cluster_ids(config: Config) -> tuple[int, int]:
-    by_name: dict[str, list[str]] = {}
-    for name, url in config.initial_cluster:
-        by_name.setdefault(name, []).append(url)
-    members = [ids.member_id(urls, config.initial_cluster_token) for urls in by_name.values()]
-    me = ids.member_id(by_name[config.name], config.initial_cluster_token)
-    return me, ids.cluster_id(members)
+    from securekv.server.bootstrap import cluster_ids as ids_from
+
+    return ids_from(config.name, config.initial_cluster, config.initial_cluster_token)
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
@@ -106,16 +102,16 @@ class _State:
         from securekv.lease import LeaseRow, Lessor, min_lease_ttl
         from securekv.mvcc import MVCCStore
         from securekv.server.persist import decode_alarms, decode_lease_data
-        from securekv.storage import WAL, Backend, HardState, Metadata
+        from securekv.storage import WAL, Backend
 
         member_dir = Path(config.data_dir) / "member"
         member_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in member_dir.glob(".snapshot-*"):  # copies of a snapshot cut short by a crash
             stale.unlink()
         wal_dir = config.wal_dir or str(member_dir / "wal")
-        from securekv.raft import ConfChange, ConfChangeType, ConfState, Entry, EntryType
+        from securekv.raft import ConfState
+        from securekv.server.bootstrap import create_member_wal
         from securekv.server.cluster import META_KEY, Membership, initial_members, validate_bootstrap
-        from securekv.storage import SnapshotMarker
         from securekv.storage.raftstorage import RaftStorage
 
         members = initial_members(config.initial_cluster, config.initial_cluster_token)
@@ -136,20 +132,10 @@ class _State:
             me = validate_bootstrap(config.name, [str(u) for u in config.initial_advertise_peer_urls], members)
             self.member_id = me.id
             self.cluster_id = cluster_id
-            self.wal = WAL.create(wal_dir, Metadata(member_id=self.member_id, cluster_id=self.cluster_id))
+            # The same WAL `snapshot restore` writes (server/bootstrap.py).
+            create_member_wal(wal_dir, self.member_id, self.cluster_id,
+                              members if config.initial_cluster_state == "new" else None)
             self.created = True
-            if config.initial_cluster_state == "new":
-                founders = sorted(members, key=lambda m: m.id)
-                voters = [m.id for m in founders]
-                self.wal.save_snapshot(SnapshotMarker(index=0, term=0, voters=voters))
-                boot = [Entry(0, i + 1, EntryType.CONF_CHANGE,
-                              ConfChange(ConfChangeType.ADD_NODE, m.id, m.context()).encode())
-                        for i, m in enumerate(founders)]
-                # Committed from the start (as etcd does): identical on every founder.
-                self.wal.append(boot, hard_state=HardState(0, 0, len(boot)))
-            self.wal.sync()
-            state = self.wal_read_result = None
-            self.wal.close()
             self.wal, state = WAL.open(wal_dir)
         self.backend = Backend.open(str(member_dir / "db.sqlite"))
         self.membership = Membership.decode(self.backend.get_meta(META_KEY))
