@@ -221,7 +221,7 @@ async def _read_requests(session: Session, iterator: Iterator[Any]) -> None:
     try:
         while True:
             request = await trio.to_thread.run_sync(
-                _next_or_end, iterator, cancellable=True, limiter=_reader_limiter
+                _next_or_end, iterator, abandon_on_cancel=True, limiter=_reader_limiter
             )
             if request is _END:
                 await session.half_close()

@@ -25,6 +25,7 @@ import trio
 from google.protobuf import json_format
 
 from securekv.api.auth_gate import AuthGate, Caller
+from securekv.api.status import status_code
 from securekv.proto import rpc_pb2, v3election_pb2, v3lock_pb2
 from securekv.rpctypes import EtcdError
 from securekv.server.frontdoor import Identity
@@ -34,12 +35,6 @@ log = logging.getLogger(__name__)
 # The path prefixes etcd 3.4 serves (v3alpha went away in 3.4).
 PREFIXES = ("/v3/", "/v3beta/")
 
-GRPC_CODES = {
-    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
-    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
-    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
-}
 # grpc-gateway's HTTPStatusFromCode, indexed by gRPC code number.
 HTTP_STATUS = [200, 408, 500, 400, 504, 404, 409, 403, 429, 412, 409, 400, 501, 500, 503, 500, 401]
 HTTP_REASON = {
@@ -144,7 +139,7 @@ class StreamReply:
         except EtcdError as exc:
             self.code, self.ended = exc.code, True
             if not self.lines:
-                self.error_status = HTTP_STATUS[GRPC_CODES.get(exc.code, 2)]
+                self.error_status = HTTP_STATUS[_number(exc.code)]
             return stream_error(exc.code, exc.message)
         if message is None:
             self.ended = True
@@ -159,19 +154,24 @@ class StreamReply:
             self._observe(self.code)
 
 
+def _number(code: str) -> int:
+    """The gRPC code number of an EtcdError code name (unknown names are Unknown, 2)."""
+    return status_code(code).value[0]
+
+
 def encode(message: Any) -> bytes:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True),
                       separators=(",", ":")).encode()
 
 
 def error_body(code: str, message: str) -> tuple[int, bytes]:
-    number = GRPC_CODES.get(code, 2)
+    number = _number(code)
     body = json.dumps({"error": message, "message": message, "code": number}, separators=(",", ":"))
     return HTTP_STATUS[number], body.encode()
 
 
 def stream_error(code: str, message: str) -> bytes:
-    number = GRPC_CODES.get(code, 2)
+    number = _number(code)
     status = HTTP_STATUS[number]
     chunk = {"error": {"grpc_code": number, "http_code": status, "message": message,
                        "http_status": HTTP_REASON.get(status, "")}}

@@ -49,10 +49,13 @@ def cli(config_file: str | None, **flags: object) -> None:
             "!!! --insecure-allow-plaintext is set: http:// listeners carry data and credentials "
             "UNENCRYPTED and UNAUTHENTICATED. Never use this outside a test. !!!"
         )
-    try:
-        import trio
+    import trio
 
-        trio.run(_main, config)
+    try:
+        try:
+            trio.run(_main, config)
+        except BaseExceptionGroup as group:  # trio's nurseries wrap what their tasks raised
+            raise _sole_error(group) from None
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
     except CorruptionError as exc:
@@ -60,6 +63,24 @@ def cli(config_file: str | None, **flags: object) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         pass
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException:
+    """The error that stopped the member, out of the exception groups trio's nurseries raise.
+
+    An operator's mistake (UsageError) or a corrupt data dir is reported on its own even when
+    stopping the other tasks added cancellations around it; anything else stays the group.
+    """
+    from securekv.errors import CorruptionError, UsageError
+
+    for kind in (UsageError, CorruptionError, KeyboardInterrupt):
+        matched, _ = group.split(kind)
+        if matched is not None:
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf
+    return group
 
 
 async def _main(config) -> None:

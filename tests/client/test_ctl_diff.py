@@ -174,17 +174,17 @@ def _read_lines(proc: subprocess.Popen, n: int, deadline: float) -> list[str]:
 
 def _stream(server, tool: str, *args: str, lines: int, interrupt: bool = True) -> tuple[list[str], int, str]:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "ETCDCTL_API": "3"}
-    proc = subprocess.Popen(server.argv(tool, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        got = _read_lines(proc, lines, time.monotonic() + 20)
-        if interrupt:
-            proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=20)
-        return got, rc, proc.stderr.read().decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    with subprocess.Popen(server.argv(tool, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        try:
+            got = _read_lines(proc, lines, time.monotonic() + 20)
+            if interrupt:
+                proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=20)
+            return got, rc, proc.stderr.read().decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def test_watch_replays_history(server) -> None:

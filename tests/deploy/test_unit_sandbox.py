@@ -84,7 +84,7 @@ def member(tmp_path: Path, cli) -> dict:
 
 
 def sandboxed(member: dict, argv: list[str], **env: str) -> list[str]:
-    keep = [member["pki"], member["config"].parent, member["notify"], Path(sys.prefix), REPO]
+    keep = [member["pki"], member["config"].parent, member["notify"], Path(sys.prefix), Path(sys.base_prefix), REPO]
     return [*UNSHARE, sys.executable, str(SANDBOX), str(member["unit"]), "--state-dir", str(member["state"]),
             *[x for path in keep for x in ("--keep", str(path))], "--", *argv]
 
@@ -130,7 +130,7 @@ print("uid", os.getuid(), os.getgid(), os.getgroups())
 
 def test_the_reproduced_sandbox_is_in_force(member: dict, tmp_path: Path) -> None:
     key = member["pki"] / "member-1-key.pem"
-    kept_in_root = sorted({p.relative_to("/root").parts[0] for p in (Path(sys.prefix), REPO) if p.is_relative_to("/root")})
+    kept_in_root = sorted({p.relative_to("/root").parts[0] for p in (Path(sys.prefix), Path(sys.base_prefix), REPO) if p.is_relative_to("/root")})
     argv = [sys.executable, "-c", CONTROL, str(REPO), str(tmp_path / "member.yaml"), str(key), ",".join(kept_in_root)]
     proc = subprocess.run(sandboxed(member, argv), capture_output=True, text=True, env=base_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -112,7 +112,7 @@ def test_embedded_default_prints_working_commands(tmp_path: Path) -> None:
         assert nocert.returncode != 0
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        proc.communicate(timeout=15)
 
 
 def _write_while(member, stop_server) -> list[int]:

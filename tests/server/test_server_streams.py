@@ -17,6 +17,15 @@ def _spawn(member, *args: str) -> subprocess.Popen:
                             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
 
 
+def _reap(proc: subprocess.Popen | None) -> None:
+    """Stop a tool still running and close its pipes (an open pipe is a leaked file)."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
 def _read_lines(proc: subprocess.Popen, n: int, timeout: float = 15) -> list[str]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout
@@ -40,8 +49,7 @@ def test_watch_history_and_live_events(server) -> None:
         server.ctl("put", "w/c", "3")
         assert _read_lines(watch, 3) == ["PUT", "w/c", "3"]
     finally:
-        watch.kill()
-        watch.wait(timeout=10)
+        _reap(watch)
 
 
 def test_watch_compacted_revision_is_canceled(server) -> None:
@@ -116,9 +124,7 @@ def test_lock_and_elect(server) -> None:
         assert out.strip() == "second", err
     finally:
         for proc in (holder, waiter):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+            _reap(proc)
     elect = _spawn(server, "elect", "E", "p1")
     try:
         assert _read_lines(elect, 2)[0].startswith("E/")
@@ -128,5 +134,6 @@ def test_lock_and_elect(server) -> None:
     finally:
         elect.terminate()
         elect.wait(timeout=10)
+        _reap(elect)
     text = leader.stdout if isinstance(leader.stdout, str) else (leader.stdout or b"").decode()
     assert "p1" in text
