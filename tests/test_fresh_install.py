@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 60
 
@@ -69,17 +71,11 @@ def _wait_ready(receiver: socket.socket, proc: subprocess.Popen) -> None:
             continue
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fresh_venv_install_serves_watch_and_keepalive(fresh_venv: Path, tmp_path: Path) -> None:
     python = fresh_venv / "bin" / "python"
     versions = subprocess.run([str(python), "-c", "import trio, grpc; print(trio.__version__, grpc.__version__)"],
                               capture_output=True, text=True, check=True, cwd=tmp_path).stdout
-    port = _free_port()
+    port = free_port()
     notify = tmp_path / "notify.sock"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(notify))

@@ -22,10 +22,7 @@ START_TIMEOUT = 30.0
 SERVER_KINDS = ["etcd", "securekv"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (tests/ports.py: outside the ephemeral range)
 
 
 @attrs.frozen

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,10 +31,7 @@ PEER_CN = "securekv-peer"
 TOKEN = "cluster-test-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (tests/ports.py: outside the ephemeral range)
 
 
 def poll(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):

@@ -35,12 +35,7 @@ def run_securekv(*args: str, prefix: tuple[str, ...] = (), timeout: float = 30) 
     )
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (tests/ports.py: outside the ephemeral range)
 
 
 def localize(config_name: str, tmp: Path, ports: dict) -> dict:

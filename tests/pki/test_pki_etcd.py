@@ -22,10 +22,7 @@ from securekv.pki.verify import load_cert
 from pki_helpers import tool
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ports import free_port  # noqa: E402  (tests/ports.py: outside the ephemeral range)
 
 
 class Etcd:

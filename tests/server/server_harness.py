@@ -21,10 +21,7 @@ ETCD = "/usr/bin/etcd"
 START_TIMEOUT = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402  (tests/ports.py: outside the ephemeral range)
 
 
 @attrs.frozen
