@@ -981,105 +981,15 @@ def alarm_disarm(ctl: Ctl, args: tuple[str, ...]) -> None:
     ctl.show("alarm", _rpc(c.alarm_disarm))
 
 
-@cli.group("snapshot", cls=SubGroup)
-def snapshot_grp() -> None:
-    """Snapshot commands."""
-
-
-@snapshot_grp.command("save")
-@click.argument("args", nargs=-1)
-@pass_ctl
-def snapshot_save(ctl: Ctl, args: tuple[str, ...]) -> None:
-    """Stream a snapshot of one endpoint's backend to FILE (atomically, checksum verified)."""
-    from securekv.client.errors import ClientError
-
-    if len(args) != 1:
-        die(EXIT_BAD_ARGS, "snapshot save expects one argument")
-    if len(ctl.endpoints) != 1:
-        die(EXIT_INTERRUPTED, f"snapshot must be requested to one selected node, not multiple [{' '.join(ctl.endpoints)}]")
-    path = args[0]
-    c = ctl.client()
-    timeout = ctl.command_timeout if ctl.command_timeout_set else None
-    try:
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-            # Progress goes to stderr so stdout stays etcdctl's single "Snapshot saved" line.
-            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                          TransferSpeedColumn(), transient=True, console=Console(stderr=True)) as bar:
-                task = bar.add_task("snapshot", total=None)
-                c.snapshot_save(path, progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                timeout=timeout)
-        else:
-            c.snapshot_save(path, timeout=timeout)
-    except ClientError as exc:
-        die(EXIT_INTERRUPTED, exc)
-    except OSError as exc:
-        die(EXIT_INTERRUPTED, f"could not open {path}.part ({exc.strerror})")
-    click.echo(f"Snapshot saved at {path}")
-
-
-@snapshot_grp.command("status")
-@click.argument("args", nargs=-1)
-@pass_ctl
-def snapshot_status(ctl: Ctl, args: tuple[str, ...]) -> None:
-    """Hash, revision, key count and size of a saved etcd (bbolt) snapshot file."""
-    from securekv.client import boltread
-
-    if len(args) != 1:
-        die(EXIT_BAD_ARGS, "snapshot status requires exactly one argument")
-    ctl.printer
-    try:
-        st = boltread.snapshot_status(args[0])
-    except boltread.BoltError as exc:
-        die(EXIT_ERROR, exc)
-    except OSError as exc:
-        die(EXIT_ERROR, f"stat {args[0]}: {(exc.strerror or str(exc)).lower()}")
-    ctl.show("db_status", st)
-
-
-@snapshot_grp.command("restore")
-@click.argument("args", nargs=-1)
-@click.option("--data-dir", default="", help="Path to the data directory (default: NAME.etcd).")
-@click.option("--wal-dir", default="", help="Path to the WAL directory (default: DATA-DIR/member/wal).")
-@click.option("--initial-cluster", default="default=http://localhost:2380",
-              help="Initial cluster configuration for restore bootstrap.")
-@click.option("--initial-cluster-token", default="etcd-cluster",
-              help="Initial cluster token for the cluster during restore bootstrap.")
-@click.option("--initial-advertise-peer-urls", default="http://localhost:2380",
-              help="List of this member's peer URLs to advertise to the rest of the cluster.")
-@click.option("--name", default="default", help="Human-readable name for this member.")
-@click.option("--skip-hash-check", is_flag=True,
-              help="Ignore snapshot integrity hash value (required if copied from data directory).")
-def snapshot_restore(args: tuple[str, ...], data_dir: str, wal_dir: str, initial_cluster: str,
-                     initial_cluster_token: str, initial_advertise_peer_urls: str, name: str,
-                     skip_hash_check: bool) -> None:
-    """Restore a snapshot (securekv's or etcd 3.4's) into a new securekv data directory."""
-    import json
-
-    from securekv.server.restore import RestoreConfig, RestoreError, restore
-
-    if len(args) != 1:
-        die(EXIT_BAD_ARGS, "snapshot restore requires exactly one argument")
-
-    def log(msg: str, **fields: Any) -> None:
-        # etcdctl's zap lines on stderr (info level, epoch seconds), with the fields it logs.
-        line = {"level": "info", "ts": time.time(), "caller": "securekv/restore", "msg": msg, **fields}
-        sys.stderr.write(json.dumps(line, separators=(",", ":")) + "\n")
-        sys.stderr.flush()
-
-    cfg = RestoreConfig(args[0], name=name, data_dir=data_dir, wal_dir=wal_dir,
-                        peer_urls=initial_advertise_peer_urls, initial_cluster=initial_cluster,
-                        initial_cluster_token=initial_cluster_token, skip_hash_check=skip_hash_check)
-    try:
-        restore(cfg, log=log)
-    except RestoreError as exc:
-        die(EXIT_ERROR, exc)
-
-
 @cli.command("version")
 def version_cmd() -> None:
     """Print the client version and the etcd API version it speaks."""
     click.echo(f"securekv ctl version: {__version__}")
     click.echo("API version: 3.4")
+
+
+# The snapshot commands live in their own module (encryption, keys); imported last because it
+# takes die/Ctl/... from this one.
+from securekv.cli.snapshot_cmd import snapshot_grp  # noqa: E402
+
+cli.add_command(snapshot_grp)

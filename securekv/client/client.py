@@ -17,7 +17,7 @@ from securekv.client import watch as _watch
 from securekv.client.endpoints import Endpoint, TLSFiles, open_channel, parse_endpoint
 from securekv.client.errors import ClientError, from_rpc_error
 from securekv.client.keepalive import KeepAlive, keepalive_once
-from securekv.client.snapshot import save_snapshot
+from securekv.client.snapshot import Encryption, save_snapshot
 from securekv.errors import UsageError
 from securekv.proto import rpc_pb2, rpc_pb2_grpc, v3election_pb2, v3election_pb2_grpc, v3lock_pb2, v3lock_pb2_grpc
 
@@ -364,13 +364,15 @@ class Client:
         return resp
 
     def snapshot_save(self, path: str, progress: Callable[[int, int], None] | None = None,
-                      timeout: float | None = None) -> int:
+                      timeout: float | None = None, encryption: Encryption | None = None) -> int:
         """Stream the backend snapshot to ``path`` atomically; returns its size in bytes.
 
         ``progress(received, total)`` is called per chunk. The trailing SHA-256 is verified
-        before the file is renamed into place.
+        before the file is renamed into place. With ``encryption`` (a
+        ``securekv.client.snapshot.Encryption``) the file is sealed as it arrives.
         """
-        return save_snapshot(self.stubs().maintenance, path, progress=progress, timeout=timeout)
+        return save_snapshot(self.stubs().maintenance, path, progress=progress, timeout=timeout,
+                             encryption=encryption)
 
 
 def _check_urls(urls: Sequence[str]) -> None:

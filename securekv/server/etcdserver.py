@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from securekv.api.auth_gate import Caller
@@ -600,23 +601,34 @@ class EtcdServer:
             return rpc_pb2.MoveLeaderResponse()
         raise err(ERR_TIMEOUT)
 
-    async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
-        """An etcd-format (bbolt) snapshot in a private temp file, then streamed from it.
+    async def build_snapshot(self) -> "BuiltSnapshot":
+        """An etcd-format (bbolt) snapshot in a private temp file the caller owns (and deletes).
 
         The backend's consistent copy is taken under the backend lock (fast, sqlite's backup
         API); the conversion to etcd's buckets then runs in a worker thread on that copy, so
         commits go on meanwhile. Both temp files match the ``.snapshot-*`` glob that start-up
-        removes after a crash.
+        removes after a crash. Used by the Snapshot RPC and the scheduled backups.
         """
         self._snapshots += 1
         base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}"
         copy, path = Path(f"{base}.sqlite"), Path(f"{base}.db")
         try:
             await self.node.backend_call(self.backend.backup_to, str(copy))
+            revision = await trio.to_thread.run_sync(_copy_revision, str(copy))
             await trio.to_thread.run_sync(export_snapshot, str(copy), str(path), CLUSTER_VERSION)
         finally:
             copy.unlink(missing_ok=True)
-        return SnapshotSession(path)
+        return BuiltSnapshot(path, revision, self.cluster_id, self.member_id, self.term)
+
+    async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
+        """The Snapshot RPC: a built snapshot, streamed (and deleted) by the session. The first
+        response carries the header (cluster, member, the snapshot's revision), which
+        ``securekv ctl snapshot save`` records in an encrypted file's header; etcd 3.4 leaves it
+        empty and its clients ignore it."""
+        built = await self.build_snapshot()
+        first = rpc_pb2.ResponseHeader(cluster_id=built.cluster_id, member_id=built.member_id,
+                                       revision=built.revision, raft_term=built.raft_term)
+        return SnapshotSession(built.path, first)
 
     async def health_check(self, req: Any, caller: Caller) -> Any:
         from securekv.proto import health_pb2
@@ -836,13 +848,37 @@ class KeepAliveSession:
         self.recv.close()
 
 
+@attrs.frozen
+class BuiltSnapshot:
+    """A snapshot file made by ``EtcdServer.build_snapshot`` and what it holds."""
+
+    path: Path
+    revision: int  # etcd's: the main revision of the last row in bucket ``key``
+    cluster_id: int
+    member_id: int
+    raft_term: int
+
+
+def _copy_revision(copy: str) -> int:
+    """The newest revision in a backend copy (what ``snapshot status`` reports for the export)."""
+    import sqlite3
+
+    conn = sqlite3.connect(Path(copy).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT max(main) FROM revision").fetchone()
+    finally:
+        conn.close()
+    return int(row[0] or 0)
+
+
 class SnapshotSession:
     """Streams a snapshot file in 32 KiB chunks, zero-padded to a multiple of 512 bytes (a bbolt
     file already is), then one final message whose blob is the SHA-256 of everything sent
     (etcd's format, §8: ``etcdctl snapshot save`` checks the length, ``restore`` the digest)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, first_header: rpc_pb2.ResponseHeader | None = None) -> None:
         self.path = path
+        self.first_header = first_header
         self.size = path.stat().st_size
         self.total = self.size + (-self.size) % 512
         self.sent = 0
@@ -870,8 +906,12 @@ class SnapshotSession:
                 chunk = await trio.to_thread.run_sync(self._read, self.sent, min(want, self.size - self.sent))
             chunk += b"\0" * (want - len(chunk))
             self.digest.update(chunk)
+            first = self.sent == 0
             self.sent += len(chunk)
-            return rpc_pb2.SnapshotResponse(remaining_bytes=self.total - self.sent, blob=chunk)
+            resp = rpc_pb2.SnapshotResponse(remaining_bytes=self.total - self.sent, blob=chunk)
+            if first and self.first_header is not None:
+                resp.header.CopyFrom(self.first_header)
+            return resp
         self.close()
         return rpc_pb2.SnapshotResponse(remaining_bytes=0, blob=self.digest.digest())
 

@@ -37,7 +37,7 @@ import os
 import secrets
 import shutil
 import struct
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import attrs
 
@@ -238,8 +238,14 @@ def _inside(child: str, parent: str) -> str | None:
 
 
 # -- restore -----------------------------------------------------------------------------------
-def restore(cfg: RestoreConfig, log: Log | None = None) -> RestoreResult:
-    """Build the data dir; RestoreError (etcdctl's text) when refused, nothing left behind."""
+def restore(cfg: RestoreConfig, log: Log | None = None,
+            open_file: Callable[[str, str], BinaryIO] | None = None) -> RestoreResult:
+    """Build the data dir; RestoreError (etcdctl's text) when refused, nothing left behind.
+
+    ``open_file(path, data_dir)`` supplies the plaintext snapshot as an open file (an encrypted
+    snapshot is decrypted and authenticated there, beside the data dir, before anything here is
+    written); by default the file at ``path`` is opened as is.
+    """
     from securekv.server.bootstrap import cluster_ids
     from securekv.server.cluster import initial_members, validate_bootstrap
 
@@ -267,7 +273,7 @@ def restore(cfg: RestoreConfig, log: Log | None = None) -> RestoreResult:
 
     path = cfg.snapshot_path
     try:
-        fh = open(path, "rb")
+        fh = open_file(path, data_dir) if open_file is not None else open(path, "rb")
     except OSError as exc:
         raise _os_error("open", path, exc) from None
     with fh:
