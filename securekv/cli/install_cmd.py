@@ -25,12 +25,30 @@ def cli() -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be written and done; change nothing.")
 @click.option("--exec", "exec_path", metavar="COMMAND", help="ExecStart command that runs securekv: an absolute program path plus arguments, e.g. '/usr/bin/python3 -m securekv' (default: this installation).")
 @click.option("--load-credentials", is_flag=True, help="Hand private keys to the service with LoadCredential= instead of reading them in place.")
-def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, exec_path: str | None, load_credentials: bool) -> None:
+@click.option("--backup-timer", metavar="CALENDAR", help="Also render securekv-backup.timer/.service running `securekv ctl snapshot save --backup-dir` on this systemd calendar (e.g. daily).")
+@click.option("--backup-dir", metavar="DIR", help="With --backup-timer: directory of the rotated encrypted snapshots.")
+@click.option("--backup-key-file", metavar="FILE", help="With --backup-timer: snapshot key (securekv ctl snapshot keygen), loaded as a credential.")
+@click.option("--backup-client-cert", metavar="FILE", help="With --backup-timer: client certificate for the snapshot call.")
+@click.option("--backup-client-key", metavar="FILE", help="With --backup-timer: its private key, loaded as a credential.")
+@click.option("--backup-retain", default=7, show_default=True, type=int, metavar="N", help="With --backup-timer: snapshots kept.")
+def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, exec_path: str | None, load_credentials: bool,
+                backup_timer: str | None, backup_dir: str | None, backup_key_file: str | None,
+                backup_client_cert: str | None, backup_client_key: str | None, backup_retain: int) -> None:
     """Validate FILE, then write the unit, the config and the sysusers.d entry."""
     from securekv.deploy import install
 
     try:
         plan = install.plan_systemd(config_file, user, exec_path.split() if exec_path is not None else None, load_credentials)
+        if backup_timer is not None:
+            import attrs
+
+            from securekv.deploy.backup_timer import TIMER_NAME, plan_timer_files
+
+            argv = exec_path.split() if exec_path is not None else install.default_exec_start()
+            timer = plan_timer_files(config_file, argv, user, backup_timer, backup_dir or "", backup_key_file or "",
+                                     backup_client_cert or "", backup_client_key or "", backup_retain)
+            plan = attrs.evolve(plan, files=plan.files + timer,
+                                actions=(*plan.actions, f"create directory {backup_dir} (mode 0700, owner {user}:{user})"))
         if dry_run:
             click.echo(install.describe(plan, root), nl=False)
             return
@@ -44,8 +62,10 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
         install.require_root()
         for path in install.write_files(plan.files, "/"):
             click.echo(f"wrote {path}")
-        install.apply_systemd(plan, user, [STATE_DIR, *config.writable_paths()])
+        install.apply_systemd(plan, user, [STATE_DIR, *config.writable_paths(), *([backup_dir] if backup_timer else [])])
         click.echo("next: systemctl enable --now securekv.service")
+        if backup_timer is not None:
+            click.echo(f"next: systemctl enable --now {TIMER_NAME}")
     except UsageError as exc:
         raise InstallError(str(exc)) from None
     except OSError as exc:

@@ -71,16 +71,23 @@ def snapshot_grp() -> None:
 @_key_options("Write an unencrypted etcd snapshot (holds every key and value in clear).")
 @click.option("--cipher", type=click.Choice(["aes-256-gcm", "chacha20-poly1305"], case_sensitive=False),
               default="aes-256-gcm", show_default=True, help="AEAD for the chunks.")
+@click.option("--backup-dir", default=None, metavar="DIR",
+              help="Instead of FILE: write DIR/securekv-backup-<UTC time>.snap and keep the newest --retain.")
+@click.option("--retain", default=7, show_default=True, type=click.IntRange(min=1),
+              help="With --backup-dir: backups kept (older ones are deleted).")
 @pass_ctl
 def snapshot_save(ctl: Ctl, args: tuple[str, ...], encryption_key_file: str | None, passphrase_file: str | None,
-                  plaintext: bool, cipher: str) -> None:
+                  plaintext: bool, cipher: str, backup_dir: str | None, retain: int) -> None:
     """Stream a snapshot of one endpoint's backend to FILE (encrypted, atomically, checksum verified)."""
-    from securekv.client.errors import ClientError
+    import contextlib
+
     from securekv.client.snapshot import Encryption
+    from securekv.snapcrypt import backupdir
     from securekv.snapcrypt.format import CIPHER_BY_NAME
 
-    if len(args) != 1:
-        die(EXIT_BAD_ARGS, "snapshot save expects one argument")
+    if len(args) != (0 if backup_dir else 1):
+        die(EXIT_BAD_ARGS, "snapshot save expects one argument" if not backup_dir
+            else "snapshot save takes no FILE with --backup-dir")
     if len(ctl.endpoints) != 1:
         die(EXIT_INTERRUPTED, f"snapshot must be requested to one selected node, not multiple [{' '.join(ctl.endpoints)}]")
     choice = _choose(encryption_key_file, passphrase_file, plaintext)
@@ -88,7 +95,28 @@ def snapshot_save(ctl: Ctl, args: tuple[str, ...], encryption_key_file: str | No
         die(EXIT_ERROR, f"refusing to write an unencrypted snapshot: {ENCRYPTION_HELP}; "
                         "or pass --plaintext for an unencrypted etcd-format file")
     encryption = None if choice.plaintext else Encryption(choice.source, cipher=CIPHER_BY_NAME[cipher.lower()])
-    path = args[0]
+    held = contextlib.ExitStack()
+    if backup_dir:
+        try:
+            os.makedirs(backup_dir, mode=0o700, exist_ok=True)
+            held.enter_context(backupdir.exclusive(backup_dir))
+            backupdir.remove_stale_parts(backup_dir)
+        except (OSError, backupdir.BackupBusy) as exc:
+            held.close()
+            die(EXIT_ERROR, exc if isinstance(exc, backupdir.BackupBusy) else f"{backup_dir}: {exc.strerror or exc}")
+        path = str(backupdir.backup_path(backup_dir, time.time()))
+    else:
+        path = args[0]
+    with held:
+        _save(ctl, path, encryption)
+        if backup_dir:
+            backupdir.rotate(backup_dir, retain)
+    click.echo(f"Snapshot saved at {path}")
+
+
+def _save(ctl: Ctl, path: str, encryption: Any) -> None:
+    from securekv.client.errors import ClientError
+
     c = ctl.client()
     timeout = ctl.command_timeout if ctl.command_timeout_set else None
     try:
@@ -108,7 +136,6 @@ def snapshot_save(ctl: Ctl, args: tuple[str, ...], encryption_key_file: str | No
         die(EXIT_INTERRUPTED, exc)
     except OSError as exc:
         die(EXIT_INTERRUPTED, f"could not open {path}.part ({exc.strerror})")
-    click.echo(f"Snapshot saved at {path}")
 
 
 @snapshot_grp.command("keygen")

@@ -10,12 +10,13 @@ a config file does not silently disable flags and env: merging is less surprisin
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from securekv.config.model import URL, Config, parse_url
+from securekv.config.model import URL, BackupSettings, Config, parse_url
 from securekv.config.options import BOOL, FLOAT, INT, LIST, OPTIONS, STR, Option
 from securekv.errors import UsageError
 
@@ -252,6 +253,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         log_level=values["log_level"],
         tls_handshake_timeout=values["tls_handshake_timeout"],
         insecure_allow_plaintext=insecure,
+        backup=_backup_settings(values),
         sources=dict(sources or {}),
     )
 
@@ -279,3 +281,33 @@ def _parse_initial_cluster(text: str, name: str, adv_peer: tuple[URL, ...]) -> t
             f"--initial-advertise-peer-urls ({', '.join(sorted(advertised))})"
         )
     return tuple(pairs)
+
+
+def _backup_settings(values: Mapping[str, Any]) -> BackupSettings:
+    """--backup-*: always encrypted, so a directory needs a usable key file (read now, so a bad
+    one fails at start-up, not an hour later)."""
+    from securekv.client.gofmt import parse_duration
+
+    directory, key_file = values.get("backup_dir", ""), values.get("backup_encryption_key_file", "")
+    if not directory and not key_file:
+        return BackupSettings()
+    if not directory:
+        raise UsageError("--backup-encryption-key-file needs --backup-dir")
+    if not key_file:
+        raise UsageError("--backup-dir needs --backup-encryption-key-file (backups are always encrypted; "
+                         "make a key with `securekv ctl snapshot keygen FILE`)")
+    from securekv.snapcrypt.keys import read_key_file
+
+    read_key_file(key_file)  # KeySourceError is a UsageError naming the file
+    try:
+        interval = parse_duration(str(values.get("backup_interval", "1h")))
+    except ValueError as exc:
+        raise UsageError(f"invalid --backup-interval {values.get('backup_interval')!r}: {exc}") from None
+    if interval < 1:
+        raise UsageError("--backup-interval must be at least 1s")
+    retain = values.get("backup_retain", 7)
+    if retain < 1:
+        raise UsageError("--backup-retain must be at least 1")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UsageError(f"--backup-dir {directory} exists and is not a directory")
+    return BackupSettings(dir=directory, interval=interval, retain=retain, key_file=key_file)

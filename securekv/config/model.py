@@ -54,6 +54,20 @@ def parse_url(text: str, what: str) -> URL:
 
 
 @attrs.frozen
+class BackupSettings:
+    """Scheduled encrypted backups (``--backup-*``); ``dir`` empty = off."""
+
+    dir: str = ""
+    interval: float = 3600.0  # seconds
+    retain: int = 7
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dir)
+
+
+@attrs.frozen
 class Config:
     name: str
     data_dir: str
@@ -91,6 +105,7 @@ class Config:
     log_level: str
     tls_handshake_timeout: float
     insecure_allow_plaintext: bool
+    backup: BackupSettings = BackupSettings()
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
     sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 

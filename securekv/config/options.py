@@ -79,6 +79,11 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "DANGEROUS: allow http:// client/peer listeners (no encryption, no authentication).",
     ),
+    # Scheduled encrypted backups (securekv/server/backup.py, docs/snapshots.md).
+    Option("backup-dir", STR, "", "Directory for scheduled encrypted backups of this member (off when empty)."),
+    Option("backup-interval", STR, "1h", "Time between scheduled backups (a Go duration: 30m, 6h)."),
+    Option("backup-retain", INT, 7, "Scheduled backups kept in --backup-dir; older ones are deleted."),
+    Option("backup-encryption-key-file", STR, "", "32-byte key (`securekv ctl snapshot keygen`) encrypting the backups."),
 )
 
 BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}

@@ -99,7 +99,7 @@ class MemberConfig:
     def writable_paths(self) -> tuple[str, ...]:
         """Paths outside the StateDirectory the unit must make writable (ReadWritePaths=)."""
         out = []
-        for path in (self.data_dir, self.wal_dir):
+        for path in (self.data_dir, self.wal_dir, self.data.get("backup-dir")):
             if path and not _is_under(path, STATE_DIR) and path not in out:
                 out.append(path)
         return tuple(out)

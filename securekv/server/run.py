@@ -441,6 +441,11 @@ async def serve(
                     metrics_urls.append(_bound_url(url, listeners))
                     nursery.start_soon(trio.serve_listeners, metrics_door(url).handle, listeners)
                 nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
+                if config.backup.enabled:
+                    from securekv.server.backup import BackupScheduler
+
+                    backups = BackupScheduler(config.backup, etcd.build_snapshot, etcd.snapshot_dir, metrics.registry)
+                    await nursery.start(backups.run)
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
