@@ -1,7 +1,8 @@
 """A directory of rotated backups, shared by the member's scheduled backups
 (``serve --backup-dir``) and ``securekv ctl snapshot save --backup-dir`` (the systemd timer).
 
-- names ``securekv-backup-<UTC YYYYmmddTHHMMSSZ>.snap``: sorting by name is sorting by time;
+- names ``securekv-backup-<UTC YYYYmmddTHHMMSSZ>[-N].snap`` (``-2``, ``-3``… for more in the
+  same second), listed in time order;
 - one writer at a time: an exclusive ``flock`` on ``.securekv-backup.lock`` in the directory
   (two members sharing a directory, or the timer and a member, never interleave; the lock
   disappears with the process, so a crash never leaves it stuck);
@@ -54,7 +55,15 @@ def list_backups(directory: str | os.PathLike[str]) -> list[Path]:
         names = os.listdir(base)
     except FileNotFoundError:
         return []
-    return [base / n for n in sorted(names) if n.startswith(PREFIX) and n.endswith(SUFFIX)]
+    found = [n for n in names if n.startswith(PREFIX) and n.endswith(SUFFIX)]
+    return [base / n for n in sorted(found, key=_order)]
+
+
+def _order(name: str) -> tuple[str, int]:
+    """(time stamp, sequence): ``...Z-2.snap`` was taken after ``...Z.snap`` in the same second."""
+    stem = name[len(PREFIX):-len(SUFFIX)]
+    stamp, _, seq = stem.partition("-")
+    return stamp, int(seq) if seq.isdigit() else 1
 
 
 def rotate(directory: str | os.PathLike[str], retain: int) -> list[Path]:

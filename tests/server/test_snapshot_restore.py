@@ -300,7 +300,8 @@ def test_securekv_save_restore_serve_round_trip(make_member, tmp_path: Path) -> 
     snap = tmp_path / "backup.db"
     c = src.certs
     saved = subprocess.run([sys.executable, "-m", "securekv", "ctl", "--endpoints", src.endpoint, "--cacert", str(c.ca),
-                            "--cert", str(c.client_cert), "--key", str(c.client_key), "snapshot", "save", str(snap)],
+                            "--cert", str(c.client_cert), "--key", str(c.client_key), "snapshot", "save", str(snap),
+                            "--plaintext"],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert saved.returncode == 0, saved.stderr
     src.stop()
