@@ -23,13 +23,20 @@ def cluster_ids(name: str, initial_cluster: Iterable[tuple[str, str]], token: st
     return ids.member_id(by_name[name], token), ids.cluster_id(members)
 
 
-def create_member_wal(wal_dir: str, member_id: int, cluster_id: int, founders: Sequence[Member] | None) -> None:
+def create_member_wal(wal_dir: str, member_id: int, cluster_id: int, founders: Sequence[Member] | None,
+                      restored: bool = False) -> None:
     """Create (and close) the WAL of a member that was never started.
 
     ``founders`` (``--initial-cluster-state new``): a marker at index 0 carrying the founders
     as voters and their ADD_NODE conf changes at index 1..n (term 0, context = name + peer
     URLs), committed from the start — identical on every founder, as etcd writes them.
     ``None``: a member joining an existing cluster, whose log starts empty.
+
+    ``restored`` (``snapshot restore``): then also a snapshot marker at index n, as etcdctl's
+    restore writes one. The restored data is in the backend, not in the log, so the log must
+    start after it: a member added later is sent a snapshot of the backend (its log cannot
+    start at index 1), instead of replaying bootstrap entries onto an empty store. The caller
+    has stored the founders' membership and consistent index n in the backend.
     """
     from securekv.raft import ConfChange, ConfChangeType, Entry, EntryType
     from securekv.storage import WAL, HardState, Metadata, SnapshotMarker
@@ -43,6 +50,8 @@ def create_member_wal(wal_dir: str, member_id: int, cluster_id: int, founders: S
                           ConfChange(ConfChangeType.ADD_NODE, m.id, m.context()).encode())
                     for i, m in enumerate(ordered)]
             wal.append(boot, hard_state=HardState(0, 0, len(boot)))
+            if restored:
+                wal.save_snapshot(SnapshotMarker(index=len(boot), term=0, voters=[m.id for m in ordered]))
         wal.sync()
     finally:
         wal.close()

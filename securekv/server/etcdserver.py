@@ -516,13 +516,17 @@ class EtcdServer:
 
     async def publish_loop(self) -> None:
         """Make this member's name and client URLs part of the replicated membership (etcd's
-        publish): retried until applied, so `member list` on any member shows them."""
+        publish): retried until applied, so `member list` on any member shows them. Done only
+        once a leader is known — also on a restart whose attributes are already in the
+        membership — so READY=1 and the client listeners mean "serving", as with etcd (whose
+        publish is a committed proposal), e.g. right after a --force-new-cluster restart."""
         from securekv.server.cluster import publish_entry
 
         last = -10.0
         while True:
             m = self.node.membership.members.get(self.member_id)
-            if m is not None and list(m.client_urls) == list(self.client_urls) and m.name == self.name:
+            if (m is not None and list(m.client_urls) == list(self.client_urls) and m.name == self.name
+                    and self.node.leader != 0):
                 self.published = True
                 self.published_event.set()
                 return

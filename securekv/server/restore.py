@@ -301,8 +301,9 @@ def restore(cfg: RestoreConfig, log: Log | None = None,
 def _write_dirs(bolt: Any, data_dir: str, wal_flag: str, member_id: int, cluster_id: int, members: list,
                 emit: Log) -> Any:
     from securekv.server.bootstrap import create_member_wal
+    from securekv.server.cluster import META_KEY, Member, Membership
     from securekv.server.etcdimport import SnapshotImportError, import_snapshot
-    from securekv.storage import Backend
+    from securekv.storage import Backend, WriteBatch
 
     created: list[str] = []
     temps: list[str] = []
@@ -319,6 +320,10 @@ def _write_dirs(bolt: Any, data_dir: str, wal_flag: str, member_id: int, cluster
                 "resume scheduled compaction", **{"meta-bucket-name": "meta",
                                                   "meta-bucket-name-key": "scheduledCompactRev",
                                                   "scheduled-compact-revision": s}))
+            # The founders' membership as their bootstrap conf changes (1..n) leave it: the WAL
+            # gets a snapshot marker at n (create_member_wal(restored=True)).
+            founders = Membership(Member(m.id, m.name, m.peer_urls) for m in members)
+            backend.commit(WriteBatch(meta={META_KEY: founders.encode()}, consistent_index=len(members)))
             backend.sync()
         except SnapshotImportError as exc:
             raise RestoreError(str(exc)) from None
@@ -336,7 +341,7 @@ def _write_dirs(bolt: Any, data_dir: str, wal_flag: str, member_id: int, cluster
             temps.append(holder)
             tmp_wal = os.path.join(holder, "wal")
             separate = holder
-        create_member_wal(tmp_wal, member_id, cluster_id, members)
+        create_member_wal(tmp_wal, member_id, cluster_id, members, restored=True)
         fsync_dir(member_dir)
         fsync_dir(tmp_data)
         if separate is not None:

@@ -137,8 +137,17 @@ def test_hashless_snapshot_needs_skip_hash_check(snapshot_file: Path, tmp_path: 
             (3, 0, b"a", False), (4, 0, b"gone", False), (5, 0, b"gone", True), (6, 0, b"t/1", False),
             (6, 1, b"t/2", False), (7, 0, b"leased", False)]
         assert [(x.id, x.ttl) for x in db.iter_leases()] == [(0x1234, LEASE_TTL)]
-        assert db.get_meta("compact_revision") == 3 and db.consistent_index() == 0
-        assert db.get_meta("members") is None  # the old cluster's membership is dropped (as etcd)
+        assert db.get_meta("compact_revision") == 3
+        # The old cluster's membership is dropped (as etcd); the new founders' is there, at the
+        # index of their bootstrap entries, where the WAL's snapshot marker is.
+        assert db.consistent_index() == 1
+        members = json.loads(db.get_meta("members"))["members"]
+        assert [(m["name"], m["peerURLs"]) for m in members] == [("default", ["http://localhost:2380"])]
+    from securekv.storage import WAL
+
+    wal, state = WAL.open(str(tmp_path / "r1" / "member" / "wal"))
+    wal.close()
+    assert (state.snapshot.index, list(state.snapshot.voters)) == (1, [members[0]["id"]])
 
 
 def test_unfinished_compaction_is_finished_on_import(tmp_path: Path) -> None:
