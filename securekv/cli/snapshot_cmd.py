@@ -311,7 +311,8 @@ def _decrypting_opener(source: Any, log: Callable[..., None]) -> Callable[[str, 
 
     def open_encrypted(path: str, beside: str) -> Any:
         try:
-            fh, header, _digest = files.decrypt_to_private_file(path, source, files.nearest_dir(beside))
+            # no digest here: the restore checks etcd's own SHA-256 trailer of the plaintext next
+            fh, header, _ = files.decrypt_to_private_file(path, source, files.nearest_dir(beside), digest=False)
         except SnapshotCryptError as exc:
             raise RestoreError(f"{path}: {exc}") from None
         except OSError as exc:

@@ -148,20 +148,22 @@ def private_temp(directory: str) -> BinaryIO:
 
 
 def decrypt_to_private_file(path: str | os.PathLike[str], source: KeySource, directory: str,
-                            progress: Callable[[int, int], None] | None = None) -> tuple[BinaryIO, Header, bytes]:
+                            progress: Callable[[int, int], None] | None = None,
+                            digest: bool = True) -> tuple[BinaryIO, Header, bytes]:
     """Decrypt and authenticate every chunk of ``path`` into a nameless temp file in
-    ``directory``; returns it (at offset 0), the header and the plaintext's SHA-256. On any
-    failure the temp file is closed (and so gone) before the error propagates."""
+    ``directory``; returns it (at offset 0), the header and the plaintext's SHA-256 (b"" without
+    ``digest``). On any failure the temp file is closed (and so gone) before the error
+    propagates."""
     header = read_file_header(path)
     out = private_temp(directory)
     try:
         with open(path, "rb") as src:
             total = header.plaintext_size
-            _, digest = decrypt_stream(src, out, source,
-                                       (lambda done: progress(done, total)) if progress is not None else None)
+            _, sha = decrypt_stream(src, out, source,
+                                    (lambda done: progress(done, total)) if progress is not None else None, digest)
         out.flush()
         out.seek(0)
-        return out, header, digest
+        return out, header, sha
     except BaseException:
         out.close()
         raise

@@ -315,25 +315,33 @@ class Encryptor:
         self._last = header.chunks - 1
 
     def _seal(self, data: bytes | bytearray | memoryview, last: bool) -> bytes:
-        out = self._aead.encrypt(_nonce(self.header.nonce_prefix, self._index, last), bytes(data), self.header_bytes)
+        out = self._aead.encrypt(_nonce(self.header.nonce_prefix, self._index, last), data, self.header_bytes)
         self._index += 1
         return out
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Seal every complete chunk that ``data`` finishes; returns the sealed bytes."""
+        """Seal every complete chunk that ``data`` finishes; returns the sealed bytes. Whole
+        chunks are sealed straight from ``data`` (no copy); the last one waits for finalize."""
         self._taken += len(data)
         if self._taken > self.header.plaintext_size:
             raise UsageError(f"more plaintext than the {self.header.plaintext_size} bytes the header announces")
-        self._buf += data
         size = self.header.chunk_size
+        view = memoryview(data)
         out = []
-        pos = 0
-        while len(self._buf) - pos >= size and self._index < self._last:
-            out.append(self._seal(memoryview(self._buf)[pos:pos + size], False))
-            pos += size
-        if pos:
-            del self._buf[:pos]
-        return b"".join(out)
+        if self._buf:
+            take = view[: size - len(self._buf)]
+            self._buf += take
+            view = view[len(take):]
+            if len(self._buf) < size or self._index >= self._last:
+                self._buf += view  # (only the last chunk can still be growing here)
+                return b""
+            out.append(self._seal(self._buf, False))
+            self._buf = bytearray()
+        while len(view) >= size and self._index < self._last:
+            out.append(self._seal(view[:size], False))
+            view = view[size:]
+        self._buf += view
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> bytes:
         """Seal the last chunk; the plaintext must be exactly as long as announced."""
@@ -391,36 +399,47 @@ class Decryptor:
             return h.chunk_size + TAG_LEN
         return h.plaintext_size - (h.chunks - 1) * h.chunk_size + TAG_LEN
 
+    def _open(self, sealed: bytes | bytearray | memoryview) -> bytes:
+        h = self.header
+        last = self._index == h.chunks - 1
+        try:
+            plain = self._aead.decrypt(_nonce(h.nonce_prefix, self._index, last), sealed, self.header_bytes)
+        except InvalidTag:
+            start = HEADER_LEN + self._index * (h.chunk_size + TAG_LEN)
+            raise SnapshotTampered(
+                f"chunk {self._index + 1} of {h.chunks} (file bytes {start}..{start + len(sealed) - 1}) failed "
+                "authentication: the file was modified, damaged, or mixed with another snapshot") from None
+        self._index += 1
+        self._done = last
+        return plain
+
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Plaintext of every chunk ``data`` completes (each authenticated before it is returned)."""
+        """Plaintext of every chunk ``data`` completes (each authenticated before it is returned).
+        Chunks are opened straight from ``data`` where they lie whole in it (no copy)."""
         if self._done and data:
             raise SnapshotTampered("unexpected data after the last chunk (the file is longer than its header says)")
-        self._buf += data
         self._seen += len(data)
+        view = memoryview(data)
         out = []
-        pos = 0
+        if self._buf:  # finish the chunk the previous call left incomplete
+            take = view[: self._sealed_len(self._index) - len(self._buf)]
+            self._buf += take
+            view = view[len(take):]
+            if len(self._buf) < self._sealed_len(self._index):
+                return b""
+            out.append(self._open(self._buf))
+            self._buf = bytearray()
         while not self._done:
             need = self._sealed_len(self._index)
-            if len(self._buf) - pos < need:
+            if len(view) < need:
                 break
-            last = self._index == self.header.chunks - 1
-            sealed = bytes(memoryview(self._buf)[pos:pos + need])
-            try:
-                out.append(self._aead.decrypt(_nonce(self.header.nonce_prefix, self._index, last), sealed,
-                                              self.header_bytes))
-            except InvalidTag:
-                start = HEADER_LEN + self._index * (self.header.chunk_size + TAG_LEN)
-                raise SnapshotTampered(
-                    f"chunk {self._index + 1} of {self.header.chunks} (file bytes {start}..{start + need - 1}) failed "
-                    "authentication: the file was modified, damaged, or mixed with another snapshot") from None
-            pos += need
-            self._index += 1
-            self._done = last
-        if pos:
-            del self._buf[:pos]
-        if self._done and self._buf:
-            raise SnapshotTampered("unexpected data after the last chunk (the file is longer than its header says)")
-        return b"".join(out)
+            out.append(self._open(view[:need]))
+            view = view[need:]
+        if view:
+            if self._done:
+                raise SnapshotTampered("unexpected data after the last chunk (the file is longer than its header says)")
+            self._buf += view
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> None:
         """Raise unless every chunk arrived (and nothing after the last)."""
@@ -503,19 +522,21 @@ def decrypt_chunks(src: Readable, source: KeySource, *, block: int = 1 << 20) ->
 
 
 def decrypt_stream(src: Readable, dst: Writable, source: KeySource,
-                   progress: Callable[[int], None] | None = None) -> tuple[Header, bytes]:
-    """Decrypt ``src`` into ``dst``; returns the header and the plaintext's SHA-256. ``dst``
-    holds unauthenticated data if this raises: write it somewhere private and throw it away."""
+                   progress: Callable[[int], None] | None = None, digest: bool = True) -> tuple[Header, bytes]:
+    """Decrypt ``src`` into ``dst``; returns the header and the plaintext's SHA-256 (b"" when
+    ``digest`` is False). ``dst`` holds unauthenticated data if this raises: write it somewhere
+    private and throw it away."""
     header, pieces = decrypt_chunks(src, source)
-    digest = hashlib.sha256()
+    sha = hashlib.sha256() if digest else None
     done = 0
     for piece in pieces:
-        digest.update(piece)
+        if sha is not None:
+            sha.update(piece)
         dst.write(piece)
         done += len(piece)
         if progress is not None:
             progress(done)
-    return header, digest.digest()
+    return header, sha.digest() if sha is not None else b""
 
 
 __all__ = [
