@@ -9,9 +9,10 @@ waits for READY=1), then runs, in rounds that alternate the order (E P, P E, ...
 - ``securekv ctl snapshot save FILE --encryption-key-file K`` vs ``... --plaintext``;
 - ``securekv ctl snapshot restore FILE --encryption-key-file K`` vs the plain file;
 
-each as a real process, measuring wall time and the process's peak memory: ``ru_maxrss`` (from
-wait4; includes file pages it mapped) and the peak of ``RssAnon`` sampled from /proc every 20 ms
-(heap only: what "memory bounded" is about). The same is done once for a ``--small-mib``
+each as a real process, measuring wall time, CPU time (the process's, plus the server's during a
+save: on a shared machine CPU time moves far less than wall time), and the process's peak
+memory: ``ru_maxrss`` (from wait4; includes file pages it mapped) and the peak of ``RssAnon``
+sampled from /proc every 20 ms (heap only: what "memory bounded" is about). The same is done once for a ``--small-mib``
 keyspace, so memory can be compared across sizes. Ratios encrypted/plaintext are per round
 (same load), medians reported. Not a test: numbers go to docs/benchmarks.md ("Snapshots").
 """
@@ -82,12 +83,24 @@ def build_snapshot(work: Path, mib: int, value_size: int) -> Path:
 
 
 class Measured:
-    def __init__(self, seconds: float, maxrss: int, anon: int) -> None:
-        self.seconds, self.maxrss, self.anon = seconds, maxrss, anon
+    def __init__(self, seconds: float, cpu: float, maxrss: int, anon: int, server_cpu: float = 0.0) -> None:
+        self.seconds, self.cpu, self.maxrss, self.anon, self.server_cpu = seconds, cpu, maxrss, anon, server_cpu
+
+    @property
+    def total_cpu(self) -> float:
+        return self.cpu + self.server_cpu
 
 
-def run(argv: list[str], cwd: Path) -> Measured:
-    """Run to completion; wall time, ru_maxrss and the sampled peak RssAnon (bytes)."""
+def cpu_of(pid: int) -> float:
+    """utime + stime of a running process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(argv: list[str], cwd: Path, server_pid: int | None = None) -> Measured:
+    """Run to completion; wall time, its CPU time (and the server's during it), ru_maxrss and the
+    sampled peak RssAnon (bytes)."""
+    server0 = cpu_of(server_pid) if server_pid else 0.0
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = [0]
@@ -116,7 +129,8 @@ def run(argv: list[str], cwd: Path) -> Measured:
     t.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {err.decode(errors='replace')}")
-    return Measured(seconds, usage.ru_maxrss * 1024, peak[0])
+    server = cpu_of(server_pid) - server0 if server_pid else 0.0
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, peak[0], server)
 
 
 class Member:
@@ -186,7 +200,8 @@ def bench_size(work: Path, size_mib: int, value_size: int, rounds: int) -> dict:
             for mode in order:
                 out = work / f"save-{mode}-{r}.snap"
                 flags = ["--encryption-key-file", str(key)] if mode == "E" else ["--plaintext"]
-                results[f"save-{mode}"].append(run([*member.ctl(), "snapshot", "save", str(out), *flags], work))
+                results[f"save-{mode}"].append(run([*member.ctl(), "snapshot", "save", str(out), *flags], work,
+                                                   member.proc.pid))
                 sizes[mode] = out.stat().st_size
             for mode in order:
                 src = work / f"save-{mode}-{r}.snap"
@@ -197,7 +212,7 @@ def bench_size(work: Path, size_mib: int, value_size: int, rounds: int) -> dict:
                 shutil.rmtree(dest)
             for mode in order:
                 (work / f"save-{mode}-{r}.snap").unlink()
-            line = ", ".join(f"{k} {v[-1].seconds:.1f}s" for k, v in results.items())
+            line = ", ".join(f"{k} {v[-1].seconds:.1f}s (cpu {v[-1].total_cpu:.1f}s)" for k, v in results.items())
             print(f"[{size_mib} MiB] round {r + 1}: {line}", flush=True)
     finally:
         member.close()
@@ -206,15 +221,19 @@ def bench_size(work: Path, size_mib: int, value_size: int, rounds: int) -> dict:
 
 def report(size_mib: int, out: dict) -> None:
     res = out["results"]
+    med = statistics.median
     print(f"\n### {size_mib} MiB keyspace (file: plain {mib(out['sizes']['P'])}, encrypted {mib(out['sizes']['E'])})")
-    print("| step | plaintext s (median) | encrypted s (median) | ratio per round | median ratio | "
-          "peak RssAnon P / E | ru_maxrss P / E |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("| step | wall s P / E (median) | wall ratio per round | median | CPU s P / E (client + server) | "
+          "CPU ratio per round | median | peak RssAnon P / E | ru_maxrss P / E |")
+    print("|---|---:|---|---:|---:|---|---:|---:|---:|")
     for step in ("save", "restore"):
         p, e = res[f"{step}-P"], res[f"{step}-E"]
-        ratios = [a.seconds / b.seconds for a, b in zip(e, p)]
-        print(f"| {step} | {statistics.median(x.seconds for x in p):.1f} | {statistics.median(x.seconds for x in e):.1f}"
-              f" | {', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}"
+        wall = [a.seconds / b.seconds for a, b in zip(e, p)]
+        cpu = [a.total_cpu / b.total_cpu for a, b in zip(e, p)]
+        print(f"| {step} | {med(x.seconds for x in p):.1f} / {med(x.seconds for x in e):.1f}"
+              f" | {', '.join(f'{x:.2f}' for x in wall)} | {med(wall):.2f}"
+              f" | {med(x.total_cpu for x in p):.1f} / {med(x.total_cpu for x in e):.1f}"
+              f" | {', '.join(f'{x:.2f}' for x in cpu)} | {med(cpu):.2f}"
               f" | {mib(max(x.anon for x in p))} / {mib(max(x.anon for x in e))}"
               f" | {mib(max(x.maxrss for x in p))} / {mib(max(x.maxrss for x in e))} |")
 

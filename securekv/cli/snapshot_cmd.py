@@ -169,10 +169,10 @@ def encrypted_status_fields(st: Any) -> tuple[list[str], list[str], dict[str, An
     head: list[str] = []
     row: list[str] = []
     obj: dict[str, Any] = {}
-    if st.verified:
+    if st.verified:  # the decrypted file's own numbers, as etcdctl computes them
         head += ["hash", "revision", "total keys", "total size"]
-        row += [f"{st.hash:x}", revision, str(st.total_key), humanize_bytes(st.total_size)]
-        obj.update(hash=st.hash, revision=h.revision, totalKey=st.total_key, totalSize=st.total_size)
+        row += [f"{st.hash:x}", str(st.revision), str(st.total_key), humanize_bytes(st.total_size)]
+        obj.update(hash=st.hash, revision=st.revision, totalKey=st.total_key, totalSize=st.total_size)
     else:
         head += ["revision", "size"]
         row += [revision, humanize_bytes(h.plaintext_size)]
@@ -185,7 +185,7 @@ def encrypted_status_fields(st: Any) -> tuple[list[str], list[str], dict[str, An
                fileSize=st.file_size, authenticated=st.verified)
     if h.kdf:
         obj.update(scryptLogN=h.log_n, scryptR=h.r, scryptP=h.p)
-    if h.revision_is_lower_bound:
+    if h.revision_is_lower_bound and not st.verified:
         obj["revisionIsLowerBound"] = True
     if st.verified:
         obj["sha256"] = st.sha256.hex()

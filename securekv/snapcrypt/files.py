@@ -176,6 +176,7 @@ class EncryptedStatus:
     header: Header
     file_size: int
     hash: int | None = None  # etcd's CRC-32C content hash of the bbolt file
+    revision: int | None = None  # etcd's: of the last key in the decrypted file (exact)
     total_key: int | None = None
     total_size: int | None = None  # bbolt's logical size
     sha256: bytes | None = None  # of the whole plaintext (bbolt + padding + etcd's trailer)
@@ -207,7 +208,7 @@ def status(path: str | os.PathLike[str], source: KeySource | None) -> EncryptedS
                 st = BoltFile(data).status()
             except (struct.error, ValueError, OverflowError) as exc:
                 raise BoltError(f"invalid database ({exc})") from None
-    return EncryptedStatus(header, file_size, st.hash, st.total_key, st.total_size, sha)
+    return EncryptedStatus(header, file_size, st.hash, st.revision, st.total_key, st.total_size, sha)
 
 
 __all__ = ["EncryptedStatus", "Kind", "atomic_output", "decrypt_to_private_file", "detect", "encrypt_bolt_file",

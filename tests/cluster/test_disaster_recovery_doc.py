@@ -12,7 +12,6 @@ outcome: every key there, members agree on ``endpoint hashkv``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import select
 import signal
