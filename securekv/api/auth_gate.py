@@ -1,19 +1,21 @@
 """The one place where every request gets its identity and is authorised.
 
-Identity today: the CN of the verified client certificate (recorded by the TLS front door).
-The RBAC issue adds tokens (``token``/``authorization`` metadata, which win over the CN, as in
-etcd) and real permission checks in :meth:`AuthGate.authorize`; callers already pass the
-method name and request so nothing else has to change.
+Identity: the CN of the verified client certificate of the connection the call arrived on
+(:class:`securekv.api.identity.Identity`, filled by the listener). The RBAC issue adds tokens
+(``token``/``authorization`` metadata, which win over the CN, as in etcd) and real permission
+checks in :meth:`AuthGate.authorize`. Every RPC of every service passes here: the gRPC
+dispatcher (``api/dispatch.py``) and the JSON gateway (``api/gateway.py``) call
+``identify``/``caller_for`` and ``authorize(caller, method, request)``; the rule each method
+needs is in the API table (``api.table.rule_of``).
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import attrs
 
-from securekv.rpctypes import EtcdError
-from securekv.server.frontdoor import Identity, IdentityRegistry
-
-ERR_NOT_FRONT_DOOR = EtcdError("UNAUTHENTICATED", "securekv: connection did not come through the TLS front door")
+from securekv.api.identity import Identity
 
 
 @attrs.frozen
@@ -26,18 +28,15 @@ class Caller:
 
 
 class AuthGate:
-    def __init__(self, registry: IdentityRegistry, use_cn: bool = True) -> None:
-        self.registry = registry
+    def __init__(self, use_cn: bool = True) -> None:
         self.use_cn = use_cn
 
-    def identify(self, peer: str, metadata: tuple[tuple[str, str], ...] | list) -> Caller:
-        identity = self.registry.lookup_peer(peer)
-        if identity is None:
-            raise ERR_NOT_FRONT_DOOR
+    def identify(self, identity: Identity, metadata: Iterable[tuple[str, str]]) -> Caller:
+        """The caller of a gRPC call: its connection's identity plus a token from metadata."""
         token = ""
-        for key, value in metadata or ():
-            if key in ("token", "authorization"):
-                token = value if isinstance(value, str) else value.decode()
+        for key, value in metadata:
+            if key == "token" or key == "authorization":
+                token = value
         return self.caller_for(identity, token)
 
     def caller_for(self, identity: Identity, token: str) -> Caller:

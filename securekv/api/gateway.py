@@ -1,16 +1,20 @@
 """etcd's grpc-gateway: the v3 API as JSON over HTTP/1.1 on the client port (``/v3/...``).
 
 Why: etcd 3.4 serves it on every client URL and real clients depend on it (etcd3gw, used by
-OpenStack; curl scripts in runbooks). It is a translation layer only: the JSON body becomes the
-same protobuf request the gRPC path builds, the caller gets its identity from the same TLS
-connection (or an ``Authorization`` token) and passes the same :class:`AuthGate`, and the same
-trio-side server methods answer. JSON follows grpc-gateway with ``OrigName``: proto field names,
+OpenStack; curl scripts in runbooks). It is a translation layer only, driven by the same API
+table as the gRPC dispatcher (``api/table.py``): the JSON body becomes the same protobuf
+request the gRPC path decodes (hot writes then go into their log entry the same way), the caller
+gets its identity from the same TLS connection (or an ``Authorization`` token) and passes the
+same :class:`AuthGate`, the same server methods answer, and failures go through the same error
+mapper (``api/status.py``). JSON follows grpc-gateway with ``OrigName``: proto field names,
 64-bit integers as strings, bytes as base64, enums by name, default values left out; unknown
 request fields are ignored, an empty body is an empty request.
 
 Streams (watch, lease keepalive, snapshot, election observe) answer with one
-``{"result": ...}`` line per message. The request body of a client stream is read whole before
-the first response, as curl and etcd3gw send it (one request object, or several in a row).
+``{"result": ...}`` line per message. The requests of a client stream (one object, or several
+in a row, as curl and etcd3gw send them; at most ``MAX_STREAM_OBJECTS``) are fed to the session
+by their own task while the answers are written, so a body of many watch creates cannot fill
+the session's outbox while nobody reads it.
 """
 
 from __future__ import annotations
@@ -25,18 +29,18 @@ import trio
 from google.protobuf import json_format
 
 from securekv.api.auth_gate import AuthGate, Caller
-from securekv.api.status import status_code
-from securekv.proto import rpc_pb2, v3election_pb2, v3lock_pb2
+from securekv.api.identity import Identity
+from securekv.api.status import HTTP_STATUS, code_number, status_of
+from securekv.api.table import GATEWAY, Kind, Rpc
 from securekv.rpctypes import EtcdError
-from securekv.server.frontdoor import Identity
 
 log = logging.getLogger(__name__)
 
 # The path prefixes etcd 3.4 serves (v3alpha went away in 3.4).
 PREFIXES = ("/v3/", "/v3beta/")
+# Most request objects one streaming body may carry (a body is also bounded in bytes).
+MAX_STREAM_OBJECTS = 4096
 
-# grpc-gateway's HTTPStatusFromCode, indexed by gRPC code number.
-HTTP_STATUS = [200, 408, 500, 400, 504, 404, 409, 403, 429, 412, 409, 400, 501, 500, 503, 500, 401]
 HTTP_REASON = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 412: "Precondition Failed",
@@ -45,64 +49,10 @@ HTTP_REASON = {
 }
 
 
-@attrs.frozen
-class Route:
-    rpc: str  # the RPC's name, as the auth gate and the metrics know it
-    request: type
-    kind: str  # "cb": fn(req, caller, reply); "call": await fn(req, caller); "stream": session
-    target: str  # the EtcdServer attribute
-    client_stream: bool = False
-
-
-def _routes() -> dict[str, Route]:
-    r, lk, el = rpc_pb2, v3lock_pb2, v3election_pb2
-    table = {
-        "kv/range": Route("Range", r.RangeRequest, "cb", "range_cb"),
-        "kv/put": Route("Put", r.PutRequest, "cb", "put_cb"),
-        "kv/deleterange": Route("DeleteRange", r.DeleteRangeRequest, "cb", "delete_range_cb"),
-        "kv/txn": Route("Txn", r.TxnRequest, "cb", "txn_cb"),
-        "kv/compaction": Route("Compact", r.CompactionRequest, "call", "compact"),
-        "watch": Route("Watch", r.WatchRequest, "stream", "open_watch", client_stream=True),
-        "lease/grant": Route("LeaseGrant", r.LeaseGrantRequest, "call", "lease_grant"),
-        "lease/revoke": Route("LeaseRevoke", r.LeaseRevokeRequest, "call", "lease_revoke"),
-        "lease/keepalive": Route("LeaseKeepAlive", r.LeaseKeepAliveRequest, "stream", "open_keepalive",
-                                 client_stream=True),
-        "lease/timetolive": Route("LeaseTimeToLive", r.LeaseTimeToLiveRequest, "call", "lease_time_to_live"),
-        "lease/leases": Route("LeaseLeases", r.LeaseLeasesRequest, "call", "lease_leases"),
-        "cluster/member/add": Route("MemberAdd", r.MemberAddRequest, "call", "member_add"),
-        "cluster/member/remove": Route("MemberRemove", r.MemberRemoveRequest, "call", "member_remove"),
-        "cluster/member/update": Route("MemberUpdate", r.MemberUpdateRequest, "call", "member_update"),
-        "cluster/member/list": Route("MemberList", r.MemberListRequest, "call", "member_list"),
-        "cluster/member/promote": Route("MemberPromote", r.MemberPromoteRequest, "call", "member_promote"),
-        "maintenance/alarm": Route("Alarm", r.AlarmRequest, "call", "alarm"),
-        "maintenance/status": Route("Status", r.StatusRequest, "call", "status"),
-        "maintenance/defragment": Route("Defragment", r.DefragmentRequest, "call", "defragment"),
-        # etcd binds Hash and HashKV to the same path; the first binding (Hash) answers.
-        "maintenance/hash": Route("Hash", r.HashRequest, "call", "hash"),
-        "maintenance/snapshot": Route("Snapshot", r.SnapshotRequest, "stream", "open_snapshot"),
-        "maintenance/transfer-leadership": Route("MoveLeader", r.MoveLeaderRequest, "call", "move_leader"),
-        "auth/authenticate": Route("Authenticate", r.AuthenticateRequest, "call", "authenticate"),
-        "lock/lock": Route("Lock", lk.LockRequest, "call", "lock"),
-        "lock/unlock": Route("Unlock", lk.UnlockRequest, "call", "unlock"),
-        "election/campaign": Route("Campaign", el.CampaignRequest, "call", "campaign"),
-        "election/proclaim": Route("Proclaim", el.ProclaimRequest, "call", "proclaim"),
-        "election/leader": Route("Leader", el.LeaderRequest, "call", "leader"),
-        "election/observe": Route("Observe", el.LeaderRequest, "stream", "open_observe"),
-        "election/resign": Route("Resign", el.ResignRequest, "call", "resign"),
-    }
-    # etcd's additional bindings for the lease calls.
-    for name in ("revoke", "timetolive", "leases"):
-        table["kv/lease/" + name] = table["lease/" + name]
-    return table
-
-
-ROUTES = _routes()
-
-
-def route_for(path: str) -> Route | None:
+def route_for(path: str) -> Rpc | None:
     for prefix in PREFIXES:
         if path.startswith(prefix):
-            return ROUTES.get(path[len(prefix):])
+            return GATEWAY.get(path[len(prefix):])
     return None
 
 
@@ -119,17 +69,31 @@ class Reply:
 
 
 class StreamReply:
-    """A streaming answer: the HTTP layer pulls encoded lines until ``next_line`` gives None."""
+    """A streaming answer: the HTTP layer runs ``feed`` (client streams) and pulls encoded
+    lines until ``next_line`` gives None."""
 
-    def __init__(self, session: Any, route: Route, observe: Callable[[str], None]) -> None:
+    def __init__(self, session: Any, rpc: Rpc, observe: Callable[[str], None],
+                 requests: list[Any] | None = None) -> None:
         self.session = session
-        self.route = route
+        self.rpc = rpc
+        self.requests = requests  # a client stream's requests, fed by ``feed``
         self._observe = observe
         self.code = "OK"
         self.lines = 0
         self.ended = False
+        self.feed_error: EtcdError | None = None
         # The HTTP status of a stream that fails before its first message (grpc-gateway's rule).
         self.error_status = 0
+
+    async def feed(self) -> None:
+        """The body's requests to the session, in order, while answers are being read."""
+        try:
+            for request in self.requests or ():
+                await self.session.handle(request)
+            await self.session.half_close()
+        except EtcdError as exc:
+            self.feed_error = exc
+            self.session.close()  # ends ``next``: the error line follows
 
     async def next_line(self) -> bytes | None:
         if self.ended:
@@ -137,15 +101,20 @@ class StreamReply:
         try:
             message = await self.session.next()
         except EtcdError as exc:
-            self.code, self.ended = exc.code, True
-            if not self.lines:
-                self.error_status = HTTP_STATUS[_number(exc.code)]
-            return stream_error(exc.code, exc.message)
+            return self._error(exc)
         if message is None:
+            if self.feed_error is not None:
+                return self._error(self.feed_error)
             self.ended = True
             return None
         self.lines += 1
         return b'{"result":' + encode(message) + b"}\n"
+
+    def _error(self, exc: EtcdError) -> bytes:
+        self.code, self.ended = exc.code, True
+        if not self.lines:
+            self.error_status = HTTP_STATUS[code_number(exc.code)]
+        return stream_error(exc.code, exc.message)
 
     def close(self) -> None:
         try:
@@ -154,32 +123,28 @@ class StreamReply:
             self._observe(self.code)
 
 
-def _number(code: str) -> int:
-    """The gRPC code number of an EtcdError code name (unknown names are Unknown, 2)."""
-    return status_code(code).value[0]
-
-
 def encode(message: Any) -> bytes:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True),
                       separators=(",", ":")).encode()
 
 
 def error_body(code: str, message: str) -> tuple[int, bytes]:
-    number = _number(code)
+    number = code_number(code)
     body = json.dumps({"error": message, "message": message, "code": number}, separators=(",", ":"))
     return HTTP_STATUS[number], body.encode()
 
 
 def stream_error(code: str, message: str) -> bytes:
-    number = _number(code)
+    number = code_number(code)
     status = HTTP_STATUS[number]
     chunk = {"error": {"grpc_code": number, "http_code": status, "message": message,
                        "http_status": HTTP_REASON.get(status, "")}}
     return json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_all(body: bytes, message_type: type) -> list[Any]:
-    """Every JSON object in the body, in order (an empty body is one empty request)."""
+def decode_all(body: bytes, message_type: type, limit: int = 1) -> list[Any]:
+    """The body's JSON objects, in order (an empty body is one empty request); more than
+    ``limit`` objects is an error."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -192,6 +157,10 @@ def decode_all(body: bytes, message_type: type) -> list[Any]:
             pos += 1
         if pos >= len(text):
             break
+        if len(out) >= limit:
+            if limit == 1:
+                break  # unary calls read one object, as grpc-gateway does
+            raise EtcdError("INVALID_ARGUMENT", f"too many requests in one streaming body (at most {limit})")
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
@@ -212,56 +181,46 @@ class Gateway:
         self.gate = gate
         self.metrics = metrics
 
-    def _observer(self, rpc: str, start: float) -> Callable[[str], None]:
+    def _observer(self, rpc: Rpc, start: float) -> Callable[[str], None]:
         def observe(code: str) -> None:
             if self.metrics is not None:
-                self.metrics.observe(rpc, code, time.monotonic() - start)
+                self.metrics.observe(rpc.method, code, time.monotonic() - start, service=rpc.service,
+                                     grpc_type=rpc.kind.grpc_type)
         return observe
 
-    async def call(self, route: Route, body: bytes, identity: Identity, token: str) -> Reply | StreamReply:
+    async def call(self, rpc: Rpc, body: bytes, identity: Identity, token: str) -> Reply | StreamReply:
         """Answer one request; never raises for a request's own failure (that is an error body)."""
         start = time.monotonic()
-        observe = self._observer(route.rpc, start)
+        observe = self._observer(rpc, start)
+        client_stream = rpc.kind is Kind.BIDI_STREAM
         try:
-            requests = decode_all(body, route.request)
-            if not route.client_stream:
-                requests = requests[:1]
+            requests = decode_all(body, rpc.request, MAX_STREAM_OBJECTS if client_stream else 1)
             caller = self.gate.caller_for(identity, token)
-            # As on the gRPC path: streams are authorised when opened, before any request is read.
-            self.gate.authorize(caller, route.rpc, None if route.kind == "stream" else requests[0])
-            fn = getattr(self.server, route.target)
-            if route.kind == "cb":
-                response = await _run_cb(fn, requests[0], caller)
-            elif route.kind == "call":
-                response = await fn(requests[0], caller)
+            fn = getattr(self.server, rpc.handler)
+            if rpc.kind.streaming:
+                # As on the gRPC path: client streams are authorised when opened.
+                self.gate.authorize(caller, rpc.method, None if client_stream else requests[0])
+                session = await fn(None if client_stream else requests[0], caller)
+                return StreamReply(session, rpc, observe, requests if client_stream else None)
+            request = requests[0]
+            if rpc.entry:
+                request = self.server.prepare(rpc.entry, request.SerializeToString(), caller)
+            self.gate.authorize(caller, rpc.method, request.body if rpc.entry else request)
+            if rpc.kind is Kind.HOT:
+                response = await _run_cb(fn, request, caller)
             else:
-                return await self._open_stream(route, fn, requests, caller, observe)
-        except EtcdError as exc:
-            observe(exc.code)
-            return Reply(*error_body(exc.code, exc.message))
+                response = await fn(request, caller)
         except trio.Cancelled:
             observe("CANCELLED")
             raise
-        except Exception as exc:  # a bug or an unsupported request: etcd answers Unknown
-            log.exception("gateway %s failed", route.rpc)
-            observe("UNKNOWN")
-            return Reply(*error_body("UNKNOWN", str(exc)))
+        except Exception as exc:
+            _number, name, message = status_of(exc)
+            if not isinstance(exc, EtcdError):
+                log.exception("gateway %s failed", rpc.method)
+            observe(name)
+            return Reply(*error_body(name, message))
         observe("OK")
         return Reply(200, encode(response))
-
-    async def _open_stream(self, route: Route, fn: Any, requests: list[Any], caller: Caller,
-                           observe: Callable[[str], None]) -> StreamReply:
-        session = await fn(None if route.client_stream else requests[0], caller)
-        reply = StreamReply(session, route, observe)
-        if route.client_stream:
-            try:
-                for request in requests:
-                    await session.handle(request)
-                await session.half_close()
-            except BaseException:
-                session.close()
-                raise
-        return reply
 
 
 async def _run_cb(fn: Callable[..., None], request: Any, caller: Caller) -> Any:

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from securekv.config.model import URL, BackupSettings, Config, parse_url
-from securekv.config.options import BOOL, FLOAT, INT, LIST, OPTIONS, STR, Option
+from securekv.config.options import BOOL, DURATION, FLOAT, INT, LIST, OPTIONS, STR, Option
 from securekv.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,21 @@ def _convert(option: Option, value: Any, source: str) -> Any:
             return float(str(value).strip())
         except ValueError:
             raise UsageError(f"invalid number {value!r} for {where}") from None
+    if kind == DURATION:
+        # etcd's Go durations ("5s", "100ms", "1m30s"); a bare number is seconds.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        from securekv.pki.duration import parse_duration
+
+        try:
+            return parse_duration(text, what=where).total_seconds()
+        except UsageError:
+            raise UsageError(f"invalid duration {value!r} for {where} (e.g. 5s, 100ms, 1m)") from None
     if kind == LIST:
         if isinstance(value, (list, tuple)):
             items = [str(v).strip() for v in value]
@@ -197,6 +212,14 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         raise UsageError(f"--log-level must be debug, info, warn or error, not {values['log_level']!r}")
     if values["tls_handshake_timeout"] <= 0:
         raise UsageError("--tls-handshake-timeout must be positive")
+    for field in ("max_concurrent_streams", "max_connections_per_listener", "max_calls_per_identity",
+                  "max_watches_per_identity"):
+        if values[field] <= 0:
+            raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
+    if values["max_concurrent_streams"] > 2**31 - 1:
+        values["max_concurrent_streams"] = 2**31 - 1  # etcd's default (MaxUint32) means unlimited
+    if values["grpc_keepalive_min_time"] < 0:
+        raise UsageError("--grpc-keepalive-min-time must not be negative")
     if values["self_signed_cert_validity"] <= 0:
         raise UsageError("--self-signed-cert-validity must be positive")
     cert, key = values["cert_file"], values["key_file"]
@@ -252,6 +275,11 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         election_timeout=values["election_timeout"],
         log_level=values["log_level"],
         tls_handshake_timeout=values["tls_handshake_timeout"],
+        max_concurrent_streams=values["max_concurrent_streams"],
+        grpc_keepalive_min_time=values["grpc_keepalive_min_time"],
+        max_connections_per_listener=values["max_connections_per_listener"],
+        max_calls_per_identity=values["max_calls_per_identity"],
+        max_watches_per_identity=values["max_watches_per_identity"],
         insecure_allow_plaintext=insecure,
         backup=_backup_settings(values),
         sources=dict(sources or {}),

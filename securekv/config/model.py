@@ -104,6 +104,11 @@ class Config:
     election_timeout: int
     log_level: str
     tls_handshake_timeout: float
+    max_concurrent_streams: int
+    grpc_keepalive_min_time: float
+    max_connections_per_listener: int
+    max_calls_per_identity: int
+    max_watches_per_identity: int
     insecure_allow_plaintext: bool
     backup: BackupSettings = BackupSettings()
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 # Value kinds: how a string from the environment (or a YAML scalar) is converted.
-STR, INT, BOOL, LIST, FLOAT = "str", "int", "bool", "list", "float"
+STR, INT, BOOL, LIST, FLOAT, DURATION = "str", "int", "bool", "list", "float", "duration"
 
 
 @attrs.frozen
@@ -73,6 +73,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("election-timeout", INT, 1000, "Raft election timeout in ms."),
     Option("log-level", STR, "info", "debug, info, warn or error."),
     Option("tls-handshake-timeout", FLOAT, 10.0, "Seconds a client may take to finish the TLS handshake."),
+    Option("max-concurrent-streams", INT, 1000,
+           "Most concurrent gRPC calls (HTTP/2 streams) one client connection may open "
+           "(etcd's default is unlimited; more are refused with REFUSED_STREAM)."),
+    Option("grpc-keepalive-min-time", DURATION, 5.0,
+           "Least time between a client's keepalive pings; more frequent pings end the connection "
+           "with GOAWAY too_many_pings (e.g. 5s)."),
+    Option("max-connections-per-listener", INT, 4096,
+           "Most client connections one client URL (or metrics URL) serves at once; more are closed at once."),
+    Option("max-calls-per-identity", INT, 10000,
+           "Most concurrent gRPC calls (unary and streams) of one client identity (certificate CN or user)."),
+    Option("max-watches-per-identity", INT, 100000,
+           "Most watchers one client identity may hold open; more creates are canceled."),
     Option(
         "insecure-allow-plaintext",
         BOOL,

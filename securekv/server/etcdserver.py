@@ -24,6 +24,7 @@ from securekv.api.auth_gate import Caller
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
 from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err
 from securekv.server.etcdsnap import export_snapshot
+from securekv.server.node import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class EtcdServer:
         self.rng = random.SystemRandom()
         self._changed = trio.Event()  # set (and replaced) whenever the store's revision moves
         self._watch_wakeups: dict[int, "WatchSession"] = {}
+        self._watch_owners: dict[str, set["WatchSession"]] = {}  # identity -> its watch streams
         self.transport: Any = None
         self.published = False
         self.published_event = trio.Event()
@@ -171,33 +173,38 @@ class EtcdServer:
             return
         reply(self.fill(self.store.range(req), self.store.current_revision), None)
 
-    def _write_cb(self, caller: Caller, field: str, req: Any, reply: Any) -> None:
+    def prepare(self, field: str, payload: bytes, caller: Caller) -> Prepared:
+        """A hot write received as bytes, made into its log entry and decoded once (the
+        dispatcher calls this for API rows with an ``entry``; ``api/table.py``)."""
+        return self.node.prepare(field, payload, caller.username)
+
+    def _write_cb(self, entry: Prepared, reply: Any) -> None:
         self._refuse_learner()
-        ireq = self._request(caller, **{field: req})
-        self._check_quota(ireq)
+        self._check_quota(entry.request)
 
         def done(result: Any, error: BaseException | None) -> None:
             if error is None and result.error is not None:
                 error = result.error
             reply(None if error is not None else self.fill(result.response), error)
 
-        self.node.submit(ireq, done)
+        self.node.submit_prepared(entry, done)
 
-    def put_cb(self, req: rpc_pb2.PutRequest, caller: Caller, reply: Any) -> None:
+    def put_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import validate_put
 
-        validate_put(req)
-        self._write_cb(caller, "put", req, reply)
+        validate_put(entry.body)
+        self._write_cb(entry, reply)
 
-    def delete_range_cb(self, req: rpc_pb2.DeleteRangeRequest, caller: Caller, reply: Any) -> None:
+    def delete_range_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import validate_delete_range
 
-        validate_delete_range(req)
-        self._write_cb(caller, "delete_range", req, reply)
+        validate_delete_range(entry.body)
+        self._write_cb(entry, reply)
 
-    def txn_cb(self, req: rpc_pb2.TxnRequest, caller: Caller, reply: Any) -> None:
+    def txn_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import is_txn_readonly, validate_txn
 
+        req = entry.body
         validate_txn(req, self.max_txn_ops)
         if is_txn_readonly(req):
             if self.needs_read_index(False):
@@ -214,7 +221,7 @@ class EtcdServer:
                 return
             reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
             return
-        self._write_cb(caller, "txn", req, reply)
+        self._write_cb(entry, reply)
 
     # -- KV ----------------------------------------------------------------------------------
 
@@ -378,10 +385,17 @@ class EtcdServer:
 
     # -- Watch -------------------------------------------------------------------------------
 
+    # Most watchers one identity may hold (--max-watches-per-identity); set by the runtime.
+    max_watches_per_identity = 100_000
+
     async def open_watch(self, _request: Any, caller: Caller) -> "WatchSession":
         session = WatchSession(self, caller)
         self._watch_wakeups[session.stream.id] = session
+        self._watch_owners.setdefault(session.owner, set()).add(session)
         return session
+
+    def watchers_of(self, owner: str) -> int:
+        return sum(s.stream.statistics().watchers for s in self._watch_owners.get(owner, ()))
 
     # -- Cluster -----------------------------------------------------------------------------
 
@@ -635,9 +649,16 @@ class EtcdServer:
         return SnapshotSession(built.path, first)
 
     async def health_check(self, req: Any, caller: Caller) -> Any:
+        """grpc.health.v1 as etcd registers it: the server ("") is SERVING; any other service
+        name is unknown (grpc-go's health server answers NotFound)."""
         from securekv.proto import health_pb2
 
+        if req.service:
+            raise EtcdError("NOT_FOUND", "unknown service")
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def open_health_watch(self, req: Any, caller: Caller) -> "HealthWatchSession":
+        return HealthWatchSession(req.service)
 
     async def authenticate(self, req: Any, caller: Caller) -> Any:
         from securekv.rpctypes import ERR_AUTH_NOT_ENABLED
@@ -783,10 +804,15 @@ def _sizes(backend: Any) -> tuple[int, int]:
 # -- stream sessions (trio side; the bridge pulls responses with next()) --------------------
 
 
+ERR_TOO_MANY_WATCHERS_REASON = "securekv: too many watchers for this client identity"
+
+
 class WatchSession:
     def __init__(self, server: EtcdServer, caller: Caller) -> None:
         self.server = server
         self.caller = caller
+        # Whose watchers these are, for --max-watches-per-identity.
+        self.owner = caller.username or caller.identity.remote.rpartition(":")[0]
         self.wakeup = trio.Event()
         self.stream = server.hub.open_stream()
         self.pending: collections.deque = collections.deque()
@@ -796,7 +822,11 @@ class WatchSession:
     async def handle(self, request: rpc_pb2.WatchRequest) -> None:
         if self.closed:
             return
-        self.stream.handle(request)
+        if (request.WhichOneof("request_union") == "create_request"
+                and self.server.watchers_of(self.owner) >= self.server.max_watches_per_identity):
+            self.stream.reject_create(ERR_TOO_MANY_WATCHERS_REASON)
+        else:
+            self.stream.handle(request)
         self.wakeup.set()
         while not self.stream.accepting and not self.closed:
             self.drained = trio.Event()
@@ -825,6 +855,11 @@ class WatchSession:
             return
         self.closed = True
         self.server._watch_wakeups.pop(self.stream.id, None)
+        owned = self.server._watch_owners.get(self.owner)
+        if owned is not None:
+            owned.discard(self)
+            if not owned:
+                del self.server._watch_owners[self.owner]
         self.stream.close()
         self.wakeup.set()
         self.drained.set()
@@ -925,6 +960,36 @@ class SnapshotSession:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+class HealthWatchSession:
+    """grpc.health.v1 Watch: the current status once, then nothing until the client leaves
+    (grpc-go's health server sends SERVICE_UNKNOWN for names it does not know)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.sent = False
+        self.closed = trio.Event()
+
+    async def handle(self, request: Any) -> None:
+        pass
+
+    async def half_close(self) -> None:
+        pass
+
+    async def next(self) -> Any | None:
+        from securekv.proto import health_pb2
+
+        if not self.sent:
+            self.sent = True
+            status = (health_pb2.HealthCheckResponse.SERVICE_UNKNOWN if self.service
+                      else health_pb2.HealthCheckResponse.SERVING)
+            return health_pb2.HealthCheckResponse(status=status)
+        await self.closed.wait()
+        return None
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 class ObserveSession:

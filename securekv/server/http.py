@@ -3,7 +3,10 @@
 Serves etcd's GET endpoints ``/health`` (``{"health":"true"}``), ``/version`` and
 ``/metrics``, and on the client port etcd's JSON gateway (``POST /v3/...``,
 :mod:`securekv.api.gateway`). h11 does the HTTP/1.1 framing: keep-alive, chunked bodies,
-``Expect: 100-continue``; every request head and body is bounded in size and time.
+``Expect: 100-continue``. Every request is bounded in size and in time as a whole: its head must
+be complete ``HEAD_TIMEOUT`` after its first byte and its body ``BODY_TIMEOUT`` after the head
+(timers on the whole, not per read, so a client trickling one byte at a time -- slow loris --
+is closed on time); a kept-alive connection waits ``IDLE_TIMEOUT`` for the next request.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import h11
 import trio
 
 from securekv.api.gateway import HTTP_REASON, Gateway, Reply, StreamReply, is_gateway_path, route_for
-from securekv.server.frontdoor import Identity
+from securekv.api.identity import Identity
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
-HEAD_TIMEOUT = 10.0  # from the first byte of a request to its complete head and body
+HEAD_TIMEOUT = 10.0  # from the first byte of a request to its complete head
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with no new request is closed
-BODY_TIMEOUT = 30.0
+BODY_TIMEOUT = 30.0  # from the complete head to the end of the body
 
 CORS = [
     (b"Access-Control-Allow-Origin", b"*"),
@@ -85,10 +88,25 @@ class HttpApp:
             return
 
     async def _read_request(self, conn: h11.Connection, stream: trio.abc.Stream) -> tuple[Any, bytes]:
-        event = await _next_event(conn, stream, IDLE_TIMEOUT)
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            # Idle until the first byte of the next request.
+            if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
+                raise _Done()
+            data = b""
+            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                data = await stream.receive_some(65536)
+            if idle.cancelled_caught:
+                raise _Done()
+            conn.receive_data(data)
+            with trio.move_on_after(HEAD_TIMEOUT) as head:
+                event = await _next_event(conn, stream)
+            if head.cancelled_caught:
+                raise _Done()  # the whole head did not arrive in time (slow loris)
         if isinstance(event, h11.ConnectionClosed):
             return None, b""
-        assert isinstance(event, h11.Request), event
+        if not isinstance(event, h11.Request):
+            raise _Done()
         length = _content_length(event)
         if length is not None and length > self.max_body:
             raise _TooLarge()
@@ -97,7 +115,7 @@ class HttpApp:
             await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
         with trio.move_on_after(BODY_TIMEOUT) as scope:
             while True:
-                part = await _next_event(conn, stream, None)
+                part = await _next_event(conn, stream)
                 if isinstance(part, h11.Data):
                     body += part.data
                     if len(body) > self.max_body:
@@ -171,22 +189,15 @@ def _content_length(request: h11.Request) -> int | None:
     return None
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float | None) -> Any:
-    """The next h11 event; ``idle`` bounds the wait for a new request's first byte."""
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    """The next h11 event (the caller bounds the time for the whole head or body)."""
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
         if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
             raise _Done()
-        timeout = idle if idle is not None else HEAD_TIMEOUT
-        data = b""
-        with trio.move_on_after(timeout) as scope:
-            data = await stream.receive_some(65536)
-        if scope.cancelled_caught:
-            raise _Done()
-        idle = None
-        conn.receive_data(data)
+        conn.receive_data(await stream.receive_some(65536))
 
 
 async def _send(conn: h11.Connection, stream: trio.abc.Stream, status: int, ctype: bytes, body: bytes,
@@ -205,6 +216,8 @@ async def _stream(conn: h11.Connection, stream: trio.abc.Stream, reply: StreamRe
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_for_close, stream, nursery.cancel_scope)
+            if reply.requests is not None:
+                nursery.start_soon(reply.feed)
             first = await reply.next_line()
             status = reply.error_status if reply.error_status else 200
             headers = [*CORS, (b"Content-Type", JSON), (b"Connection", b"close")]

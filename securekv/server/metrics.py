@@ -57,7 +57,11 @@ class ServerMetrics:
         self._cert_files: Callable[[], Iterable[str]] = lambda: ()
         r.register(_CertExpiryCollector(lambda: self._cert_files()))
 
-    def observe(self, method: str, code: str, seconds: float) -> None:
+    def observe(self, method: str, code: str, seconds: float, *, service: str = "",
+                grpc_type: str = "unary") -> None:
+        """One finished RPC (gRPC or JSON gateway). ``service`` is the full gRPC service name
+        (e.g. ``etcdserverpb.KV``) and ``grpc_type`` one of unary, server_stream,
+        client_stream, bidi_stream: what etcd's grpc_server_handled_total labels carry."""
         self.handled.labels(grpc_method=method, grpc_code=code).inc()
         self.latency.labels(grpc_method=method).observe(seconds)
 

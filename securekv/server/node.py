@@ -48,6 +48,57 @@ _EMPTY = raft_internal_pb2.InternalRaftRequest()
 Done = Callable[[Any, "BaseException | None"], None]
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tag(number: int) -> bytes:
+    return _varint((number << 3) | 2)  # length-delimited field
+
+
+_FIELDS = raft_internal_pb2.InternalRaftRequest.DESCRIPTOR.fields_by_name
+_HEADER_TAG = _tag(_FIELDS["header"].number)
+_ENTRY_TAGS = {name: _tag(f.number) for name, f in _FIELDS.items() if name != "header"}
+
+
+@attrs.frozen
+class Prepared:
+    """A client request already in its log-entry form: ``data`` is what goes into the log and
+    ``request`` was decoded from exactly those bytes (once), so the leader applies what its
+    followers apply. ``body`` is the request inside (e.g. the PutRequest)."""
+
+    data: bytes
+    request: raft_internal_pb2.InternalRaftRequest
+    body: Any
+
+
+def peek_header(data: bytes) -> tuple[int, int] | None:
+    """(member_id, ID) of an entry written by :meth:`Node.encode`/:meth:`Node.prepare` (the
+    header leads), without decoding the request; None for other entries."""
+    if not data.startswith(_HEADER_TAG):
+        return None
+    pos, length, shift = len(_HEADER_TAG), 0, 0
+    while True:
+        if pos >= len(data):
+            return None
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    try:
+        header = raft_internal_pb2.RequestHeader.FromString(data[pos:pos + length])
+    except Exception:
+        return None
+    return header.member_id, header.ID
+
+
 class _Waiter:
     __slots__ = ("event", "result", "error")
 
@@ -211,13 +262,45 @@ class Node:
     # -- proposing ---------------------------------------------------------------------------
 
     def encode(self, req: raft_internal_pb2.InternalRaftRequest) -> bytes:
-        req.header.member_id = self.member_id
-        req.header.ID = self._next_id
+        """The entry bytes of a request built in the server: the header first (so the leader
+        finds its waiter without decoding, :func:`peek_header`), then the request."""
+        header = req.header
+        header.member_id = self.member_id
+        header.ID = self._next_id
         self._next_id += 1
-        data = req.SerializeToString()
+        head = header.SerializeToString()
+        req.ClearField("header")
+        body = req.SerializeToString()
+        req.header.ParseFromString(head)
+        data = b"".join((_HEADER_TAG, _varint(len(head)), head, body))
         if len(data) > self.max_request_bytes:
             raise err(ERR_REQUEST_TOO_LARGE)
         return data
+
+    def prepare(self, field: str, payload: bytes, username: str) -> Prepared:
+        """A client request received as bytes (``payload``, e.g. a PutRequest) made into its
+        log entry without re-encoding it, then decoded once (raises protobuf's DecodeError
+        for a malformed payload). The size limit is checked when it is submitted."""
+        head = raft_internal_pb2.RequestHeader(ID=self._next_id, username=username,
+                                               member_id=self.member_id).SerializeToString()
+        self._next_id += 1
+        data = b"".join((_HEADER_TAG, _varint(len(head)), head, _ENTRY_TAGS[field], _varint(len(payload)), payload))
+        req = raft_internal_pb2.InternalRaftRequest.FromString(data)
+        return Prepared(data, req, getattr(req, field))
+
+    def submit_prepared(self, prepared: Prepared, done: Done) -> None:
+        """Non-blocking propose of a prepared entry (trio thread); ``done`` gets the result."""
+        if self.stopped:
+            raise err(ERR_STOPPED)
+        if len(prepared.data) > self.max_request_bytes:
+            raise err(ERR_REQUEST_TOO_LARGE)
+        try:
+            self._send.send_nowait((prepared.data, prepared.request, done))
+        except trio.WouldBlock:
+            raise err(ERR_TOO_MANY_REQUESTS) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise err(ERR_STOPPED) from None
+        self._poke()
 
     async def propose(self, req: raft_internal_pb2.InternalRaftRequest) -> Any:
         """Return the ApplyResult once the entry is committed and applied; raise its EtcdError."""
@@ -613,18 +696,24 @@ class Node:
                 results.append(applier.apply(index, _EMPTY, now=now))
                 continue
             requests += 1
-            req = raft_internal_pb2.InternalRaftRequest()
-            try:
-                req.ParseFromString(data)
-            except Exception:
-                log.error("undecodable entry at index %d skipped", index)
-                results.append(applier.apply(index, _EMPTY, now=now))
-                continue
+            # Our own proposal: apply the request decoded from these very bytes when it was
+            # prepared (no second decode); anything else (followers, replay) is decoded here.
             waiter = None
-            if req.header.member_id == self.member_id:
-                waiter = self._waiters.pop(req.header.ID, None)
-                if waiter is not None:
-                    req = waiter[0]
+            ids = peek_header(data)
+            if ids is not None and ids[0] == self.member_id:
+                waiter = self._waiters.pop(ids[1], None)
+            if waiter is not None:
+                req = waiter[0]
+            else:
+                req = raft_internal_pb2.InternalRaftRequest()
+                try:
+                    req.ParseFromString(data)
+                except Exception:
+                    log.error("undecodable entry at index %d skipped", index)
+                    results.append(applier.apply(index, _EMPTY, now=now))
+                    continue
+                if req.header.member_id == self.member_id:
+                    waiter = self._waiters.pop(req.header.ID, None)
             try:
                 result = applier.apply(index, req, now=now)
             except EtcdError as exc:  # not expected from the applier, but never kill the loop

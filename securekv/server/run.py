@@ -1,40 +1,36 @@
 """``serve(config)``: assemble and run one member under a trio nursery.
 
 Order at start: lock the data dir → TLS material (files, --auto-tls or the embedded local PKI)
-→ open WAL + backend → rebuild the store/lessor/applier and replay the WAL tail → start grpcio
-on an internal loopback port → open the client front doors and metrics listeners → READY=1.
-Stopping (cancellation) reverses it: STOPPING=1, listeners close, grpc stops, node drains,
-WAL/backend close, lock released.
+→ open WAL + backend → rebuild the store/lessor/applier and replay the WAL tail → open the
+client listeners (TLS, gRPC and HTTP/1.1 in this trio thread) and metrics listeners → READY=1.
+Stopping (cancellation) reverses it: STOPPING=1, listeners stop accepting, gRPC connections get
+GOAWAY and a short grace to finish their calls, the node drains, WAL/backend close, lock released.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import attrs
-import grpc
 import trio
 
 from securekv.config import Config
 from securekv.errors import UsageError
 from securekv.proto import raft_internal_pb2
-from securekv.server.frontdoor import FrontDoor, Identity, IdentityRegistry
 from securekv.api.gateway import Gateway
+from securekv.api.identity import Identity
 from securekv.server.http import CLIENT_PATHS, METRICS_PATHS, HttpApp
+from securekv.server.listener import ClientListener, LiveConnection
 from securekv.server.metrics import CONTENT_TYPE, ServerMetrics
 from securekv.server.tls import ReloadingContext, TLSFiles
 
 log = logging.getLogger("securekv.server")
 
-GRPC_WORKERS = 1024
-# Above this many concurrent RPCs + open streams, new calls fail fast with RESOURCE_EXHAUSTED
-# instead of queueing behind busy workers (each open stream holds a worker thread).
-MAX_CONCURRENT_RPCS = 1000
 LEASE_TICK = 0.5
+DRAIN_GRACE = 2.0  # seconds gRPC calls get to finish after GOAWAY when the member stops
 TLS_RELOAD_CHECK = 1.0
 
 
@@ -44,7 +40,6 @@ class Started:
 
     client_urls: tuple[str, ...]
     metrics_urls: tuple[str, ...]
-    grpc_port: int
     member_id: int
     cluster_id: int
     tls_files: TLSFiles | None
@@ -81,17 +76,6 @@ def cluster_ids(config: Config) -> tuple[int, int]:
     from securekv.server.bootstrap import cluster_ids as ids_from
 
     return ids_from(config.name, config.initial_cluster, config.initial_cluster_token)
-
-
-def grpc_options(config: Config) -> list[tuple[str, int]]:
-    return [
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_receive_message_length", config.max_request_bytes + 512 * 1024),
-        ("grpc.max_send_message_length", 2**31 - 1),
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 class _State:
@@ -263,8 +247,9 @@ async def serve(
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from securekv.api.auth_gate import AuthGate
-    from securekv.api.bridge import Bridge, set_reader_nursery
-    from securekv.api.services import add_all
+    from securekv.api.dispatch import Dispatcher, Limits
+    from securekv.server.grpcconn import GrpcSettings
+    from securekv.server.grpcpump import GrpcPump
     from securekv.server.etcdserver import CLUSTER_VERSION, VERSION, EtcdServer
     from securekv.server.node import Node
     from securekv.server.persist import to_write_batches
@@ -276,8 +261,6 @@ async def serve(
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(str(data_dir))
     notifier = Notifier.from_environment()
-    grpc_server: grpc.Server | None = None
-    bridge: Any = None
     state: _State | None = None
     try:
         tls_files, local_pki = resolve_tls(config)
@@ -361,18 +344,16 @@ async def serve(
         if transport is not None:
             etcd.register_peer_calls(transport)
 
-        registry = IdentityRegistry()
-        bridge = Bridge(trio.lowlevel.current_trio_token(), AuthGate(registry), metrics)
-        grpc_server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
-                                  options=grpc_options(config), maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
-        bridge.has_leader = lambda: node.leader != 0
-        add_all(grpc_server, bridge, etcd)
-        grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
-        if not grpc_port:
-            raise UsageError("could not bind the internal gRPC port on 127.0.0.1")
-        grpc_server.start()
-        log.info("internal gRPC on 127.0.0.1:%d (serves only connections registered by the TLS front door)",
-                 grpc_port)
+        gate = AuthGate()
+        etcd.max_watches_per_identity = config.max_watches_per_identity
+        dispatcher = Dispatcher(etcd, gate, metrics, Limits(max_calls_per_identity=config.max_calls_per_identity),
+                                has_leader=lambda: node.leader != 0)
+        grpc_settings = GrpcSettings(
+            max_concurrent_streams=config.max_concurrent_streams,
+            # grpc-go's receive limit in etcd: --max-request-bytes plus 512 KiB for the envelope.
+            max_receive_message=config.max_request_bytes + 512 * 1024,
+            ping_min_interval=config.grpc_keepalive_min_time,
+        )
 
         def version() -> dict:
             return {"etcdserver": VERSION, "etcdcluster": CLUSTER_VERSION}
@@ -385,7 +366,7 @@ async def serve(
             metrics.watch_streams.set(getattr(stats, "streams", 0))
             return metrics.render()
 
-        gateway = Gateway(etcd, bridge.gate, metrics)
+        gateway = Gateway(etcd, gate, metrics)
         # JSON is base64 and field names on top of the protobuf request: room for both.
         app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE, gateway,
                       max_body=2 * config.max_request_bytes + 64 * 1024)
@@ -396,20 +377,28 @@ async def serve(
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
 
-        def client_door(url: Any) -> FrontDoor:
-            return FrontDoor(tls if url.is_tls else None, grpc_port, registry, client_http,
-                             config.tls_handshake_timeout)
+        async def client_grpc(stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
+            pump = GrpcPump(stream, identity, dispatcher, grpc_settings,
+                            preface_timeout=config.tls_handshake_timeout)
+            live.drain = pump.drain
+            await pump.run()
 
-        def metrics_door(url: Any) -> FrontDoor:
-            # Its own empty registry: gRPC is never served on the metrics listener.
-            return FrontDoor(tls if url.is_tls else None, grpc_port, IdentityRegistry(), metrics_http,
-                             config.tls_handshake_timeout)
+        def client_listener(url: Any) -> ClientListener:
+            return ClientListener(tls if url.is_tls else None, client_http, client_grpc,
+                                  config.tls_handshake_timeout, config.max_connections_per_listener)
+
+        def metrics_listener(url: Any) -> ClientListener:
+            # HTTP/1.1 only: gRPC is never served on the metrics listener.
+            return ClientListener(tls if url.is_tls else None, metrics_http, None,
+                                  config.tls_handshake_timeout, config.max_connections_per_listener)
+
+        accept_scopes: list[trio.CancelScope] = []
+        client_doors: list[ClientListener] = []
 
         transport_scopes: list[trio.CancelScope] = []
         node_scopes: list[trio.CancelScope] = []
         async with trio.open_nursery() as nursery:
             try:
-                set_reader_nursery(nursery)
                 if transport is not None:
                     peer_listeners = []
                     for url in config.listen_peer_urls:
@@ -434,12 +423,14 @@ async def serve(
                 for url in config.listen_client_urls:
                     listeners = await _listen(url)
                     client_urls.append(_bound_url(url, listeners))
-                    nursery.start_soon(trio.serve_listeners, client_door(url).handle, listeners)
+                    door = client_listener(url)
+                    client_doors.append(door)
+                    await nursery.start(_accept, accept_scopes, door.handle, listeners, nursery)
                 metrics_urls = []
                 for url in config.listen_metrics_urls:
                     listeners = await _listen(url)
                     metrics_urls.append(_bound_url(url, listeners))
-                    nursery.start_soon(trio.serve_listeners, metrics_door(url).handle, listeners)
+                    await nursery.start(_accept, accept_scopes, metrics_listener(url).handle, listeners, nursery)
                 nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
                 if config.backup.enabled:
                     from securekv.server.backup import BackupScheduler
@@ -452,7 +443,7 @@ async def serve(
                 period = watchdog_period()
                 if period:
                     nursery.start_soon(_every, period, _sync(notifier.watchdog))
-                started = Started(tuple(client_urls), tuple(metrics_urls), grpc_port, state.member_id,
+                started = Started(tuple(client_urls), tuple(metrics_urls), state.member_id,
                                   state.cluster_id, tls_files, local_pki)
                 if announce is not None:
                     announce(started)
@@ -463,6 +454,14 @@ async def serve(
                 finally:
                     notifier.stopping()
                     with trio.CancelScope(shield=True) as stop_scope:
+                        # Stop accepting; GOAWAY to gRPC clients, whose running calls get a
+                        # short grace (streams such as watches never end by themselves).
+                        for scope in accept_scopes:
+                            scope.cancel()
+                        stop_scope.deadline = trio.current_time() + DRAIN_GRACE + 1.0
+                        async with trio.open_nursery() as drains:
+                            for door in client_doors:
+                                drains.start_soon(door.live.drain, DRAIN_GRACE)
                         stop_scope.deadline = trio.current_time() + 2 * config.election_timeout / 1000.0
                         await node.hand_over_leadership()
             finally:
@@ -471,13 +470,8 @@ async def serve(
                     scope.deadline = trio.current_time() + 5.0  # the node drains, then ends
                 for scope in transport_scopes:
                     scope.cancel()
-                set_reader_nursery(None)
                 nursery.cancel_scope.cancel()
     finally:
-        if bridge is not None:
-            bridge.stopping = True
-        if grpc_server is not None:
-            grpc_server.stop(grace=None)
         if state is not None:
             with trio.CancelScope(shield=True):
                 state.close()
@@ -506,6 +500,15 @@ async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -
             await trio.sleep(1.0)
     raise UsageError(f"could not learn the cluster ID from any member of --initial-cluster ({', '.join(others)}); "
                      "are they running and is this member added with `member add`?")
+
+
+async def _accept(scopes: list[trio.CancelScope], handler: Callable[[Any], Any], listeners: list[Any],
+                  connections: trio.Nursery, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Accept on ``listeners`` until stopped; connections live in ``connections`` so that
+    stopping the accepting leaves them to be drained."""
+    with trio.CancelScope() as scope:
+        scopes.append(scope)
+        await trio.serve_listeners(handler, listeners, handler_nursery=connections, task_status=task_status)
 
 
 async def _shielded(scopes: list[trio.CancelScope], fn: Callable[..., Any],

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from securekv.api.auth_gate import AuthGate, ERR_NOT_FRONT_DOOR
+from securekv.api.auth_gate import AuthGate
+from securekv.api.identity import Identity
 from securekv.config import resolve
 from securekv.proto import raft_internal_pb2, rpc_pb2
 from securekv.rpctypes import EtcdError
-from securekv.server.frontdoor import Identity, IdentityRegistry
 from securekv.server.node import Node
 from securekv.server.persist import to_write_batches
 from securekv.server.run import _State
@@ -81,16 +81,10 @@ async def test_too_large_proposal_is_refused_before_the_log(tmp_path: Path) -> N
 
 
 def test_auth_gate_identity() -> None:
-    registry = IdentityRegistry()
-    gate = AuthGate(registry)
-    registry.register(40000, Identity(common_name="root", remote="127.0.0.1:1"))
-    assert gate.identify("ipv4:127.0.0.1:40000", ()).username == "root"
-    with_token = gate.identify("ipv4:127.0.0.1:40000", (("token", "abc"),))
+    gate = AuthGate()
+    identity = Identity(common_name="root", remote="127.0.0.1:1", serial="0A")
+    assert gate.identify(identity, ()).username == "root"
+    with_token = gate.identify(identity, (("token", "abc"),))
     assert with_token.username == "" and with_token.token == "abc"  # a token wins over the CN
-    for peer in ("ipv4:127.0.0.1:40001", "ipv6:[::1]:40000", "unix:/x"):
-        with pytest.raises(EtcdError) as info:
-            gate.identify(peer, ())
-        assert info.value == ERR_NOT_FRONT_DOOR
-    registry.unregister(40000)
-    with pytest.raises(EtcdError):
-        gate.identify("ipv4:127.0.0.1:40000", ())
+    assert gate.identify(identity, (("authorization", "xyz"),)).token == "xyz"  # the gateway's header
+    assert gate.identify(Identity(remote="127.0.0.1:2", tls=False), ()).username == ""

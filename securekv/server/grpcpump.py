@@ -1,0 +1,396 @@
+"""The thin trio pump around one :class:`GrpcConnection`: socket bytes in, frames out.
+
+Per connection three tasks: the reader (receive, feed the sans-IO connection, hand its events
+to the dispatcher), the writer (one ``send_all`` per scheduler turn with everything the
+connection queued meanwhile: replies completed by the node loop in one batch leave in one
+write) and a deadline timer. Call handlers that need a task (streams, unary calls that wait)
+run in this connection's nursery, so losing the connection cancels them.
+
+:class:`Call` is the dispatcher's handle on one RPC: ``reply``/``fail``/``finish`` end it,
+``send``/``receive`` move stream messages with back-pressure both ways.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import ssl
+from collections import deque
+from typing import Any, Awaitable, Callable, Protocol
+
+import trio
+from h2.errors import ErrorCodes
+
+from securekv.api.identity import Identity
+from securekv.server.grpcconn import (
+    DEADLINE_EXCEEDED,
+    CallCancelled,
+    CallHalfClosed,
+    CallStarted,
+    ConnectionEnded,
+    GrpcConnection,
+    GrpcSettings,
+    MessageReceived,
+)
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 65536
+INBOX_HIGH = 16  # a client stream's unread messages before its window is held back
+INBOX_LOW = 4
+BACKLOG_LIMIT = 16 << 20  # outbound bytes per connection before the reader stops reading
+REFUSED_STREAM = ErrorCodes.REFUSED_STREAM
+_CODE_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+               "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+               "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+
+
+class CallEnded(Exception):
+    """Raised by ``Call.send`` once the call is over (cancelled, expired or answered)."""
+
+
+class Dispatcher(Protocol):
+    """What the pump needs from the API side (``securekv.api.dispatch.Dispatcher``)."""
+
+    def started(self, call: "Call") -> None: ...
+    def message(self, call: "Call", payload: bytes) -> None: ...
+    def half_closed(self, call: "Call") -> None: ...
+
+
+class Call:
+    """One RPC on one connection."""
+
+    __slots__ = ("pump", "sid", "path", "metadata", "deadline", "over", "expired", "scope", "route",
+                 "caller", "key", "started_at", "on_over", "got_message", "inbox", "inbox_end", "_inbox_event",
+                 "_paused", "_writable")
+
+    def __init__(self, pump: "GrpcPump", sid: int, path: str, metadata: tuple[tuple[str, str], ...],
+                 deadline: float) -> None:
+        self.pump = pump
+        self.sid = sid
+        self.path = path
+        self.metadata = metadata
+        self.deadline = deadline
+        self.over = False
+        self.expired = False
+        self.scope: trio.CancelScope | None = None  # set for calls that run in a task
+        self.route: Any = None  # set by the dispatcher
+        self.caller: Any = None
+        self.key: str | None = None  # the identity this call counts against, once counted
+        self.started_at = 0.0
+        self.on_over: Callable[["Call", str], None] | None = None
+        self.got_message = False
+        self.inbox: deque[bytes] | None = None  # client-streaming input, when opened
+        self.inbox_end = False
+        self._inbox_event: trio.Event | None = None
+        self._paused = False
+        self._writable: trio.Event | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.pump.identity
+
+    # -- ending the call ---------------------------------------------------------------------
+
+    def reply(self, payload: bytes) -> None:
+        """The whole answer of a unary call (status OK)."""
+        if self.over:
+            return
+        pump = self.pump
+        pump.conn.send_unary(self.sid, payload)
+        pump.kick()
+        self._end("OK")
+
+    def fail(self, code: int, message: str) -> None:
+        if self.over:
+            return
+        pump = self.pump
+        pump.conn.send_status(self.sid, code, message)
+        pump.kick()
+        self._end(_CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else "UNKNOWN")
+
+    def finish(self) -> None:
+        """End a stream with status OK (after its messages)."""
+        self.fail(0, "")
+
+    def cancelled(self) -> None:
+        """The transport ended the call (RST_STREAM, protocol error, connection loss)."""
+        if self.over:
+            return
+        if self.scope is not None:
+            self.scope.cancel()
+        self._end("CANCELLED")
+
+    def expire(self) -> None:
+        """The grpc-timeout passed: a task is cancelled and answers; a callback call is
+        answered here (its late reply is dropped)."""
+        if self.over:
+            return
+        self.expired = True
+        if self.scope is not None:
+            self.scope.cancel()
+        else:
+            self.fail(DEADLINE_EXCEEDED, "context deadline exceeded")
+
+    def _end(self, code: str) -> None:
+        self.over = True
+        pump = self.pump
+        pump.calls.pop(self.sid, None)
+        if pump._closing:
+            pump.call_ended()
+        if self._writable is not None:
+            self._writable.set()
+        if self._inbox_event is not None:
+            self._inbox_event.set()
+        if self.on_over is not None:
+            self.on_over(self, code)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self.pump.nursery.start_soon(fn, *args)
+
+    async def send(self, payload: bytes) -> None:
+        """One message of a streaming answer; waits while the client's window is closed."""
+        if self.over:
+            raise CallEnded()
+        pump = self.pump
+        pending = pump.conn.send_message(self.sid, payload)
+        pump.kick()
+        high = pump.conn.settings.pending_high
+        while pending > high:
+            self._writable = trio.Event()
+            await self._writable.wait()
+            if self.over:
+                raise CallEnded()
+            pending = pump.conn.pending_bytes(self.sid)
+
+    def open_inbox(self) -> None:
+        self.inbox = deque()
+
+    def push(self, payload: bytes, end: bool) -> None:
+        inbox = self.inbox
+        assert inbox is not None
+        inbox.append(payload)
+        if end:
+            self.inbox_end = True
+        if self._inbox_event is not None:
+            self._inbox_event.set()
+        if len(inbox) >= INBOX_HIGH and not self._paused:
+            self._paused = True
+            self.pump.conn.pause(self.sid)
+
+    def push_end(self) -> None:
+        self.inbox_end = True
+        if self._inbox_event is not None:
+            self._inbox_event.set()
+
+    async def receive(self) -> bytes | None:
+        """The next request message of a client stream; None once the client half-closed."""
+        inbox = self.inbox
+        assert inbox is not None
+        while not inbox:
+            if self.inbox_end or self.over:
+                return None
+            self._inbox_event = trio.Event()
+            await self._inbox_event.wait()
+        payload = inbox.popleft()
+        if self._paused and len(inbox) <= INBOX_LOW:
+            self._paused = False
+            self.pump.conn.resume(self.sid)
+            self.pump.kick()
+        return payload
+
+    def wake_writable(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+
+class GrpcPump:
+    def __init__(self, stream: trio.abc.Stream, identity: Identity, dispatcher: Dispatcher,
+                 settings: GrpcSettings | None = None, preface_timeout: float = 10.0) -> None:
+        self.stream = stream
+        self.identity = identity
+        self.dispatcher = dispatcher
+        self.conn = GrpcConnection(settings)
+        self.calls: dict[int, Call] = {}
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set in run()
+        self._wake = trio.Event()
+        self._room = trio.Event()  # set when the outbound backlog shrank
+        self._heap: list[tuple[float, int, Call]] = []
+        self._seq = 0
+        self._timer_scope: trio.CancelScope | None = None
+        self._in_flight = 0
+        self._closing = False
+        self._finishing = False
+        self._written = trio.Event()
+        self._reader_scope = trio.CancelScope()
+        self._preface_timeout = preface_timeout
+
+    def kick(self) -> None:
+        """Something was queued: the writer sends it (once, with whatever else this turn adds)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        self.conn.initiate()
+        self.kick()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._timer)
+                try:
+                    with self._reader_scope:
+                        await self._reader()
+                finally:
+                    self._end_calls()
+                    # Let the writer send what is queued (a GOAWAY, last statuses); never wait long.
+                    self._finishing = True
+                    self.kick()
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + 1.0):
+                        await self._written.wait()
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            log.debug("gRPC connection %s ended: %s", self.identity.remote, exc)
+
+    def drain(self) -> None:
+        """Graceful stop: GOAWAY; calls already started finish; the pump ends when idle."""
+        self._closing = True
+        self.conn.drain()
+        self.kick()
+        if not self.calls:
+            self._reader_scope.cancel()
+
+    def call_ended(self) -> None:
+        if self._closing and not self.calls:
+            self._reader_scope.cancel()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        receive = self.stream.receive_some
+        dispatcher = self.dispatcher
+        calls = self.calls
+        preface_deadline = trio.current_time() + self._preface_timeout
+        while not conn.closed:
+            if self._closing and not calls and conn.idle:
+                return
+            while self._backlog() > BACKLOG_LIMIT:
+                self._room = trio.Event()
+                await self._room.wait()
+            try:
+                if conn.client_ready:
+                    data = await receive(RECEIVE_SIZE)
+                else:
+                    # A client must send its preface and SETTINGS promptly (no idle TLS
+                    # connections that never speak HTTP/2).
+                    data = b""
+                    with trio.move_on_at(preface_deadline):
+                        data = await receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                return
+            if not data:
+                return
+            now = trio.current_time()
+            writable = False
+            for ev in conn.receive_data(data, now):
+                t = type(ev)
+                if t is MessageReceived:
+                    call = calls.get(ev.stream_id)
+                    if call is None:
+                        continue
+                    if call.inbox is not None:
+                        call.push(ev.payload, ev.end_stream)
+                    elif not call.got_message:
+                        call.got_message = True
+                        dispatcher.message(call, ev.payload)
+                elif t is CallStarted:
+                    if conn.pending_total > BACKLOG_LIMIT:
+                        # The client leaves answers unread: take no new calls until it reads.
+                        conn.reset(ev.stream_id, REFUSED_STREAM)
+                        continue
+                    deadline = math.inf if ev.timeout is None else now + ev.timeout
+                    call = Call(self, ev.stream_id, ev.path, ev.metadata, deadline)
+                    calls[ev.stream_id] = call
+                    if ev.timeout is not None:
+                        self._add_deadline(call)
+                    dispatcher.started(call)
+                elif t is CallHalfClosed:
+                    call = calls.get(ev.stream_id)
+                    if call is not None:
+                        if call.inbox is not None:
+                            call.push_end()
+                        elif not call.got_message:
+                            dispatcher.half_closed(call)
+                elif t is CallCancelled:
+                    call = calls.get(ev.stream_id)
+                    if call is not None:
+                        call.cancelled()
+                elif t is ConnectionEnded:
+                    log.debug("gRPC connection %s: %s", self.identity.remote, ev.reason)
+                writable = True
+            if writable:
+                for call in list(calls.values()):
+                    if call._writable is not None:
+                        call.wake_writable()
+            self.kick()
+
+    async def _writer(self) -> None:
+        conn = self.conn
+        send = self.stream.send_all
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                data = conn.data_to_send()
+                if data:
+                    self._in_flight = len(data)
+                    await send(data)
+                    self._in_flight = 0
+                    self._room.set()
+                if self._finishing and not conn.unsent:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            # The peer is gone: stop reading too.
+            self._in_flight = 0
+            self._room.set()
+            self._reader_scope.cancel()
+        finally:
+            self._written.set()
+
+    async def _timer(self) -> None:
+        heap = self._heap
+        while True:
+            deadline = heap[0][0] if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                call = heapq.heappop(heap)[2]
+                if not call.over:
+                    call.expire()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _add_deadline(self, call: Call) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (call.deadline, self._seq, call))
+        scope = self._timer_scope
+        if scope is not None and call.deadline < scope.deadline:
+            scope.deadline = call.deadline
+
+    def _backlog(self) -> int:
+        """Bytes written to the connection and not yet accepted by the socket."""
+        return self.conn.unsent + self._in_flight
+
+    def _end_calls(self) -> None:
+        for call in list(self.calls.values()):
+            call.cancelled()
+        self.calls.clear()
+
+
+__all__ = ["GrpcPump", "Call", "CallEnded", "Dispatcher"]

@@ -1,0 +1,262 @@
+"""One client URL: a trio listener that terminates TLS and serves gRPC and HTTP/1.1 itself.
+
+Each connection is TLS-handshaken in bounded time (CRL-checked, client certificate required
+when configured), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over the sans-IO
+``server/grpcconn.py``), ``http/1.1`` is the h11 app (``/health``, ``/version``, ``/metrics``,
+the JSON gateway); without ALPN the first bytes decide (the HTTP/2 preface means gRPC). There is
+no relay and no second port: everything runs in the trio thread that owns the state.
+
+The listener keeps a registry of its live connections with their peer certificate's identity
+(:class:`LiveConnections`): the cap on connections per listener, the graceful GOAWAY drain on
+shutdown and -- for the TLS-policy work -- closing the connections of a revoked certificate
+(:meth:`LiveConnections.close_serials`) all use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+from typing import Awaitable, Callable
+
+import attrs
+import trio
+
+from securekv.api.identity import Identity
+from securekv.server.tls import ReloadingContext, peer_common_name
+
+log = logging.getLogger(__name__)
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+HttpHandler = Callable[[trio.abc.Stream, Identity], Awaitable[None]]
+GrpcHandler = Callable[[trio.abc.Stream, Identity, "LiveConnection"], Awaitable[None]]
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream that replays already-read bytes before reading from the wrapped stream."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self.prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.prefix:
+            data, self.prefix = self.prefix, b""
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@attrs.define(eq=False)
+class LiveConnection:
+    """A connection being served: who it is, how to end it, how to drain it gracefully."""
+
+    id: int
+    identity: Identity
+    scope: trio.CancelScope
+    protocol: str = ""  # "grpc" or "http" once routed
+    drain: Callable[[], None] | None = None  # set by the gRPC pump: GOAWAY, finish running calls
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class LiveConnections:
+    """The registry of one listener's connections."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, LiveConnection] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, identity: Identity, scope: trio.CancelScope) -> LiveConnection:
+        conn = LiveConnection(next(self._ids), identity, scope)
+        self._by_id[conn.id] = conn
+        return conn
+
+    def remove(self, conn: LiveConnection) -> None:
+        self._by_id.pop(conn.id, None)
+        conn.done.set()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self):
+        return iter(list(self._by_id.values()))
+
+    def close_serials(self, serials: set[str]) -> int:
+        """Close every connection whose client certificate has one of these serial numbers
+        (upper-case hex, as ``ssl`` reports them). Returns how many were closed."""
+        closed = 0
+        for conn in list(self._by_id.values()):
+            if conn.identity.serial and conn.identity.serial.upper() in serials:
+                conn.scope.cancel()
+                closed += 1
+        return closed
+
+    async def drain(self, grace: float) -> None:
+        """GOAWAY to every gRPC connection, then wait up to ``grace`` seconds for their calls
+        to finish; whatever is still open then is closed."""
+        conns = list(self._by_id.values())
+        for conn in conns:
+            if conn.drain is not None:
+                conn.drain()
+        with trio.move_on_after(grace):
+            for conn in conns:
+                if conn.drain is not None:
+                    await conn.done.wait()
+        for conn in list(self._by_id.values()):
+            conn.scope.cancel()
+
+
+@attrs.define
+class ListenerStats:
+    accepted: int = 0
+    refused: int = 0  # over the connection cap
+    handshake_failures: int = 0
+    grpc_connections: int = 0
+    http_connections: int = 0
+
+
+class ClientListener:
+    def __init__(
+        self,
+        tls: ReloadingContext | None,
+        http_handler: HttpHandler,
+        grpc_handler: GrpcHandler | None,
+        handshake_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self.tls = tls
+        self.http_handler = http_handler
+        self.grpc_handler = grpc_handler
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.live = LiveConnections()
+        self.stats = ListenerStats()
+        self._refusals_logged = 0
+
+    async def handle(self, tcp: trio.SocketStream) -> None:
+        """One client connection. Never raises: a bad client must not take the listener down."""
+        self.stats.accepted += 1
+        if len(self.live) >= self.max_connections:
+            self.stats.refused += 1
+            if self._refusals_logged < 10 or self.stats.refused % 1000 == 0:
+                self._refusals_logged += 1
+                log.warning("connection refused: this listener already serves %d connections "
+                            "(--max-connections-per-listener); %d refused so far", len(self.live), self.stats.refused)
+            await trio.aclose_forcefully(tcp)
+            return
+        try:
+            remote = "%s:%s" % tcp.socket.getpeername()[:2]
+        except OSError:
+            remote = "?"
+        try:
+            tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        except OSError:
+            pass
+        with trio.CancelScope() as scope:
+            live = self.live.add(Identity(remote=remote, tls=False), scope)
+            try:
+                await self._handle(tcp, remote, live)
+            except Exception:
+                log.exception("client connection failed unexpectedly")
+            finally:
+                self.live.remove(live)
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(tcp)
+
+    async def _handle(self, tcp: trio.SocketStream, remote: str, live: LiveConnection) -> None:
+        stream: trio.abc.Stream = tcp
+        identity = live.identity
+        alpn: str | None = None
+        try:
+            if self.tls is not None:
+                ssl_stream = trio.SSLStream(tcp, self.tls.current, server_side=True)
+                with trio.move_on_after(self.handshake_timeout) as scope:
+                    try:
+                        await ssl_stream.do_handshake()
+                    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                        self.stats.handshake_failures += 1
+                        log.info("TLS handshake with %s failed: %s", remote, _reason(exc))
+                        await trio.aclose_forcefully(tcp)
+                        return
+                if scope.cancelled_caught:
+                    self.stats.handshake_failures += 1
+                    log.info("TLS handshake with %s timed out", remote)
+                    await trio.aclose_forcefully(tcp)
+                    return
+                alpn = ssl_stream.selected_alpn_protocol()
+                identity = live.identity = _identity(ssl_stream, remote)
+                stream = ssl_stream
+            if alpn == "h2":
+                await self._grpc(stream, identity, live)
+                return
+            if alpn == "http/1.1":
+                await self._http(stream, identity, live)
+                return
+            # No ALPN: sniff the first bytes for the HTTP/2 prior-knowledge preface.
+            head = b""
+            with trio.move_on_after(self.handshake_timeout):
+                while len(head) < len(H2_PREFACE) and H2_PREFACE.startswith(head):
+                    chunk = await stream.receive_some(len(H2_PREFACE) - len(head))
+                    if not chunk:
+                        break
+                    head += chunk
+            if not head:
+                return
+            if head == H2_PREFACE:
+                await self._grpc(PrefixedStream(stream, head), identity, live)
+            else:
+                await self._http(PrefixedStream(stream, head), identity, live)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            log.debug("client connection %s ended: %s", remote, _reason(exc))
+        finally:
+            await _close(stream)
+
+    async def _grpc(self, stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
+        if self.grpc_handler is None:  # the metrics listener speaks HTTP/1.1 only
+            return
+        self.stats.grpc_connections += 1
+        live.protocol = "grpc"
+        await self.grpc_handler(stream, identity, live)
+
+    async def _http(self, stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
+        self.stats.http_connections += 1
+        live.protocol = "http"
+        await self.http_handler(stream, identity)
+
+
+def _identity(ssl_stream: trio.SSLStream, remote: str) -> Identity:
+    """The one place the listener reads the verified client certificate."""
+    cert = ssl_stream.getpeercert()
+    return Identity(common_name=peer_common_name(cert), remote=remote,
+                    serial=str(cert.get("serialNumber", "")) if cert else "")
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    """Close with TLS close_notify when the peer is still there; never wait long for it."""
+    with trio.move_on_after(1.0) as scope:
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            pass
+    if scope.cancelled_caught:
+        await trio.aclose_forcefully(stream)
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return cause.reason
+    return str(cause) or type(cause).__name__
+
+
+__all__ = ["ClientListener", "LiveConnections", "LiveConnection", "PrefixedStream"]
