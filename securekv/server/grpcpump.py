@@ -161,7 +161,11 @@ class Call:
         high = pump.conn.settings.pending_high
         while pending > high:
             self._writable = trio.Event()
-            await self._writable.wait()
+            pump.send_waiters.add(self)
+            try:
+                await self._writable.wait()
+            finally:
+                pump.send_waiters.discard(self)
             if self.over:
                 raise CallEnded()
             pending = pump.conn.pending_bytes(self.sid)
@@ -215,6 +219,7 @@ class GrpcPump:
         self.dispatcher = dispatcher
         self.conn = GrpcConnection(settings)
         self.calls: dict[int, Call] = {}
+        self.send_waiters: set[Call] = set()  # streaming senders waiting for the client's window
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set in run()
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbound backlog shrank
@@ -294,7 +299,6 @@ class GrpcPump:
             if not data:
                 return
             now = trio.current_time()
-            writable = False
             for ev in conn.receive_data(data, now):
                 t = type(ev)
                 if t is MessageReceived:
@@ -330,10 +334,12 @@ class GrpcPump:
                         call.cancelled()
                 elif t is ConnectionEnded:
                     log.debug("gRPC connection %s: %s", self.identity.remote, ev.reason)
-                writable = True
-            if writable:
-                for call in list(calls.values()):
-                    if call._writable is not None:
+            if self.send_waiters:
+                # WINDOW_UPDATEs may have let queued stream data out: wake the senders below
+                # the mark again.
+                high = conn.settings.pending_high
+                for call in list(self.send_waiters):
+                    if conn.pending_bytes(call.sid) <= high:
                         call.wake_writable()
             self.kick()
 
