@@ -4,7 +4,7 @@ Serves etcd's GET endpoints ``/health`` (``{"health":"true"}``), ``/version`` an
 ``/metrics``, and on the client port etcd's JSON gateway (``POST /v3/...``,
 :mod:`securekv.api.gateway`). h11 does the HTTP/1.1 framing: keep-alive, chunked bodies,
 ``Expect: 100-continue``. Every request is bounded in size and in time as a whole: its head must
-be complete ``HEAD_TIMEOUT`` after its first byte and its body ``BODY_TIMEOUT`` after the head
+be complete ``head_timeout`` (``--tls-handshake-timeout``) after its first byte and its body ``BODY_TIMEOUT`` after the head
 (timers on the whole, not per read, so a client trickling one byte at a time -- slow loris --
 is closed on time); a kept-alive connection waits ``IDLE_TIMEOUT`` for the next request.
 """
@@ -50,6 +50,7 @@ class HttpApp:
         metrics_content_type: str,
         gateway: Gateway | None = None,
         max_body: int = 4 * 1024 * 1024,
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         self.health = health
         self.version = version
@@ -57,6 +58,7 @@ class HttpApp:
         self.metrics_content_type = metrics_content_type
         self.gateway = gateway
         self.max_body = max_body
+        self.head_timeout = head_timeout
 
     async def serve(self, stream: trio.abc.Stream, paths: frozenset[str], identity: Identity | None = None,
                     gateway: bool = False) -> None:
@@ -99,7 +101,7 @@ class HttpApp:
             if idle.cancelled_caught:
                 raise _Done()
             conn.receive_data(data)
-            with trio.move_on_after(HEAD_TIMEOUT) as head:
+            with trio.move_on_after(self.head_timeout) as head:
                 event = await _next_event(conn, stream)
             if head.cancelled_caught:
                 raise _Done()  # the whole head did not arrive in time (slow loris)

@@ -368,8 +368,9 @@ async def serve(
 
         gateway = Gateway(etcd, gate, metrics)
         # JSON is base64 and field names on top of the protobuf request: room for both.
+        # A request head gets the time a TLS handshake gets (slow clients are closed, not waited for).
         app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE, gateway,
-                      max_body=2 * config.max_request_bytes + 64 * 1024)
+                      max_body=2 * config.max_request_bytes + 64 * 1024, head_timeout=config.tls_handshake_timeout)
 
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, CLIENT_PATHS, identity, gateway=True)
