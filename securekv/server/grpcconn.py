@@ -155,7 +155,7 @@ class _Stream:
 def encode_grpc_message(message: str) -> bytes:
     """grpc-go's encodeGrpcMessage: printable ASCII except ``%`` as is, the rest percent-encoded
     UTF-8."""
-    raw = message.encode("utf-8", "replace")
+    raw = message.encode("utf-8", "surrogateescape")
     if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
         return raw
     return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
@@ -316,7 +316,7 @@ class GrpcConnection:
                 stream.remote_done = True
             self._maybe_forget(sid, stream)
             return
-        out.append(CallStarted(sid, path.decode("latin-1"), tuple(metadata), timeout))
+        out.append(CallStarted(sid, path.decode("utf-8", "surrogateescape"), tuple(metadata), timeout))
         if ev.stream_ended is not None:
             stream.remote_done = True
             out.append(CallHalfClosed(sid))

@@ -394,6 +394,7 @@ async def serve(
                                   config.tls_handshake_timeout, config.max_connections_per_listener)
 
         accept_scopes: list[trio.CancelScope] = []
+        connection_scopes: list[trio.CancelScope] = []
         client_doors: list[ClientListener] = []
 
         transport_scopes: list[trio.CancelScope] = []
@@ -420,18 +421,21 @@ async def serve(
                     # requests never see "no leader".
                     while node.leader == 0:
                         await node.wait_leader_change()
+                # Client connections outlive a cancellation of serve() until they are drained
+                # (GOAWAY, a short grace for running calls), then they are closed explicitly.
+                connections = await nursery.start(_connection_nursery, connection_scopes)
                 client_urls = []
                 for url in config.listen_client_urls:
                     listeners = await _listen(url)
                     client_urls.append(_bound_url(url, listeners))
                     door = client_listener(url)
                     client_doors.append(door)
-                    await nursery.start(_accept, accept_scopes, door.handle, listeners, nursery)
+                    await nursery.start(_accept, accept_scopes, door.handle, listeners, connections)
                 metrics_urls = []
                 for url in config.listen_metrics_urls:
                     listeners = await _listen(url)
                     metrics_urls.append(_bound_url(url, listeners))
-                    await nursery.start(_accept, accept_scopes, metrics_listener(url).handle, listeners, nursery)
+                    await nursery.start(_accept, accept_scopes, metrics_listener(url).handle, listeners, connections)
                 nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
                 if config.backup.enabled:
                     from securekv.server.backup import BackupScheduler
@@ -463,9 +467,13 @@ async def serve(
                         async with trio.open_nursery() as drains:
                             for door in client_doors:
                                 drains.start_soon(door.live.drain, DRAIN_GRACE)
+                        for scope in connection_scopes:
+                            scope.cancel()
                         stop_scope.deadline = trio.current_time() + 2 * config.election_timeout / 1000.0
                         await node.hand_over_leadership()
             finally:
+                for scope in connection_scopes:
+                    scope.cancel()
                 node.close()
                 for scope in node_scopes:
                     scope.deadline = trio.current_time() + 5.0  # the node drains, then ends
@@ -510,6 +518,16 @@ async def _accept(scopes: list[trio.CancelScope], handler: Callable[[Any], Any],
     with trio.CancelScope() as scope:
         scopes.append(scope)
         await trio.serve_listeners(handler, listeners, handler_nursery=connections, task_status=task_status)
+
+
+async def _connection_nursery(scopes: list[trio.CancelScope], task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A nursery for client connections that outer cancellation does not reach (stopped via
+    ``scopes`` once they are drained)."""
+    with trio.CancelScope(shield=True) as scope:
+        scopes.append(scope)
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
 
 
 async def _shielded(scopes: list[trio.CancelScope], fn: Callable[..., Any],

@@ -16,7 +16,22 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
+from hyperframe.frame import Frame, GoAwayFrame
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """HTTP/2 frames in ``data`` (a whole number of them), parsed raw."""
+    out = []
+    while len(data) >= 9:
+        f, length = Frame.parse_frame_header(memoryview(data[:9]))
+        if len(data) < 9 + length:
+            break
+        f.parse_body(memoryview(data[9:9 + length]))
+        out.append(f)
+        data = data[9 + length:]
+    return out
 
 
 def frame(payload: bytes, compressed: bool = False) -> bytes:
@@ -45,6 +60,7 @@ class H2Client:
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.flush()
         self.events: list[Any] = []
+        self.raw = bytearray()  # every byte received (for frames h2 refuses to parse)
         self.closed = False
         self.auto_window = True  # acknowledge received data at once (turn off to stall the server)
 
@@ -72,9 +88,24 @@ class H2Client:
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, headers or grpc_headers(path), end_stream=not messages and end)
         for i, m in enumerate(messages):
-            self.conn.send_data(sid, m, end_stream=end and i == len(messages) - 1)
+            self.send_data(sid, m, end=end and i == len(messages) - 1)
         self.flush()
         return sid
+
+    def send_data(self, sid: int, data: bytes, end: bool = False) -> None:
+        """Send in frames the server's windows allow, reading its WINDOW_UPDATEs as needed."""
+        view = memoryview(data)
+        while True:
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+            if room <= 0:
+                self.flush()
+                self.pump(lambda evs: self.conn.local_flow_control_window(sid) > 0)
+                continue
+            chunk, view = view[:room], view[room:]
+            last = not len(view)
+            self.conn.send_data(sid, bytes(chunk), end_stream=end and last)
+            if last:
+                return
 
     def pump(self, until: Any, timeout: float = 10.0) -> list[Any]:
         """Read frames until ``until(events)`` is true (or the connection ends); all events."""
@@ -93,7 +124,24 @@ class H2Client:
             if not data:
                 self.closed = True
                 break
-            for ev in self.conn.receive_data(data):
+            self.raw += data
+            try:
+                received = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                # h2 (as a client) takes nothing after a GOAWAY; a server still finishing its
+                # calls after one (graceful drain: GOAWAY, PING, GOAWAY) sends more. Record
+                # the GOAWAYs from the raw bytes and stop reading.
+                goaways = [f for f in parse_frames(bytes(self.raw)) if isinstance(f, GoAwayFrame)]
+                if not goaways:
+                    raise
+                for f in goaways:
+                    ev = h2.events.ConnectionTerminated()
+                    ev.error_code, ev.last_stream_id, ev.additional_data = (
+                        f.error_code, f.last_stream_id, f.additional_data)
+                    self.events.append(ev)
+                self.closed = True
+                break
+            for ev in received:
                 self.events.append(ev)
                 if isinstance(ev, h2.events.DataReceived) and self.auto_window:
                     self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
