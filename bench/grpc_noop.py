@@ -4,13 +4,14 @@ securekv's client API is grpcio in CPython, so nothing securekv does can beat wh
 alone reaches on the same machine with the same client. Modes:
 
 - ``sync``: ``grpc.server(ThreadPoolExecutor)`` answering Range/Put at once (securekv's shape);
-- ``aio``:  ``grpc.aio`` answering at once;
-- ``trio``: the sync server handing every call to a trio thread and back, with the same
-  one-shot lock hand-off securekv's bridge uses (the price of the crossing alone).
+- ``aio``:  ``grpc.aio`` answering at once.
 
-    python3 bench/grpc_noop.py --port P --mode sync|aio|trio --ca CA --cert CERT --key KEY
+(securekv no longer serves with grpcio: this is kept as the reference the one-thread h2 server
+replaced; ``bench/h2_noop.py`` is the same no-op on securekv's own transport.)
 
-Run by ``bench/server_bench.py --servers etcd,securekv,noop-sync,noop-aio,noop-trio``.
+    python3 bench/grpc_noop.py --port P --mode sync|aio --ca CA --cert CERT --key KEY
+
+Run by ``bench/server_bench.py --servers etcd,securekv,noop-sync,noop-aio``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,46 +35,19 @@ def credentials(opts: argparse.Namespace) -> grpc.ServerCredentials:
                                        require_client_auth=True)
 
 
-def serve_sync(opts: argparse.Namespace, via_trio: bool) -> None:
-    hand_off = _trio_hand_off() if via_trio else None
-
+def serve_sync(opts: argparse.Namespace) -> None:
     class KV(rpc_pb2_grpc.KVServicer):
         def Range(self, request, context):
-            return hand_off(rpc_pb2.RangeResponse) if hand_off else rpc_pb2.RangeResponse()
+            return rpc_pb2.RangeResponse()
 
         def Put(self, request, context):
-            return hand_off(rpc_pb2.PutResponse) if hand_off else rpc_pb2.PutResponse()
+            return rpc_pb2.PutResponse()
 
     server = grpc.server(ThreadPoolExecutor(max_workers=1024))
     rpc_pb2_grpc.add_KVServicer_to_server(KV(), server)
     server.add_secure_port(f"127.0.0.1:{opts.port}", credentials(opts))
     server.start()
     server.wait_for_termination()
-
-
-def _trio_hand_off():
-    import trio
-
-    from securekv.api.bridge import _ThreadWaiter
-
-    ready = threading.Event()
-    tokens: list[trio.lowlevel.TrioToken] = []
-
-    async def main() -> None:
-        tokens.append(trio.lowlevel.current_trio_token())
-        ready.set()
-        await trio.sleep_forever()
-
-    threading.Thread(target=trio.run, args=(main,), daemon=True, name="trio").start()
-    ready.wait()
-    token = tokens[0]
-
-    def hand_off(make):
-        waiter = _ThreadWaiter()
-        token.run_sync_soon(lambda: waiter.reply(make(), None))
-        return waiter.wait(lambda: False)[0]
-
-    return hand_off
 
 
 def serve_aio(opts: argparse.Namespace) -> None:
@@ -98,7 +71,7 @@ def serve_aio(opts: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--mode", choices=["sync", "aio", "trio"], default="sync")
+    ap.add_argument("--mode", choices=["sync", "aio"], default="sync")
     ap.add_argument("--ca", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
@@ -106,7 +79,7 @@ def main() -> None:
     if opts.mode == "aio":
         serve_aio(opts)
     else:
-        serve_sync(opts, via_trio=opts.mode == "trio")
+        serve_sync(opts)
 
 
 if __name__ == "__main__":

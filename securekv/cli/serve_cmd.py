@@ -51,6 +51,11 @@ def cli(config_file: str | None, **flags: object) -> None:
         )
     import trio
 
+    # The trio thread answers every client; worker threads (WAL fsync, sqlite commits) hold the
+    # GIL only briefly between C calls. A short switch interval bounds how long the trio thread
+    # can wait for the GIL behind them (Python's default 5 ms showed in sequential latency).
+    sys.setswitchinterval(0.0005)
+
     try:
         try:
             trio.run(_main, config)

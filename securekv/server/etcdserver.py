@@ -145,7 +145,7 @@ class EtcdServer:
     def _refuse_learner(self) -> None:
         from securekv.rpctypes import ERR_LEARNER_NOT_SUPPORTED
 
-        if self.node.member_id in self.node.conf_state().learners:
+        if self.node.is_listed_learner():
             raise err(ERR_LEARNER_NOT_SUPPORTED)
 
     def needs_read_index(self, serializable: bool) -> bool:

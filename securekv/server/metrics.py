@@ -55,6 +55,7 @@ class ServerMetrics:
         self.watch_streams = Gauge("etcd_debugging_mvcc_watch_stream_total", "Open watch streams.", registry=r)
         self.leases = Gauge("etcd_debugging_lease_total", "Live leases.", registry=r)
         self._cert_files: Callable[[], Iterable[str]] = lambda: ()
+        self._children: dict[tuple[str, str], tuple] = {}
         r.register(_CertExpiryCollector(lambda: self._cert_files()))
 
     def observe(self, method: str, code: str, seconds: float, *, service: str = "",
@@ -62,8 +63,12 @@ class ServerMetrics:
         """One finished RPC (gRPC or JSON gateway). ``service`` is the full gRPC service name
         (e.g. ``etcdserverpb.KV``) and ``grpc_type`` one of unary, server_stream,
         client_stream, bidi_stream: what etcd's grpc_server_handled_total labels carry."""
-        self.handled.labels(grpc_method=method, grpc_code=code).inc()
-        self.latency.labels(grpc_method=method).observe(seconds)
+        children = self._children.get((method, code))
+        if children is None:  # labels() costs a lock and a dict walk: once per (method, code)
+            children = self._children[(method, code)] = (
+                self.handled.labels(grpc_method=method, grpc_code=code), self.latency.labels(grpc_method=method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def watch_certificates(self, files: Callable[[], Iterable[str]]) -> None:
         self._cert_files = files

@@ -204,6 +204,8 @@ class Node:
         self.role = Role.FOLLOWER
         self.stopped = False
         self.stats = NodeStats()
+        self._voters_seen: frozenset[int] | None = None
+        self._single_voter = False
 
     # -- state -------------------------------------------------------------------------------
 
@@ -231,8 +233,17 @@ class Node:
         return self.raw.raft.trk.conf_state()
 
     def single_voter(self) -> bool:
-        cs = self.conf_state()
-        return tuple(cs.voters) == (self.member_id,)
+        """This member is the only voter (asked on every read: cached per configuration; the
+        tracker replaces its voter set whenever the configuration changes)."""
+        voters = self.raw.raft.trk.voters
+        if voters is not self._voters_seen:
+            self._voters_seen = voters
+            self._single_voter = voters == frozenset((self.member_id,))
+        return self._single_voter
+
+    def is_listed_learner(self) -> bool:
+        """This member is a learner of the current configuration (cheap: asked per request)."""
+        return self.member_id in self.raw.raft.trk.learners
 
     def is_learner(self) -> bool:
         """Not (yet) a voter: a learner, or a joining member that has not applied its own
@@ -601,7 +612,12 @@ class Node:
         if rd.entries or rd.hard_state is not None:
             started = time.monotonic()
             try:
-                await trio.to_thread.run_sync(self._persist, rd.entries, rd.hard_state, rd.must_sync)
+                # Encoding the records is Python work: done here, so the worker thread only
+                # writes and fsyncs (C calls without the GIL) and never competes with this
+                # thread for it. Only the fsync leaves the thread.
+                self.wal.append(rd.entries, hard_state=rd.hard_state)
+                if rd.must_sync or rd.entries:
+                    await trio.to_thread.run_sync(self.wal.sync)
             except BaseException as exc:  # the log is unusable: fail everyone, stop
                 log.critical("WAL write failed, stopping: %s", exc)
                 self.stopped = True
@@ -862,11 +878,6 @@ class Node:
         self.committed_index = meta.index
         self.snapshot_index = meta.index
         self._conf_history = [(meta.index, meta.conf_state)]
-
-    def _persist(self, entries: Any, hard_state: Any, sync: bool) -> None:
-        self.wal.append(entries, hard_state=hard_state)
-        if sync or entries:
-            self.wal.sync()
 
     def _commit_backend(self, writes: list[Any]) -> None:
         for wb in writes:
