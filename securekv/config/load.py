@@ -218,8 +218,9 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
             raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
     if values["max_concurrent_streams"] > 2**31 - 1:
         values["max_concurrent_streams"] = 2**31 - 1  # etcd's default (MaxUint32) means unlimited
-    if values["grpc_keepalive_min_time"] < 0:
-        raise UsageError("--grpc-keepalive-min-time must not be negative")
+    for field in ("grpc_keepalive_min_time", "grpc_keepalive_interval", "grpc_keepalive_timeout"):
+        if values[field] < 0:
+            raise UsageError(f"--{field.replace('_', '-')} must not be negative")
     if values["self_signed_cert_validity"] <= 0:
         raise UsageError("--self-signed-cert-validity must be positive")
     cert, key = values["cert_file"], values["key_file"]
@@ -277,6 +278,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         tls_handshake_timeout=values["tls_handshake_timeout"],
         max_concurrent_streams=values["max_concurrent_streams"],
         grpc_keepalive_min_time=values["grpc_keepalive_min_time"],
+        grpc_keepalive_interval=values["grpc_keepalive_interval"],
+        grpc_keepalive_timeout=values["grpc_keepalive_timeout"],
         max_connections_per_listener=values["max_connections_per_listener"],
         max_calls_per_identity=values["max_calls_per_identity"],
         max_watches_per_identity=values["max_watches_per_identity"],

@@ -106,6 +106,8 @@ class Config:
     tls_handshake_timeout: float
     max_concurrent_streams: int
     grpc_keepalive_min_time: float
+    grpc_keepalive_interval: float
+    grpc_keepalive_timeout: float
     max_connections_per_listener: int
     max_calls_per_identity: int
     max_watches_per_identity: int

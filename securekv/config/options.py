@@ -79,6 +79,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("grpc-keepalive-min-time", DURATION, 5.0,
            "Least time between a client's keepalive pings; more frequent pings end the connection "
            "with GOAWAY too_many_pings (e.g. 5s)."),
+    Option("grpc-keepalive-interval", DURATION, 7200.0,
+           "Time without a byte from a gRPC client before the server pings it (0 disables; e.g. 2h)."),
+    Option("grpc-keepalive-timeout", DURATION, 20.0,
+           "Time a pinged gRPC client has to answer before its connection is closed (0 disables; e.g. 20s)."),
     Option("max-connections-per-listener", INT, 4096,
            "Most client connections one client URL (or metrics URL) serves at once; more are closed at once."),
     Option("max-calls-per-identity", INT, 10000,

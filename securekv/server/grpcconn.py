@@ -53,6 +53,7 @@ RESOURCE_EXHAUSTED, INTERNAL, UNIMPLEMENTED, UNAVAILABLE = 8, 13, 12, 14
 
 MAX_STREAM_ID = 2**31 - 1
 DRAIN_PING = b"securekv"  # opaque data of the PING that follows the first (heads-up) GOAWAY
+KEEPALIVE_PING = b"keepaliv"  # opaque data of the server's own keepalive PINGs
 TOO_MANY_PINGS = b"too_many_pings"
 KEEPALIVE_IDLE = 2 * 3600.0  # grpc-go's defaultPingTimeout: the ping period without calls
 
@@ -565,6 +566,14 @@ class GrpcConnection:
         self._last_accepted = self._h2.highest_inbound_stream_id
         self._raw_goaway(self._last_accepted, 0, b"")
         self._draining = False
+
+    def ping(self) -> None:
+        """A keepalive PING from the server (``--grpc-keepalive-interval``)."""
+        if not self.closed:
+            try:
+                self._h2.ping(KEEPALIVE_PING)
+            except h2.exceptions.ProtocolError:
+                pass
 
     def goaway(self, error_code: int, debug: bytes = b"") -> None:
         """End the connection now with GOAWAY (e.g. too many pings)."""

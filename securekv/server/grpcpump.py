@@ -213,7 +213,8 @@ class Call:
 
 class GrpcPump:
     def __init__(self, stream: trio.abc.Stream, identity: Identity, dispatcher: Dispatcher,
-                 settings: GrpcSettings | None = None, preface_timeout: float = 10.0) -> None:
+                 settings: GrpcSettings | None = None, preface_timeout: float = 10.0,
+                 keepalive: tuple[float, float] = (2 * 3600.0, 20.0)) -> None:
         self.stream = stream
         self.identity = identity
         self.dispatcher = dispatcher
@@ -232,6 +233,9 @@ class GrpcPump:
         self._written = trio.Event()
         self._reader_scope = trio.CancelScope()
         self._preface_timeout = preface_timeout
+        # etcd's --grpc-keepalive-interval / --grpc-keepalive-timeout (0 disables).
+        self._keepalive = keepalive
+        self._last_read = trio.current_time()
 
     def kick(self) -> None:
         """Something was queued: the writer sends it (once, with whatever else this turn adds)."""
@@ -245,6 +249,8 @@ class GrpcPump:
                 self.nursery = nursery
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._timer)
+                if self._keepalive[0] > 0 and self._keepalive[1] > 0:
+                    nursery.start_soon(self._pinger)
                 try:
                     with self._reader_scope:
                         await self._reader()
@@ -298,7 +304,7 @@ class GrpcPump:
                 return
             if not data:
                 return
-            now = trio.current_time()
+            now = self._last_read = trio.current_time()
             for ev in conn.receive_data(data, now):
                 t = type(ev)
                 if t is MessageReceived:
@@ -365,6 +371,24 @@ class GrpcPump:
             self._reader_scope.cancel()
         finally:
             self._written.set()
+
+    async def _pinger(self) -> None:
+        """grpc-go's server keepalive: after ``interval`` without a byte from the client, PING;
+        no answer (or anything else) within ``timeout``: the client is gone, close."""
+        interval, timeout = self._keepalive
+        while True:
+            await trio.sleep_until(self._last_read + interval)
+            if trio.current_time() - self._last_read < interval:
+                continue
+            sent = trio.current_time()
+            self.conn.ping()
+            self.kick()
+            await trio.sleep(timeout)
+            if self._last_read < sent:
+                log.info("gRPC client %s did not answer a keepalive ping within %gs: closing",
+                         self.identity.remote, timeout)
+                self._reader_scope.cancel()
+                return
 
     async def _timer(self) -> None:
         heap = self._heap

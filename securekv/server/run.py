@@ -44,6 +44,9 @@ class Started:
     cluster_id: int
     tls_files: TLSFiles | None
     embedded: Any  # LocalPKI or None
+    # The live-connection registries of the client listeners (e.g. to close the connections of
+    # a certificate that was just revoked: ``LiveConnections.close_serials``).
+    connections: tuple[Any, ...] = ()
 
 
 def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
@@ -380,7 +383,8 @@ async def serve(
 
         async def client_grpc(stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
             pump = GrpcPump(stream, identity, dispatcher, grpc_settings,
-                            preface_timeout=config.tls_handshake_timeout)
+                            preface_timeout=config.tls_handshake_timeout,
+                            keepalive=(config.grpc_keepalive_interval, config.grpc_keepalive_timeout))
             live.drain = pump.drain
             await pump.run()
 
@@ -449,7 +453,8 @@ async def serve(
                 if period:
                     nursery.start_soon(_every, period, _sync(notifier.watchdog))
                 started = Started(tuple(client_urls), tuple(metrics_urls), state.member_id,
-                                  state.cluster_id, tls_files, local_pki)
+                                  state.cluster_id, tls_files, local_pki,
+                                  tuple(door.live for door in client_doors))
                 if announce is not None:
                     announce(started)
                 notifier.ready(status=f"serving clients on {', '.join(client_urls)}")

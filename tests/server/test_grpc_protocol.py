@@ -327,3 +327,22 @@ def _wait_keys(c: H2Client, prefix: bytes, n: int, timeout: float = 10) -> None:
     while len(_keys(c, prefix)) != n:
         assert time.monotonic() < deadline, f"{prefix!r}: expected {n} keys, have {_keys(c, prefix)}"
         time.sleep(0.05)
+
+
+def test_server_keepalive_pings_idle_clients_and_drops_dead_ones(make_member) -> None:
+    member = make_member(extra=["--grpc-keepalive-interval", "300ms", "--grpc-keepalive-timeout", "700ms"])
+    with client(member) as c:  # answers PINGs (h2 acknowledges them): stays connected
+        c.result(c.request(RANGE, rng(b"a")))
+        c.pump(lambda evs: sum(isinstance(e, h2.events.PingReceived) for e in evs) >= 3, timeout=10)
+        assert not c.closed and c.result(c.request(RANGE, rng(b"a"))).status == 0
+    with client(member) as dead:  # reads nothing once set up: no PING ACK ever goes back
+        start = time.monotonic()
+        dead.sock.settimeout(10)
+        data = b""
+        while True:  # the kernel still receives for us; the server gives up after interval + timeout
+            chunk = dead.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert 0.8 < time.monotonic() - start < 5
+        assert b"keepaliv" in data  # the server's PING
