@@ -23,6 +23,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from securekv.api.identity import Identity
+from securekv.api.status import NAMES
 from securekv.server.grpcconn import (
     DEADLINE_EXCEEDED,
     CallCancelled,
@@ -41,9 +42,6 @@ INBOX_HIGH = 16  # a client stream's unread messages before its window is held b
 INBOX_LOW = 4
 BACKLOG_LIMIT = 16 << 20  # outbound bytes per connection before the reader stops reading
 REFUSED_STREAM = ErrorCodes.REFUSED_STREAM
-_CODE_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-               "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-               "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 
 
 class CallEnded(Exception):
@@ -108,7 +106,7 @@ class Call:
         pump = self.pump
         pump.conn.send_status(self.sid, code, message)
         pump.kick()
-        self._end(_CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else "UNKNOWN")
+        self._end(NAMES.get(code, "UNKNOWN"))
 
     def finish(self) -> None:
         """End a stream with status OK (after its messages)."""

@@ -100,6 +100,8 @@ def _listening_ports(pid: int) -> set[int]:
 def test_no_internal_port(member) -> None:
     """gRPC is served by the TLS listener itself: the member listens on its client and metrics
     URLs only (a one-member cluster has no peer port), nothing on an internal port."""
+    with socket.create_connection(("127.0.0.1", member.metrics_port), timeout=10):
+        pass  # the metrics listener opens right after the client one: wait for it
     assert _listening_ports(member.proc.pid) == {member.port, member.metrics_port}
     assert "internal gRPC" not in member.output()
 
