@@ -100,8 +100,14 @@ def _listening_ports(pid: int) -> set[int]:
 def test_no_internal_port(member) -> None:
     """gRPC is served by the TLS listener itself: the member listens on its client and metrics
     URLs only (a one-member cluster has no peer port), nothing on an internal port."""
-    with socket.create_connection(("127.0.0.1", member.metrics_port), timeout=10):
-        pass  # the metrics listener opens right after the client one: wait for it
+    deadline = time.monotonic() + 10
+    while True:  # the metrics listener opens right after the client one: wait for it
+        try:
+            socket.create_connection(("127.0.0.1", member.metrics_port), timeout=10).close()
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the metrics listener never opened"
+            time.sleep(0.05)
     assert _listening_ports(member.proc.pid) == {member.port, member.metrics_port}
     assert "internal gRPC" not in member.output()
 
