@@ -17,9 +17,10 @@ from typing import Any, Awaitable, Callable, Iterator, Protocol
 import grpc
 import trio
 
-from securekv.api.auth_gate import AuthGate, Caller
+from securekv.api.auth_gate import ERR_NOT_FRONT_DOOR, AuthGate, Caller, token_from
 from securekv.api.status import status_code
 from securekv.rpctypes import EtcdError
+from securekv.server.frontdoor import Identity
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,21 @@ class Bridge:
         # metadata then fails the call with "etcdserver: no leader").
         self.has_leader: Callable[[], bool] | None = None
 
-    def caller(self, context: grpc.ServicerContext, method: str, request: Any) -> Caller:
+    def connection(self, context: grpc.ServicerContext) -> tuple[Identity, str]:
+        """The front door's identity of this call's connection and its token (grpc thread).
+
+        Identifying the user and authorising the call happen in the trio thread, which owns
+        the auth state (``_admit``)."""
         metadata = context.invocation_metadata()
         if self.has_leader is not None and any(k == "hasleader" and v == "true" for k, v in metadata or ()):
             if not self.has_leader():
                 from securekv.rpctypes import ERR_NO_LEADER, err
 
                 raise err(ERR_NO_LEADER)
-        caller = self.gate.identify(context.peer(), metadata)
-        self.gate.authorize(caller, method, request)
-        return caller
+        identity = self.gate.registry.lookup_peer(context.peer())
+        if identity is None:
+            raise EtcdError(ERR_NOT_FRONT_DOOR.code, ERR_NOT_FRONT_DOOR.message)
+        return identity, token_from(metadata)
 
     @contextlib.contextmanager
     def _outcome(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
@@ -77,7 +83,7 @@ class Bridge:
             context.abort(grpc.StatusCode.UNKNOWN, str(exc))
         finally:
             if self.metrics is not None:
-                self.metrics.observe(method, code, time.monotonic() - start)
+                self.metrics.observe(method.rsplit("/", 1)[-1], code, time.monotonic() - start)
 
     def unary(
         self,
@@ -87,12 +93,13 @@ class Bridge:
         request: Any,
     ) -> Any:
         with self._outcome(context, method):
-            caller = self.caller(context, method, request)
+            identity, token = self.connection(context)
             scopes: list[trio.CancelScope] = []
 
             async def run() -> Any:
                 with trio.CancelScope() as scope:
                     scopes.append(scope)
+                    caller = self.gate.admit(identity, token, method, request)
                     return await fn(request, caller)
                 raise EtcdError("CANCELLED", "context canceled")
 
@@ -115,12 +122,12 @@ class Bridge:
         """Hot path: ``fn(request, caller, reply)`` runs as a plain callback in the trio thread
         (no task is spawned) and calls ``reply(response, error)`` once, now or later."""
         with self._outcome(context, method):
-            caller = self.caller(context, method, request)
+            identity, token = self.connection(context)
             waiter = _ThreadWaiter()
 
             def run() -> None:
                 try:
-                    fn(request, caller, waiter.reply)
+                    fn(request, self.gate.admit(identity, token, method, request), waiter.reply)
                 except BaseException as exc:  # validation errors etc. come back to the thread
                     waiter.reply(None, exc)
 
@@ -140,9 +147,13 @@ class Bridge:
     ) -> Iterator[Any]:
         """Generator for grpc: yields the session's responses until it ends or the client leaves."""
         with self._outcome(context, method):
-            caller = self.caller(context, method, None)
-            session = trio.from_thread.run(open_session, None if bidi else request_or_iterator, caller,
-                                           trio_token=self.token)
+            identity, token = self.connection(context)
+            first = None if bidi else request_or_iterator
+
+            async def admit_and_open() -> Session:
+                return await open_session(first, self.gate.admit(identity, token, method, first))
+
+            session = trio.from_thread.run(admit_and_open, trio_token=self.token)
             closed = False
 
             def on_done() -> None:

@@ -81,7 +81,25 @@ def _routes() -> dict[str, Route]:
         "maintenance/hash": Route("Hash", r.HashRequest, "call", "hash"),
         "maintenance/snapshot": Route("Snapshot", r.SnapshotRequest, "stream", "open_snapshot"),
         "maintenance/transfer-leadership": Route("MoveLeader", r.MoveLeaderRequest, "call", "move_leader"),
+        "auth/enable": Route("AuthEnable", r.AuthEnableRequest, "call", "auth_enable"),
+        "auth/disable": Route("AuthDisable", r.AuthDisableRequest, "call", "auth_disable"),
         "auth/authenticate": Route("Authenticate", r.AuthenticateRequest, "call", "authenticate"),
+        "auth/user/add": Route("UserAdd", r.AuthUserAddRequest, "call", "user_add"),
+        "auth/user/get": Route("UserGet", r.AuthUserGetRequest, "call", "user_get"),
+        "auth/user/list": Route("UserList", r.AuthUserListRequest, "call", "user_list"),
+        "auth/user/delete": Route("UserDelete", r.AuthUserDeleteRequest, "call", "user_delete"),
+        "auth/user/changepw": Route("UserChangePassword", r.AuthUserChangePasswordRequest, "call",
+                                    "user_change_password"),
+        "auth/user/grant": Route("UserGrantRole", r.AuthUserGrantRoleRequest, "call", "user_grant_role"),
+        "auth/user/revoke": Route("UserRevokeRole", r.AuthUserRevokeRoleRequest, "call", "user_revoke_role"),
+        "auth/role/add": Route("RoleAdd", r.AuthRoleAddRequest, "call", "role_add"),
+        "auth/role/get": Route("RoleGet", r.AuthRoleGetRequest, "call", "role_get"),
+        "auth/role/list": Route("RoleList", r.AuthRoleListRequest, "call", "role_list"),
+        "auth/role/delete": Route("RoleDelete", r.AuthRoleDeleteRequest, "call", "role_delete"),
+        "auth/role/grant": Route("RoleGrantPermission", r.AuthRoleGrantPermissionRequest, "call",
+                                 "role_grant_permission"),
+        "auth/role/revoke": Route("RoleRevokePermission", r.AuthRoleRevokePermissionRequest, "call",
+                                  "role_revoke_permission"),
         "lock/lock": Route("Lock", lk.LockRequest, "call", "lock"),
         "lock/unlock": Route("Unlock", lk.UnlockRequest, "call", "unlock"),
         "election/campaign": Route("Campaign", el.CampaignRequest, "call", "campaign"),
@@ -228,7 +246,8 @@ class Gateway:
                 requests = requests[:1]
             caller = self.gate.caller_for(identity, token)
             # As on the gRPC path: streams are authorised when opened, before any request is read.
-            self.gate.authorize(caller, route.rpc, None if route.kind == "stream" else requests[0])
+            # Client streams (watch, keepalive) are authorised per message by their session.
+            self.gate.authorize(caller, route.rpc, None if route.client_stream else requests[0])
             fn = getattr(self.server, route.target)
             if route.kind == "cb":
                 response = await _run_cb(fn, requests[0], caller)

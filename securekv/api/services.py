@@ -104,10 +104,53 @@ class Maintenance(_Base, rpc_pb2_grpc.MaintenanceServicer):
 
 
 class Auth(_Base, rpc_pb2_grpc.AuthServicer):
-    """Until the RBAC issue: Authenticate answers like etcd with auth off (clients then go on)."""
+    def AuthEnable(self, request, context):
+        return self._u(context, "AuthEnable", self.server.auth_enable, request)
+
+    def AuthDisable(self, request, context):
+        return self._u(context, "AuthDisable", self.server.auth_disable, request)
 
     def Authenticate(self, request, context):
         return self._u(context, "Authenticate", self.server.authenticate, request)
+
+    def UserAdd(self, request, context):
+        return self._u(context, "UserAdd", self.server.user_add, request)
+
+    def UserGet(self, request, context):
+        return self._u(context, "UserGet", self.server.user_get, request)
+
+    def UserList(self, request, context):
+        return self._u(context, "UserList", self.server.user_list, request)
+
+    def UserDelete(self, request, context):
+        return self._u(context, "UserDelete", self.server.user_delete, request)
+
+    def UserChangePassword(self, request, context):
+        return self._u(context, "UserChangePassword", self.server.user_change_password, request)
+
+    def UserGrantRole(self, request, context):
+        return self._u(context, "UserGrantRole", self.server.user_grant_role, request)
+
+    def UserRevokeRole(self, request, context):
+        return self._u(context, "UserRevokeRole", self.server.user_revoke_role, request)
+
+    def RoleAdd(self, request, context):
+        return self._u(context, "RoleAdd", self.server.role_add, request)
+
+    def RoleGet(self, request, context):
+        return self._u(context, "RoleGet", self.server.role_get, request)
+
+    def RoleList(self, request, context):
+        return self._u(context, "RoleList", self.server.role_list, request)
+
+    def RoleDelete(self, request, context):
+        return self._u(context, "RoleDelete", self.server.role_delete, request)
+
+    def RoleGrantPermission(self, request, context):
+        return self._u(context, "RoleGrantPermission", self.server.role_grant_permission, request)
+
+    def RoleRevokePermission(self, request, context):
+        return self._u(context, "RoleRevokePermission", self.server.role_revoke_permission, request)
 
 
 class Lock(_Base, v3lock_pb2_grpc.LockServicer):
@@ -138,6 +181,10 @@ class Election(_Base, v3election_pb2_grpc.ElectionServicer):
 class Health(_Base, health_pb2_grpc.HealthServicer):
     def Check(self, request, context):
         return self._u(context, "Check", self.server.health_check, request)
+
+    def Watch(self, request, context):
+        return self.bridge.stream(context, "/grpc.health.v1.Health/Watch", self.server.open_health_watch, request,
+                                  bidi=False)
 
 
 def add_all(server: grpc.Server, bridge: Bridge, etcd: Any) -> None:

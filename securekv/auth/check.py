@@ -19,6 +19,7 @@ import attrs
 from securekv.proto import rpc_pb2
 from securekv.rpctypes import (
     ERR_AUTH_OLD_REVISION,
+    ERR_INVALID_AUTH_TOKEN,
     ERR_PERMISSION_DENIED,
     ERR_USER_EMPTY,
     ERR_USER_NOT_FOUND,
@@ -36,8 +37,10 @@ RAW_PERMISSION_DENIED = EtcdError("UNKNOWN", "auth: permission denied")
 # Keys attached to a lease, as the lessor knows them (injected: the checks stay pure).
 LeaseKeys = Callable[[int], Iterable[bytes]]
 RAW_OLD_REVISION = EtcdError("UNKNOWN", "auth: revision in header is old")
+RAW_INVALID_TOKEN = EtcdError("UNKNOWN", "auth: invalid auth token")
 _RAW = {ERR_USER_EMPTY: RAW_USER_EMPTY, ERR_USER_NOT_FOUND: RAW_USER_NOT_FOUND,
-        ERR_PERMISSION_DENIED: RAW_PERMISSION_DENIED, ERR_AUTH_OLD_REVISION: RAW_OLD_REVISION}
+        ERR_PERMISSION_DENIED: RAW_PERMISSION_DENIED, ERR_AUTH_OLD_REVISION: RAW_OLD_REVISION,
+        ERR_INVALID_AUTH_TOKEN: RAW_INVALID_TOKEN}
 
 
 @attrs.frozen(slots=True)

@@ -216,6 +216,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
             raise UsageError(f"--{field.replace('_', '-')} {path}: no such file")
     if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
         raise UsageError("--peer-cert-file and --peer-key-file must be given together")
+    _check_auth(values)
     return Config(
         name=name,
         data_dir=data_dir,
@@ -254,8 +255,27 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         tls_handshake_timeout=values["tls_handshake_timeout"],
         insecure_allow_plaintext=insecure,
         backup=_backup_settings(values),
+        auth_token=values.get("auth_token", "simple"),
+        auth_token_ttl=values.get("auth_token_ttl", 300),
+        bcrypt_cost=values.get("bcrypt_cost", 10),
+        audit_log=values.get("audit_log", ""),
         sources=dict(sources or {}),
     )
+
+
+def _check_auth(values: Mapping[str, Any]) -> None:
+    from securekv.auth.tokens import parse_token_spec
+
+    spec = parse_token_spec(values.get("auth_token", "simple") or "simple")
+    for key in ("pub_key", "priv_key"):
+        path = getattr(spec, key)
+        if path and not Path(path).is_file():
+            raise UsageError(f"--auth-token {key.replace('_', '-')} {path}: no such file")
+    if values.get("auth_token_ttl", 300) <= 0:
+        raise UsageError("--auth-token-ttl must be positive")
+    audit = values.get("audit_log", "")
+    if audit and Path(audit).is_dir():
+        raise UsageError(f"--audit-log {audit}: is a directory")
 
 
 def _parse_initial_cluster(text: str, name: str, adv_peer: tuple[URL, ...]) -> tuple[tuple[str, str], ...]:

@@ -106,6 +106,10 @@ class Config:
     tls_handshake_timeout: float
     insecure_allow_plaintext: bool
     backup: BackupSettings = BackupSettings()
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
+    audit_log: str = ""
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
     sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 

@@ -84,6 +84,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("backup-interval", STR, "1h", "Time between scheduled backups (a Go duration: 30m, 6h)."),
     Option("backup-retain", INT, 7, "Scheduled backups kept in --backup-dir; older ones are deleted."),
     Option("backup-encryption-key-file", STR, "", "32-byte key (`securekv ctl snapshot keygen`) encrypting the backups."),
+    # -- auth (RBAC; docs/auth.md) --
+    Option("auth-token", STR, "simple",
+           "Token type: 'simple' or 'jwt,pub-key=FILE,priv-key=FILE,sign-method=METHOD[,ttl=5m]' "
+           "(jwt without keys: an Ed25519/ECDSA pair is made in the data dir)."),
+    Option("auth-token-ttl", INT, 300, "Lifetime of a simple token in seconds, renewed on use."),
+    Option("bcrypt-cost", INT, 10, "bcrypt cost of password hashes (4-31)."),
+    Option("audit-log", STR, "", "Write every authorisation decision to this file as JSON lines (rotated)."),
 )
 
 BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}

@@ -20,9 +20,12 @@ from typing import Any
 import attrs
 import trio
 
-from securekv.api.auth_gate import Caller
+from securekv.api.auth_gate import SERVER_CALLER, AuthGate, Caller
+from securekv.auth.rules import PEER
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err
+from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE,
+                               ERR_NOT_LEADER, EtcdError, err)
+from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,27 @@ ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
 ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
 
 
+# The RPC whose rule re-authorises a retried proposal of each kind (see _propose).
+KIND_METHOD = {
+    "put": "Put", "delete_range": "DeleteRange", "txn": "Txn", "compaction": "Compact", "lease_grant": "LeaseGrant",
+    "lease_revoke": "LeaseRevoke", "alarm": "Alarm", "auth_enable": "AuthEnable", "auth_disable": "AuthDisable",
+    "auth_user_add": "UserAdd", "auth_user_delete": "UserDelete", "auth_user_change_password": "UserChangePassword",
+    "auth_user_grant_role": "UserGrantRole", "auth_user_revoke_role": "UserRevokeRole", "auth_role_add": "RoleAdd",
+    "auth_role_delete": "RoleDelete", "auth_role_grant_permission": "RoleGrantPermission",
+    "auth_role_revoke_permission": "RoleRevokePermission",
+}
+WATCH_METHOD = "/etcdserverpb.Watch/Watch"
+KEEPALIVE_METHOD = "/etcdserverpb.Lease/LeaseKeepAlive"
+_GO_CODES = {"CANCELLED": "Canceled"}
+
+
+def go_status(exc: EtcdError) -> str:
+    """grpc-go's status text (``rpc error: code = PermissionDenied desc = ...``): how etcd
+    words a watch's cancel_reason, which clientv3 matches on."""
+    code = _GO_CODES.get(exc.code) or "".join(p.capitalize() for p in exc.code.split("_"))
+    return f"rpc error: code = {code} desc = {exc.message}"
+
+
 def prefix_end(key: bytes) -> bytes:
     end = bytearray(key)
     for i in range(len(end) - 1, -1, -1):
@@ -44,7 +68,7 @@ def prefix_end(key: bytes) -> bytes:
     return b"\0"
 
 
-class EtcdServer:
+class EtcdServer(AuthHandlers):
     def __init__(
         self,
         *,
@@ -85,6 +109,11 @@ class EtcdServer:
         self.published = False
         self.published_event = trio.Event()
         self.cluster_token = "etcd-cluster"
+        # The one authorisation gate (set by run.py; a default one for in-process tests).
+        from securekv.server.frontdoor import IdentityRegistry
+
+        self.gate: AuthGate = AuthGate(IdentityRegistry())
+        self.gate.bind(self)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -116,9 +145,22 @@ class EtcdServer:
             session.wakeup.set()
 
     def _request(self, caller: Caller, **fields: Any) -> raft_internal_pb2.InternalRaftRequest:
+        """The log entry for a request: it carries who asked and the auth revision they were
+        authorised at, and is checked again when applied (etcd's RequestHeader)."""
         req = raft_internal_pb2.InternalRaftRequest(**fields)
         req.header.username = caller.username
+        req.header.auth_revision = caller.auth_revision
+        if caller is SERVER_CALLER:
+            req.header.internal = True
         return req
+
+    def _reauthorize(self, caller: Caller, field: str, body: Any) -> Caller:
+        """After ``revision of auth store is old`` at apply: the same caller, authorised again
+        against the new auth state (raises when the change took the permission away)."""
+        method = KIND_METHOD.get(field)
+        if method is None or caller is SERVER_CALLER:
+            raise err(ERR_AUTH_OLD_REVISION)
+        return self.gate.refresh(caller, method, body)
 
     def _check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
         """With NOSPACE raised, refuse writes before they reach the log (etcd's quota check).
@@ -134,9 +176,24 @@ class EtcdServer:
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
         self._refuse_learner()
-        req = self._request(caller, **fields)
-        self._check_quota(req)
-        return await self.node.propose(req)
+        return await self._propose_unchecked(caller, quota=True, **fields)
+
+    async def _propose_unchecked(self, caller: Caller, quota: bool = False, **fields: Any) -> Any:
+        """Propose one request (no learner check) and wait for its result."""
+        for attempt in (1, 2):
+            req = self._request(caller, **fields)
+            if quota:
+                self._check_quota(req)
+            try:
+                return await self.node.propose(req)
+            except EtcdError as exc:
+                # Auth changed between authorising and applying: once more, against the new
+                # state (etcd makes the client do this; the result is the same).
+                if exc != ERR_AUTH_OLD_REVISION or attempt == 2 or len(fields) != 1:
+                    raise
+                (field, body), = fields.items()
+                caller = self._reauthorize(caller, field, body)
+        raise AssertionError("unreachable")
 
     # -- KV: hot-path callbacks (run in the trio thread without spawning a task) -----------
 
@@ -163,6 +220,7 @@ class EtcdServer:
                     reply(None, error)
                     return
                 try:
+                    self.gate.refresh(caller, "Range", req)  # auth may have changed meanwhile
                     reply(self.fill(self.store.range(req), self.store.current_revision), None)
                 except BaseException as exc:
                     reply(None, exc)
@@ -171,7 +229,7 @@ class EtcdServer:
             return
         reply(self.fill(self.store.range(req), self.store.current_revision), None)
 
-    def _write_cb(self, caller: Caller, field: str, req: Any, reply: Any) -> None:
+    def _write_cb(self, caller: Caller, field: str, req: Any, reply: Any, retry: bool = True) -> None:
         self._refuse_learner()
         ireq = self._request(caller, **{field: req})
         self._check_quota(ireq)
@@ -179,6 +237,13 @@ class EtcdServer:
         def done(result: Any, error: BaseException | None) -> None:
             if error is None and result.error is not None:
                 error = result.error
+            if retry and error == ERR_AUTH_OLD_REVISION:
+                # Auth changed between authorising and applying: once more, against the new state.
+                try:
+                    self._write_cb(self._reauthorize(caller, field, req), field, req, reply, retry=False)
+                    return
+                except BaseException as exc:
+                    error = exc
             reply(None if error is not None else self.fill(result.response), error)
 
         self.node.submit(ireq, done)
@@ -206,6 +271,7 @@ class EtcdServer:
                         reply(None, error)
                         return
                     try:
+                        self.gate.refresh(caller, "Txn", req)  # auth may have changed meanwhile
                         reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
                     except BaseException as exc:
                         reply(None, exc)
@@ -224,6 +290,7 @@ class EtcdServer:
         validate_range(req)
         if self.needs_read_index(req.serializable):
             await self.node.wait_read_index()
+            self.gate.refresh(caller, "Range", req)
         return self.fill(self.store.range(req), self.store.current_revision)
 
     async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
@@ -267,7 +334,7 @@ class EtcdServer:
         return self.fill(result.response, self.store.current_revision)
 
     async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest, caller: Caller) -> rpc_pb2.LeaseRevokeResponse:
-        result = await self.node.propose(self._request(caller, lease_revoke=req))
+        result = await self._propose_unchecked(caller, lease_revoke=req)
         response = result.response if result.response is not None else rpc_pb2.LeaseRevokeResponse()
         return self.fill(response, result.revision)
 
@@ -311,31 +378,34 @@ class EtcdServer:
         return data
 
     def register_peer_calls(self, transport: Any) -> None:
-        async def guarded(fn: Any, payload: bytes) -> bytes:
-            try:
-                return await fn(payload)
-            except EtcdError as exc:
-                return b"\x00ERR:" + f"{exc.code}:{exc.message}".encode()
+        """Calls other members forward to this one (the leader): each passes the gate as the
+        calling member's identity (the peer transport verified its certificate)."""
+        def guarded(kind: str, fn: Any) -> Any:
+            async def handler(frm: int, payload: bytes) -> bytes:
+                try:
+                    self.gate.authorize(self.gate.peer_caller(frm), PEER + kind, payload)
+                    return await fn(payload)
+                except EtcdError as exc:
+                    return b"\x00ERR:" + f"{exc.code}:{exc.message}".encode()
+            return handler
 
-        async def keepalive(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                if not self.node.is_leader:
-                    raise err(ERR_NOT_LEADER)
-                return self.keepalive(int.from_bytes(p, "big", signed=True)).SerializeToString()
-            return await guarded(run, payload)
+        async def keepalive_run(p: bytes) -> bytes:
+            if not self.node.is_leader:
+                raise err(ERR_NOT_LEADER)
+            return self.keepalive(int.from_bytes(p, "big", signed=True)).SerializeToString()
 
-        async def ttl(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                if not self.node.is_leader:
-                    raise err(ERR_NOT_LEADER)
-                return self._time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(p)).SerializeToString()
-            return await guarded(run, payload)
+        async def ttl_run(p: bytes) -> bytes:
+            if not self.node.is_leader:
+                raise err(ERR_NOT_LEADER)
+            return self._time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(p)).SerializeToString()
 
-        async def promote(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                req = rpc_pb2.MemberPromoteRequest.FromString(p)
-                return (await self.member_promote(req, None)).SerializeToString()
-            return await guarded(run, payload)
+        async def promote_run(p: bytes) -> bytes:
+            req = rpc_pb2.MemberPromoteRequest.FromString(p)
+            return (await self.member_promote(req, None)).SerializeToString()
+
+        keepalive = guarded("lease_keepalive", keepalive_run)
+        ttl = guarded("lease_ttl", ttl_run)
+        promote = guarded("member_promote", promote_run)
 
         transport.register_call("lease_keepalive", keepalive)
         transport.register_call("lease_ttl", ttl)
@@ -352,7 +422,7 @@ class EtcdServer:
         return self.fill(rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl), self.store.current_revision)
 
     async def open_keepalive(self, _request: Any, caller: Caller) -> "KeepAliveSession":
-        return KeepAliveSession(self)
+        return KeepAliveSession(self, caller)
 
     def on_leader_change(self, old: int, new: int) -> None:
         """Only the leader's lessor keeps deadlines; a new leader extends every lease by an
@@ -372,7 +442,7 @@ class EtcdServer:
         if not self.node.is_leader:
             return
         for lease_id in self.lessor.expired(self.clock(), 1000):
-            req = raft_internal_pb2.InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+            req = self._request(SERVER_CALLER, lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
             if not self.node.propose_nowait(req):
                 break
 
@@ -580,7 +650,7 @@ class EtcdServer:
         ):
             resp = rpc_pb2.AlarmResponse(alarms=self.applier.alarms.list(req.alarm))
         else:
-            result = await self.node.propose(self._request(caller, alarm=req))
+            result = await self._propose_unchecked(caller, alarm=req)
             resp = result.response if result.response is not None else rpc_pb2.AlarmResponse()
         return resp  # etcd 3.4 sends Alarm answers without a header (`alarm list -w json` is `{}`)
 
@@ -638,11 +708,6 @@ class EtcdServer:
         from securekv.proto import health_pb2
 
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
-
-    async def authenticate(self, req: Any, caller: Caller) -> Any:
-        from securekv.rpctypes import ERR_AUTH_NOT_ENABLED
-
-        raise err(ERR_AUTH_NOT_ENABLED)
 
     async def health(self) -> tuple[bool, str]:
         if self.node.stopped:
@@ -773,7 +838,10 @@ class EtcdServer:
         return out
 
     async def open_observe(self, req: v3election_pb2.LeaderRequest, caller: Caller) -> "ObserveSession":
-        return ObserveSession(self, req.name)
+        return ObserveSession(self, req, caller)
+
+    async def open_health_watch(self, req: Any, caller: Caller) -> "HealthWatchSession":
+        return HealthWatchSession()
 
 
 def _sizes(backend: Any) -> tuple[int, int]:
@@ -784,6 +852,11 @@ def _sizes(backend: Any) -> tuple[int, int]:
 
 
 class WatchSession:
+    """One Watch stream. Each create is authorised (READ on its range) before the hub sees it;
+    a refused one is answered ``created`` + ``canceled`` with etcd's Go-formatted reason. After
+    any auth change every watcher of the stream is checked again and those no longer allowed
+    are cancelled the same way before another event is sent (etcd keeps streaming them)."""
+
     def __init__(self, server: EtcdServer, caller: Caller) -> None:
         self.server = server
         self.caller = caller
@@ -796,11 +869,36 @@ class WatchSession:
     async def handle(self, request: rpc_pb2.WatchRequest) -> None:
         if self.closed:
             return
+        if request.WhichOneof("request_union") == "create_request":
+            try:
+                self._recheck()
+                self.server.gate.authorize_message(self.caller, WATCH_METHOD, request)
+            except EtcdError as exc:
+                self.stream.reject_create(go_status(exc))
+                self.wakeup.set()
+                return
         self.stream.handle(request)
         self.wakeup.set()
         while not self.stream.accepting and not self.closed:
             self.drained = trio.Event()
             await self.drained.wait()
+
+    def _recheck(self) -> None:
+        """Re-authorise the stream's watchers if the auth state moved since they were allowed."""
+        if self.caller.auth_revision == self.server.auth_state().revision:
+            return
+        try:
+            self.caller = self.server.gate.refresh(self.caller, WATCH_METHOD, None)
+        except EtcdError as exc:  # a JWT from before the change: every watcher must re-login
+            for watch_id, _key, _end in self.stream.watch_ranges():
+                self.stream.revoke(watch_id, go_status(exc))
+            return
+        for watch_id, key, end in self.stream.watch_ranges():
+            probe = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=key, range_end=end))
+            try:
+                self.server.gate.authorize_message(self.caller, WATCH_METHOD, probe)
+            except EtcdError as exc:
+                self.stream.revoke(watch_id, go_status(exc))
 
     async def half_close(self) -> None:
         """etcd keeps a watch stream open after the client half-closes."""
@@ -810,6 +908,7 @@ class WatchSession:
             if self.closed:
                 return None
             self.wakeup = trio.Event()
+            self._recheck()
             batch = self.stream.next_responses(64)
             self.drained.set()
             if batch:
@@ -831,21 +930,36 @@ class WatchSession:
 
 
 class KeepAliveSession:
-    def __init__(self, server: EtcdServer) -> None:
+    """A LeaseKeepAlive stream; every renewal is authorised (a revoked role stops renewing),
+    and a refusal ends the stream with the error."""
+
+    def __init__(self, server: EtcdServer, caller: Caller) -> None:
         self.server = server
+        self.caller = caller
         self.send, self.recv = trio.open_memory_channel[Any](16)
 
     async def handle(self, request: rpc_pb2.LeaseKeepAliveRequest) -> None:
-        await self.send.send(await self.server.keepalive_async(request.ID))
+        try:
+            self.caller = self.server.gate.refresh(self.caller, KEEPALIVE_METHOD, None)
+            self.server.gate.authorize_message(self.caller, KEEPALIVE_METHOD, request)
+            response: Any = await self.server.keepalive_async(request.ID)
+        except EtcdError as exc:
+            response = exc
+        await self.send.send(response)
+        if isinstance(response, EtcdError):
+            self.send.close()
 
     async def half_close(self) -> None:
         self.send.close()
 
     async def next(self) -> Any | None:
         try:
-            return await self.recv.receive()
+            item = await self.recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
+        if isinstance(item, EtcdError):
+            raise item
+        return item
 
     def close(self) -> None:
         self.send.close()
@@ -873,6 +987,32 @@ def _copy_revision(copy: str) -> int:
     finally:
         conn.close()
     return int(row[0] or 0)
+
+
+class HealthWatchSession:
+    """grpc.health.v1 Health.Watch: SERVING, then the stream stays open until the client leaves."""
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.closed = trio.Event()
+
+    async def handle(self, request: Any) -> None:
+        pass
+
+    async def half_close(self) -> None:
+        pass
+
+    async def next(self) -> Any | None:
+        from securekv.proto import health_pb2
+
+        if not self.sent:
+            self.sent = True
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        await self.closed.wait()
+        return None
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 class SnapshotSession:
@@ -928,9 +1068,13 @@ class SnapshotSession:
 
 
 class ObserveSession:
-    def __init__(self, server: EtcdServer, name: bytes) -> None:
+    """Election Observe: the leader key on every change; re-authorised after auth changes."""
+
+    def __init__(self, server: EtcdServer, req: v3election_pb2.LeaderRequest, caller: Caller) -> None:
         self.server = server
-        self.name = name
+        self.req = req
+        self.name = req.name
+        self.caller = caller
         self.last: tuple[bytes, int] | None = None
         self.closed = False
         self.cancel = trio.Event()
@@ -944,6 +1088,7 @@ class ObserveSession:
     async def next(self) -> Any | None:
         while not self.closed:
             changed = self.server._changed
+            self.caller = self.server.gate.refresh(self.caller, "/v3electionpb.Election/Observe", self.req)
             kv = self.server._leader_kv(self.name)
             if kv is not None and (kv.key, kv.mod_revision) != self.last:
                 self.last = (kv.key, kv.mod_revision)

@@ -35,6 +35,7 @@ GRPC_WORKERS = 1024
 # instead of queueing behind busy workers (each open stream holds a worker thread).
 MAX_CONCURRENT_RPCS = 1000
 LEASE_TICK = 0.5
+TOKEN_PURGE = 10.0  # drop expired simple tokens this often (they are refused when used anyway)
 TLS_RELOAD_CHECK = 1.0
 
 
@@ -94,10 +95,21 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
     ]
 
 
+def _auth_store(backend: Any, tokens: Any) -> Any:
+    """The replicated auth state as the backend holds it (etcd's auth buckets)."""
+    from securekv.auth import AuthStore
+    from securekv.auth.state import BUCKET_AUTH, BUCKET_ROLES, BUCKET_USERS
+
+    return AuthStore.from_rows(backend.iter_items(BUCKET_AUTH), backend.iter_items(BUCKET_USERS),
+                               backend.iter_items(BUCKET_ROLES), tokens)
+
+
 class _State:
     """Everything restored from disk, before the network starts."""
 
-    def __init__(self, config: Config, member_id: int, cluster_id: int, clock: Callable[[], float]) -> None:
+    def __init__(self, config: Config, member_id: int, cluster_id: int, clock: Callable[[], float],
+                 tokens: Any = None) -> None:
+        self.tokens = tokens
         from securekv.apply import Applier
         from securekv.lease import LeaseRow, Lessor, min_lease_ttl
         from securekv.mvcc import MVCCStore
@@ -159,7 +171,8 @@ class _State:
             [LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], now
         )
         quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci)
+        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci,
+                               auth=_auth_store(self.backend, tokens))
         self.applier.restore_lease_attachments()
         self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
         # The WAL tail above the backend's consistent index is replayed by Raft itself: the
@@ -201,7 +214,10 @@ class _State:
         self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
         self.lessor.restore([LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], 0.0)
         quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index())
+        if self.tokens is not None:
+            self.tokens.clear()  # the auth state is replaced wholesale: nobody keeps a token
+        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index(),
+                               auth=_auth_store(self.backend, self.tokens))
         self.applier.restore_lease_attachments()
         self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
         self.membership = Membership.decode(self.backend.get_meta(META_KEY))
@@ -262,8 +278,11 @@ async def serve(
     announce: Callable[[Started], None] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    from securekv.api.auth_gate import AuthGate
+    from securekv.api.auth_gate import SERVER_CALLER, AuthGate
     from securekv.api.bridge import Bridge, set_reader_nursery
+    from securekv.auth import LoginLimiter, parse_token_spec
+    from securekv.server.authkeys import token_provider
+    from securekv.server.authserver import effective_bcrypt_cost
     from securekv.api.services import add_all
     from securekv.server.etcdserver import CLUSTER_VERSION, VERSION, EtcdServer
     from securekv.server.node import Node
@@ -279,12 +298,18 @@ async def serve(
     grpc_server: grpc.Server | None = None
     bridge: Any = None
     state: _State | None = None
+    audit: Any = None
     try:
+        tokens = token_provider(parse_token_spec(config.auth_token), config.data_dir, config.auth_token_ttl)
+        if config.audit_log:
+            from securekv.server.audit import AuditLog
+
+            audit = AuditLog(config.audit_log)
         tls_files, local_pki = resolve_tls(config)
         tls = ReloadingContext(tls_files) if tls_files is not None else None
         member_id, cluster_id = cluster_ids(config)
         cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
-        state = _State(config, member_id, cluster_id, trio.current_time)
+        state = _State(config, member_id, cluster_id, trio.current_time, tokens=tokens)
         metrics = ServerMetrics(state.member_id, VERSION)
         metrics.has_leader.set(0)
         metrics.is_leader.set(0)
@@ -362,7 +387,12 @@ async def serve(
             etcd.register_peer_calls(transport)
 
         registry = IdentityRegistry()
-        bridge = Bridge(trio.lowlevel.current_trio_token(), AuthGate(registry), metrics)
+        gate = AuthGate(registry, tokens=tokens, audit=audit)
+        gate.bind(etcd)
+        etcd.gate = gate
+        etcd.bcrypt_cost = effective_bcrypt_cost(config.bcrypt_cost)
+        etcd.login_limiter = LoginLimiter()
+        bridge = Bridge(trio.lowlevel.current_trio_token(), gate, metrics)
         grpc_server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
                                   options=grpc_options(config), maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         bridge.has_leader = lambda: node.leader != 0
@@ -430,6 +460,9 @@ async def serve(
                     # requests never see "no leader".
                     while node.leader == 0:
                         await node.wait_leader_change()
+                if config.embedded_pki:
+                    # Secure by default: auth on, root = the generated root certificate's CN.
+                    await etcd.bootstrap_root(SERVER_CALLER)
                 client_urls = []
                 for url in config.listen_client_urls:
                     listeners = await _listen(url)
@@ -446,6 +479,9 @@ async def serve(
 
                     backups = BackupScheduler(config.backup, etcd.build_snapshot, etcd.snapshot_dir, metrics.registry)
                     await nursery.start(backups.run)
+                nursery.start_soon(_every, TOKEN_PURGE, _sync(lambda: tokens.purge(gate.token_now())))
+                if audit is not None:
+                    nursery.start_soon(_every, 1.0, _sync(audit.flush))
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
@@ -481,6 +517,8 @@ async def serve(
         if state is not None:
             with trio.CancelScope(shield=True):
                 state.close()
+        if audit is not None:
+            audit.close()
         lock.release()
 
 
