@@ -993,3 +993,6 @@ def version_cmd() -> None:
 from securekv.cli.snapshot_cmd import snapshot_grp  # noqa: E402
 
 cli.add_command(snapshot_grp)
+
+# The auth, user and role commands live in their own module; importing it registers them.
+from securekv.cli import ctl_auth as _ctl_auth  # noqa: E402,F401
