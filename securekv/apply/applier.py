@@ -169,6 +169,7 @@ class Applier:
         state = self.auth.state
         if auth_check.exempt(state, info):
             return
+        auth_check.check_any_role(state, info)
         reads, writes = auth_check.txn_ranges(t, self.lease_keys)
         auth_check.check_keys(state, info, reads, writes)
 

@@ -40,7 +40,8 @@ class _Buckets:
         return max(0.0, level - (now - at) * self.limit.rate)
 
     def blocked(self, key: str, now: float) -> bool:
-        return self.level(key, now) >= self.limit.burst
+        """``burst`` failures in a row have (nearly) filled the bucket: another try must wait."""
+        return self.level(key, now) > self.limit.burst - 1
 
     def fail(self, key: str, now: float) -> None:
         level = self.level(key, now) + 1.0

@@ -136,6 +136,7 @@ def _delete(state: AuthState, info: AuthInfo, req: rpc_pb2.DeleteRangeRequest, c
 def _txn(state: AuthState, info: AuthInfo, req: rpc_pb2.TxnRequest, ctx: GateContext) -> None:
     if exempt(state, info):
         return
+    check_any_role(state, info)  # even a txn that touches no key (etcd lets anyone run that)
     reads, writes = txn_ranges(req, ctx.lease_keys)
     check_keys(state, info, reads, writes)
 
@@ -214,7 +215,8 @@ RULES: dict[str, Rule] = {
     KV + "Put": Rule("write", _put, keys=_describe_ranges(lambda r: [KeyRange.of(r.key)])),
     KV + "DeleteRange": Rule("write", _delete, keys=_KEYS),
     KV + "Txn": Rule("txn", _txn, keys=_txn_keys,
-                     deviation="nested txns are checked op by op (etcd 3.4 does not check them at all)"),
+                     deviation="nested txns are checked op by op (etcd 3.4 does not check them at all); "
+                               "a txn without any key needs a role"),
     KV + "Compact": Rule("root", _admin, deviation=_ROOT),
     WATCH + "Watch": Rule("watch", _allow, message=_watch_message,
                           keys=lambda r: (KeyRange.of(r.create_request.key or b"\0",
