@@ -257,6 +257,8 @@ class Gateway:
                 return await self._open_stream(route, fn, requests, caller, observe)
         except EtcdError as exc:
             observe(exc.code)
+            if route.kind == "stream":  # grpc-gateway: a stream failing before its first message
+                return Reply(HTTP_STATUS[_number(exc.code)], stream_error(exc.code, exc.message))
             return Reply(*error_body(exc.code, exc.message))
         except trio.Cancelled:
             observe("CANCELLED")
