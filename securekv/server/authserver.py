@@ -264,21 +264,34 @@ class AuthHandlers:
         done = await self.node.backend_call(backend.get_meta, EMBEDDED_AUTH_META)  # type: ignore[attr-defined]
         if done:
             return False
-        state = self.auth_state()
-        if "root" not in state.users:
-            root = rpc_pb2.AuthUserAddRequest(name="root")
-            root.options.no_password = True
-            await self._propose(caller, auth_user_add=root)  # type: ignore[attr-defined]
-        if not self.auth_state().users["root"].is_root:
-            await self._propose(caller, auth_user_grant_role=rpc_pb2.AuthUserGrantRoleRequest(  # type: ignore[attr-defined]
-                user="root", role="root"))
-        if not self.auth_state().enabled:
-            await self._propose(caller, auth_enable=rpc_pb2.AuthEnableRequest())  # type: ignore[attr-defined]
+        steps = (
+            (lambda st: "root" not in st.users, "auth_user_add", _root_user()),
+            (lambda st: "root" in st.users and not st.users["root"].is_root, "auth_user_grant_role",
+             rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root")),
+            (lambda st: not st.enabled, "auth_enable", rpc_pb2.AuthEnableRequest()),
+        )
+        for needed, field, body in steps:
+            if not needed(self.auth_state()):
+                continue
+            try:
+                await self._propose(caller, **{field: body})  # type: ignore[attr-defined]
+            except EtcdError as exc:  # e.g. another member did it first: judged by the state below
+                log.warning("embedded auth bootstrap: %s: %s", field, exc.message)
+        if not self.auth_state().enabled:  # secure by default: never serve the default open
+            from securekv.errors import UsageError
+
+            raise UsageError("embedded default: could not enable auth (see the warnings above)")
         await self.node.backend_call(backend.commit, WriteBatch(meta={EMBEDDED_AUTH_META: 1}))  # type: ignore[attr-defined]
         log.info("embedded default: auth enabled; user root (no password) is the root client certificate's CN")
         return True
 
 
 EMBEDDED_AUTH_META = "embedded_auth"
+
+
+def _root_user() -> rpc_pb2.AuthUserAddRequest:
+    root = rpc_pb2.AuthUserAddRequest(name="root")
+    root.options.no_password = True
+    return root
 
 __all__ = ["AuthHandlers", "DEFAULT_BCRYPT_COST", "effective_bcrypt_cost"]
