@@ -45,6 +45,45 @@ def _log_entries(data_dir: Path) -> list[tuple[int, raft_internal_pb2.InternalRa
         wal.close()
 
 
+def _followers_forward_only_what_the_gate_allows(c: Cluster, pki: ClusterPKI) -> None:
+    """Requests a follower forwards to the leader (lease keepalive/TTL over the peer transport,
+    proposals through Raft) are authorised on the follower for the client and on the leader
+    for the member: a user without a role is refused on every follower; a user with one is
+    served through them."""
+    from securekv.pki.issue import issue_cert
+
+    ca_dir = pki.ca.parent
+    if not (ca_dir / "norole.pem").exists():
+        issue_cert(ca_dir, "client", "norole")
+    c.ctl("user", "add", "norole", "--no-password")
+    lease = int(c.ctl("lease", "grant", "300").stdout.split()[1], 16)
+    leader = c.leader()
+    for follower in (n for n in c.running() if n is not leader):
+        for cn, allowed in (("norole", False), ("writer", True)):
+            ch = _channel(follower, pki, ca_dir / f"{cn}.pem", ca_dir / f"{cn}-key.pem")
+            try:
+                lease_stub = rpc_pb2_grpc.LeaseStub(ch)
+                calls = [
+                    lambda: lease_stub.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease), timeout=10),
+                    lambda: next(iter(lease_stub.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=lease)]),
+                                                                timeout=10))),
+                    lambda: rpc_pb2_grpc.ClusterStub(ch).MemberList(rpc_pb2.MemberListRequest(), timeout=10),
+                ]
+                if not allowed:
+                    calls.append(lambda: rpc_pb2_grpc.KVStub(ch).Put(rpc_pb2.PutRequest(key=b"/w/x", value=b"x"),
+                                                                     timeout=10))
+                for fn in calls:
+                    if allowed:
+                        resp = fn()
+                        assert getattr(resp, "TTL", 1) > 0
+                    else:
+                        with pytest.raises(grpc.RpcError) as info:
+                            fn()
+                        assert info.value.details() == "etcdserver: permission denied"
+            finally:
+                ch.close()
+
+
 def test_revocation_during_writes_and_leader_failure(make_cluster, pki: ClusterPKI, tmp_path: Path) -> None:
     from securekv.pki.issue import issue_cert
 
@@ -123,6 +162,7 @@ def test_revocation_during_writes_and_leader_failure(make_cluster, pki: ClusterP
     assert acked <= present  # every acknowledged write is there (and none was lost with the leader)
     for n in nodes:  # the same on every member
         assert set(n.ctl("get", "/w/", "--prefix", "--keys-only", "--consistency=s").stdout.split()) == present
+    _followers_forward_only_what_the_gate_allows(c, pki)
 
     for n in nodes:
         n.kill()
