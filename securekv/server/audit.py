@@ -5,10 +5,11 @@ token, password, peer, none), the client address, the RPC (gRPC full method name
 range it touches, the decision (allow/deny) and the reason (the rule, or etcd's error text).
 Never a password, a token or a value: the gate hands over only those fields.
 
-Safe rotation: lines go to a buffered append-only file (0600) under a lock, flushed every
-second and at exit. When the file reaches ``max_bytes`` it is renamed to ``FILE.1`` (older ones
-shift up to ``FILE.<backups>``, the oldest is removed) between two lines and a new file is
-opened, so no line is split or lost. An external logrotate that moves the file away is noticed
+Safe rotation: lines go to a buffered append-only file (0600) under a lock; a worker thread
+flushes it every second (and it is flushed at exit), so the trio thread never waits for the
+disk. When the file has reached ``max_bytes`` the flush renames it to ``FILE.1`` (older ones
+shift up to ``FILE.<backups>``, the oldest is removed) between two lines and opens a new file,
+so no line is split or lost. An external logrotate that moves the file away is noticed
 at the next flush (the path's inode changed) and a new file is opened at the path.
 """
 
@@ -66,10 +67,8 @@ class AuditLog:
                 self.dropped += 1
                 return
             try:
-                self._fh.write(line)
+                self._fh.write(line)  # into the buffer: the disk work happens in flush()
                 self._size += len(line)
-                if self._size >= self.max_bytes:
-                    self._rotate()
             except OSError as exc:  # disk full etc.: keep serving, say so once per failure
                 self.dropped += 1
                 log.warning("audit log %s: cannot write (%s)", self.path, exc)
@@ -91,12 +90,16 @@ class AuditLog:
         self._open()
 
     def flush(self) -> None:
-        """Write buffered lines out; reopen if the file was moved away (external rotation)."""
+        """Write buffered lines out, rotate when the file is full, reopen if it was moved away
+        (external rotation). Called once a second from a worker thread (and at close)."""
         with self._lock:
             if self._fh is None:
                 return
             try:
                 self._fh.flush()
+                if self._size >= self.max_bytes:
+                    self._rotate()
+                    return
                 try:
                     moved = os.stat(self.path).st_ino != self._ino
                 except FileNotFoundError:

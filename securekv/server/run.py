@@ -481,7 +481,7 @@ async def serve(
                     await nursery.start(backups.run)
                 nursery.start_soon(_every, TOKEN_PURGE, _sync(lambda: tokens.purge(gate.token_now())))
                 if audit is not None:
-                    nursery.start_soon(_every, 1.0, _sync(audit.flush))
+                    nursery.start_soon(_every, 1.0, partial(trio.to_thread.run_sync, audit.flush))
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
