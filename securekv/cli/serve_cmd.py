@@ -37,7 +37,7 @@ def cli(config_file: str | None, **flags: object) -> None:
     server and client certificates created under the data dir, client certificates required.
     """
     from securekv.config import resolve
-    from securekv.errors import CorruptionError, UsageError
+    from securekv.errors import CorruptionError, DiskFullError, UsageError
 
     try:
         config = resolve(flags, os.environ, config_file)
@@ -61,6 +61,9 @@ def cli(config_file: str | None, **flags: object) -> None:
     except CorruptionError as exc:
         click.echo(f"Error: data corruption: {exc}", err=True)
         sys.exit(2)
+    except DiskFullError as exc:
+        click.echo(f"Error: disk full: {exc}", err=True)
+        sys.exit(3)
     except KeyboardInterrupt:
         pass
 
@@ -71,9 +74,17 @@ def _sole_error(group: BaseExceptionGroup) -> BaseException:
     An operator's mistake (UsageError) or a corrupt data dir is reported on its own even when
     stopping the other tasks added cancellations around it; anything else stays the group.
     """
-    from securekv.errors import CorruptionError, UsageError
+    import errno
 
-    for kind in (UsageError, CorruptionError, KeyboardInterrupt):
+    from securekv.errors import CorruptionError, DiskFullError, UsageError
+
+    full, _ = group.split(lambda e: isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+    if full is not None:  # a write outside the WAL/backend (e.g. a received snapshot's temp file)
+        first: BaseException = full
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        return DiskFullError(f"{getattr(first, 'filename', None) or 'data dir'}: {first}")
+    for kind in (UsageError, CorruptionError, DiskFullError, KeyboardInterrupt):
         matched, _ = group.split(kind)
         if matched is not None:
             leaf: BaseException = matched

@@ -368,7 +368,12 @@ class Node:
             async for writes, last in self._commit_recv:
                 with trio.CancelScope(shield=True):
                     async with self.backend_lock:
-                        await trio.to_thread.run_sync(self._commit_backend, writes)
+                        try:
+                            await trio.to_thread.run_sync(self._commit_backend, writes)
+                        except Exception as exc:  # the WAL still holds these entries: stop, replay at restart
+                            log.critical("backend commit failed, stopping: %s", exc)
+                            self.stopped = True
+                            raise
                 self.committed_index = last
                 self._committed.set()
                 self._committed = trio.Event()

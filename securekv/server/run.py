@@ -230,6 +230,22 @@ class _State:
                 log.warning("error while closing storage: %s", exc)
 
 
+def _open_state(config: Config, member_id: int, cluster_id: int, **kw: Any) -> _State:
+    """Restore from disk; damage sqlite finds while reading the backend is refused with the
+    file and the byte offset (never skipped: the member must not serve a partial store)."""
+    import sqlite3
+
+    from securekv.storage.backend import corruption_error, is_corrupt
+
+    try:
+        return _State(config, member_id, cluster_id, trio.current_time, **kw)
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            path = str(Path(config.data_dir) / "member" / "db.sqlite")
+            raise corruption_error(path, exc) from exc
+        raise
+
+
 def _force_new_cluster(wal: Any, state: Any, member_id: int) -> Any:
     """--force-new-cluster (etcd's semantics): keep the committed log, drop the uncommitted
     tail, and commit conf changes that remove every other member, so this member restarts as
@@ -309,7 +325,7 @@ async def serve(
         tls = ReloadingContext(tls_files) if tls_files is not None else None
         member_id, cluster_id = cluster_ids(config)
         cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
-        state = _State(config, member_id, cluster_id, trio.current_time, tokens=tokens)
+        state = _open_state(config, member_id, cluster_id, tokens=tokens)
         metrics = ServerMetrics(state.member_id, VERSION)
         metrics.has_leader.set(0)
         metrics.is_leader.set(0)
