@@ -215,10 +215,12 @@ def decode_all(body: bytes, message_type: type) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise EtcdError("INVALID_ARGUMENT", f"invalid JSON in request body: {exc.msg} at offset {exc.pos}"
                             ) from None
+        except RecursionError:  # found by fuzzing: [[[[... nested past the interpreter's limit
+            raise EtcdError("INVALID_ARGUMENT", "invalid JSON in request body: nested too deeply") from None
         message = message_type()
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=True)
-        except (json_format.ParseError, TypeError, ValueError) as exc:
+        except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
             raise EtcdError("INVALID_ARGUMENT", f"invalid request: {exc}") from None
         out.append(message)
     return out or [message_type()]

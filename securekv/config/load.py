@@ -29,6 +29,14 @@ _FALSE = {"0", "false", "no", "off", "f", "n", ""}
 def _convert(option: Option, value: Any, source: str) -> Any:
     where = f"{option.flag} (from {source})"
     kind = option.kind
+    # Structures are refused before anything turns them into text: YAML aliases can make a
+    # small file describe an exponentially large one (found by fuzzing: a hang in str()).
+    if kind != LIST and isinstance(value, (list, tuple, dict, set)):
+        raise UsageError(f"invalid value for {where}: expected a single value, not a "
+                         f"{type(value).__name__}")
+    if kind == LIST and (isinstance(value, (dict, set)) or isinstance(value, (list, tuple)) and any(
+            isinstance(v, (list, tuple, dict, set)) for v in value)):
+        raise UsageError(f"invalid value for {where}: expected a list of strings")
     if kind == BOOL:
         if isinstance(value, bool):
             return value
@@ -84,10 +92,16 @@ def read_yaml(path: str) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # a typed scalar that is not one: `!!int zz`, 2001-13-45
+        raise UsageError(f"config file {path} has an invalid value: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is nested too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
