@@ -187,8 +187,9 @@ class Backend:
             conn.execute("PRAGMA foreign_keys=OFF")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise CorruptionError(f"backend database {path} has schema version {version}, "
-                                      f"this securekv understands {SCHEMA_VERSION}")
+                raise UsageError(f"backend database {path} has schema version {version}; this securekv "
+                                 f"reads version {SCHEMA_VERSION} (was it written by a newer release?). "
+                                 "Nothing was changed.")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if version != SCHEMA_VERSION or not TABLES <= tables:
                 # Only a new (or half-created) database is written here; opening a current one

@@ -511,6 +511,8 @@ class _Reader:
             with open(seg.path, "rb") as f:
                 buf = f.read()
             frames, bad = scan_frames(buf, crc)
+            if frames:
+                self._check_version(seg.path, frames[0])
             if bad is not None and bad.chain and bad.offset == 0:
                 prev = self.segments[i - 1].path
                 raise CorruptionError(
@@ -560,12 +562,26 @@ class _Reader:
             raise CorruptionError(f"{where} (an intact record follows at offset {later}, so "
                                   "this is damage inside the log, not a torn write)")
 
+    @staticmethod
+    def _check_version(path: str, first: Frame) -> None:
+        """Before anything in a segment is judged: is it in a format this reader knows?"""
+        if first.type != RecordType.CRC_SEED:
+            return  # _check_header reports it
+        try:
+            version = rec.decode_seed(first.data).version
+        except CorruptionError:
+            return
+        if version > rec.WAL_FORMAT_VERSION or version < 1:
+            raise UsageError(f"WAL segment {path} is in format version {version}; this securekv reads "
+                             f"versions 1 to {rec.WAL_FORMAT_VERSION} (was it written by a newer release?). "
+                             "Nothing was changed.")
+
     def _check_header(self, seg: _Segment, frames: list[Frame]) -> None:
         if len(frames) < 2 or frames[0].type != RecordType.CRC_SEED \
                 or frames[1].type != RecordType.METADATA:
             raise CorruptionError(f"WAL corruption in {seg.path} at byte offset 0: the segment "
                                   "does not start with a crc seed and metadata record")
-        seq = rec.decode_seed(frames[0].data)
+        seq = rec.decode_seed(frames[0].data).seq
         if seq != seg.seq:
             raise CorruptionError(f"WAL corruption in {seg.path} at byte offset 0: segment "
                                   f"says it is number {seq}, its name says {seg.seq}")
