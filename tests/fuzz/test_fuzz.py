@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from targets import TARGETS, Escaped, Target, check
 
-EXAMPLES = int(os.environ.get("SECUREKV_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("SECUREKV_FUZZ_EXAMPLES", "60"))
 HANG_SECONDS = 10
 
 
@@ -202,3 +202,21 @@ def test_fuzz_guard_reports_other_exceptions_and_hangs() -> None:
     finally:
         HANG_SECONDS = saved
 
+
+
+def test_atheris_smoke() -> None:
+    """The long-run harness works (one target for a few seconds here; every target for hours
+    by hand, docs/fuzzing.md)."""
+    name = "peer-message"
+    pytest.importorskip("atheris")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    proc = subprocess.run([sys.executable, str(here / "atheris_run.py"), name, "-runs=300", "-max_total_time=10"],
+                          capture_output=True, text=True, timeout=120, cwd=str(here.parent.parent),
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done 300 runs" in proc.stderr, proc.stderr[-2000:]
