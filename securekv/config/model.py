@@ -37,7 +37,10 @@ class URL:
 
 
 def parse_url(text: str, what: str) -> URL:
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError as exc:  # found by fuzzing: "https://127.0.0[.1:2380" (Invalid IPv6 URL)
+        raise UsageError(f"invalid {what} URL {text!r}: {exc}") from None
     if parts.scheme not in ("http", "https", "unix", "unixs") or not parts.hostname:
         raise UsageError(f"invalid {what} URL {text!r}: expected http(s)://host:port")
     if parts.scheme in ("unix", "unixs"):

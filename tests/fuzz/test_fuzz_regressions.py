@@ -26,6 +26,9 @@ FOUND = [
     ("yaml-config", LAUGHS + b"listen-client-urls: [*i]\n", "a hang: aliases expanded by str() (10^9 items)"),
     ("yaml-config", LAUGHS + b"heartbeat-interval: *i\n", "a hang: aliases expanded by str() (10^9 items)"),
     ("yaml-config", LAUGHS + b"initial-cluster: {k: *i}\n", "a hang: aliases expanded by str() (10^9 items)"),
+    ("yaml-config", b"name: m1\ninitial-cluster: m1=https://127.0.0[.1:2380\n",
+     "ValueError (Invalid IPv6 URL) from urlsplit; the same from a --listen-client-urls flag (atheris)"),
+    ("yaml-config", b"name: m1\nlisten-client-urls: https://[::1\n", "ValueError (Invalid IPv6 URL) from urlsplit"),
     ("gateway-json", b"\x00" + b"[" * 100_000 + b"]" * 100_000, "RecursionError in the JSON decoder"),
 ]
 
