@@ -337,6 +337,11 @@ def _compare_members(ctx: Context, names: list[str], reference: list[hc.Event], 
     for name in names:
         client = ctx.client(name, timeout=5.0)
         try:
+            deadline = time.monotonic() + 15  # a member may still be applying the last entries
+            while client.get(b"/", serializable=True).header.revision < final_rev:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             resp = client.get(KV_PREFIX, prefix=True, serializable=True, revision=final_rev)
             have = {bytes(kv.key): bytes(kv.value) for kv in resp.kvs}
             if have != want:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,43 @@ def test_damaged_wal_record_is_refused_with_file_and_offset(make_member) -> None
     assert re.search(rf"Error: data corruption: WAL corruption in {re.escape(str(segment))} at byte offset \d+",
                      proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root")
+def test_snapshot_and_restore_on_a_full_disk(make_member, tmp_path: Path) -> None:
+    """The Snapshot RPC fails cleanly while the member keeps serving (no temp file left);
+    `ctl snapshot restore` into a full file system fails and leaves nothing; both work once
+    space is back."""
+    disk = TmpfsMount(tmp_path / "disk", size_mb=8)
+    try:
+        m = make_member(name="disk/data")
+        with client(m, timeout=20) as c:
+            for i in range(200):
+                c.put(f"snap/{i:03d}", os.urandom(512))
+            disk.fill()
+            with pytest.raises(ClientError):
+                c.snapshot_save(str(tmp_path / "snap.db"))
+            assert m.proc is not None and m.proc.poll() is None  # still running, still serving
+            assert len(c.get("snap/", prefix=True, keys_only=True).kvs) == 200
+            assert not list((m.data_dir / "member").glob(".snapshot-*"))
+            assert not (tmp_path / "snap.db").exists()
+            disk.free()
+            c.snapshot_save(str(tmp_path / "snap.db"))
+        m.kill()
+
+        target = disk.path / "restored"
+        argv = [sys.executable, "-m", "securekv", "ctl", "snapshot", "restore", str(tmp_path / "snap.db"),
+                "--data-dir", str(target)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        disk.fill()
+        before = sorted(p.name for p in disk.path.iterdir())
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode != 0 and "no space left on device" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in disk.path.iterdir()) == before  # nothing left behind
+        disk.free()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (target / "member" / "db.sqlite").exists()
+    finally:
+        disk.close()
