@@ -106,6 +106,9 @@ def read_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a YAML mapping of etcd option names")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # found by fuzzing: `&a: x` is a key None, `1: 2` a key 1 (then sorting the keys failed)
+        raise UsageError(f"config file {path}: option names must be text, not {odd[0]!r}")
     return data
 
 

@@ -29,6 +29,9 @@ FOUND = [
     ("yaml-config", b"name: m1\ninitial-cluster: m1=https://127.0.0[.1:2380\n",
      "ValueError (Invalid IPv6 URL) from urlsplit; the same from a --listen-client-urls flag (atheris)"),
     ("yaml-config", b"name: m1\nlisten-client-urls: https://[::1\n", "ValueError (Invalid IPv6 URL) from urlsplit"),
+    ("yaml-config", b"name: m1\n&listen-client-urls: https://127.0.0.1:2379\n",
+     "TypeError sorting the keys: an anchor made a key None (atheris)"),
+    ("yaml-config", b"1: 2\nname: m1\n", "TypeError sorting the keys: a numeric key"),
     ("gateway-json", b"\x00" + b"[" * 100_000 + b"]" * 100_000, "RecursionError in the JSON decoder"),
 ]
 
