@@ -112,7 +112,7 @@ async def _main(config) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve, config, announce=announce))
+            await nursery.start(partial(serve, config, announce=announce, on_fatal=_exit_if_stop_hangs))
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
@@ -121,6 +121,28 @@ async def _main(config) -> None:
                     return
 
             nursery.start_soon(stop_on_signal)
+
+
+FATAL_STOP_SECONDS = 15.0
+
+
+def _exit_if_stop_hangs(exc: BaseException) -> None:
+    """The WAL or the backend failed: the member stops in an orderly way, but it must be gone
+    within FATAL_STOP_SECONDS whatever a task is waiting for, so systemd (Restart=on-failure)
+    starts it again instead of a half-dead member holding its ports. (The fault suite once saw
+    a leader whose stop never completed after its disk filled up.)"""
+    from securekv.errors import CorruptionError, DiskFullError
+
+    code = 3 if isinstance(exc, DiskFullError) else 2 if isinstance(exc, CorruptionError) else 1
+
+    def give_up(signum: int, frame: object) -> None:
+        sys.stderr.write(f"Error: {exc}\nsecurekv: the member did not stop within {FATAL_STOP_SECONDS:.0f}s "
+                         "after this error; exiting now\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, FATAL_STOP_SECONDS)
 
 
 def _setup_logging(level: str) -> None:

@@ -373,6 +373,7 @@ class Node:
                         except Exception as exc:  # the WAL still holds these entries: stop, replay at restart
                             log.critical("backend commit failed, stopping: %s", exc)
                             self.stopped = True
+                            self._fatal(exc)
                             raise
                 self.committed_index = last
                 self._committed.set()
@@ -527,6 +528,7 @@ class Node:
             except BaseException as exc:  # the log is unusable: fail everyone, stop
                 log.critical("WAL write failed, stopping: %s", exc)
                 self.stopped = True
+                self._fatal(exc)
                 raise
             fsync_seconds = time.monotonic() - started
             if rd.entries:
@@ -734,6 +736,16 @@ class Node:
 
     _nursery: Any = None
     on_install_snapshot: Any = None  # async (Snapshot) -> None, set by the server
+    #: Called once the member cannot go on (its WAL or backend failed): the process entry point
+    #: bounds how long the orderly stop may take (serve_cmd). Set by the server; None in tests.
+    on_fatal: Callable[[BaseException], None] | None = None
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(exc)
+            except Exception:
+                log.exception("fatal-error hook failed")
 
     def _request_snapshot(self) -> None:
         """The core needs snapshot data for a follower: build a backend copy off-thread."""

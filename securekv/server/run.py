@@ -292,6 +292,7 @@ async def serve(
     config: Config,
     *,
     announce: Callable[[Started], None] | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     from securekv.api.auth_gate import SERVER_CALLER, AuthGate
@@ -397,6 +398,7 @@ async def serve(
             log.info("installed the leader's snapshot at index %d", snap.metadata.index)
 
         node.on_install_snapshot = install_snapshot
+        node.on_fatal = on_fatal
         transport = _make_transport(config, state, node)
         etcd.transport = transport
         if transport is not None:

@@ -31,6 +31,7 @@ from securekv.torture.members import Cluster, Member
 log = logging.getLogger(__name__)
 
 KINDS = ("kill", "pause", "partition", "disk-full", "restart")
+DISK_FULL_EXIT = 3  # `securekv serve`'s exit status after a write failed for lack of space
 READY_TIMEOUT = 45.0
 
 
@@ -61,6 +62,9 @@ class Nemesis:
         self.errors: list[str] = []
         self.down: set[str] = set()  # members this nemesis took down on purpose
         self.ids: dict[int, str] = {}
+        #: member -> (monotonic end, event) of its last disk-full fault: a member may still be on
+        #: its way out (it stops within seconds of the failed write) when the space comes back.
+        self.disk_full: dict[str, tuple[float, NemesisEvent]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def _elapsed(self) -> float:
@@ -116,11 +120,20 @@ class Nemesis:
         for m in self.cluster.members.values():
             if m.name in self.down or m.running or m.proc is None:
                 continue
-            self.errors.append(f"{m.name} exited unexpectedly (code {m.exit_code}) at {self._elapsed():.1f}s: "
-                               f"{_last_error(m)}")
+            if not self._late_disk_full_stop(m):
+                self.errors.append(f"{m.name} exited unexpectedly (code {m.exit_code}) at {self._elapsed():.1f}s: "
+                                   f"{_last_error(m)}")
             m.start()
             if not m.wait_ready(READY_TIMEOUT):
                 self.errors.append(f"{m.name} did not become ready after an unexpected exit")
+
+    def _late_disk_full_stop(self, m: Member) -> bool:
+        """Did ``m`` stop for the disk-full fault that just ended (exit status 3, shortly after)?"""
+        last = self.disk_full.get(m.name)
+        if m.exit_code != DISK_FULL_EXIT or last is None or time.monotonic() - last[0] > 30:
+            return False
+        last[1].detail = f"stopped (exit code {m.exit_code}) just after the space came back: {_last_error(m)}"
+        return True
 
     def wait_up(self, names: list[str]) -> None:
         for name in names:
@@ -191,6 +204,7 @@ class Nemesis:
             time.sleep(hold)
         finally:
             m.mount.free()
+        self.disk_full[name] = (time.monotonic(), event)
         if m.running:
             event.detail = "kept running"
             self.down.discard(name)
@@ -210,7 +224,7 @@ class Nemesis:
                 m.resume()
         for m in self.cluster.members.values():
             if not m.running:
-                if m.name not in self.down and m.proc is not None:
+                if m.name not in self.down and m.proc is not None and not self._late_disk_full_stop(m):
                     self.errors.append(f"{m.name} exited unexpectedly (code {m.exit_code}): {_last_error(m)}")
                 m.start()
             self.down.discard(m.name)

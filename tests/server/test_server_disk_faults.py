@@ -176,3 +176,18 @@ def test_snapshot_and_restore_on_a_full_disk(make_member, tmp_path: Path) -> Non
         assert (target / "member" / "db.sqlite").exists()
     finally:
         disk.close()
+
+
+def test_a_member_whose_orderly_stop_hangs_after_a_fatal_error_exits_anyway() -> None:
+    """The bound serve_cmd puts on stopping after the WAL or backend failed (here: a process
+    that arms it and then never returns)."""
+    code = ("import time, securekv.cli.serve_cmd as s\n"
+            "from securekv.errors import DiskFullError\n"
+            "s.FATAL_STOP_SECONDS = 0.3\n"
+            "s._exit_if_stop_hangs(DiskFullError('WAL /x: no space left on device'))\n"
+            "time.sleep(30)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 3
+    assert "Error: WAL /x: no space left on device" in proc.stderr
+    assert "did not stop within 0s" in proc.stderr or "did not stop within" in proc.stderr
