@@ -24,6 +24,7 @@ def test_member_with_lost_data_dir_rejoins_by_remove_and_add(kind: str, make_clu
     old_id = c.member_id("m3")
     old.kill()
     shutil.rmtree(old.data_dir)  # the disk is gone
+    c.leader(among=[m1, c.nodes["m2"]])  # m3 may have been the leader: wait for the next one
     for i in range(15):  # the others take a snapshot meanwhile (--snapshot-count 20)
         assert m1.ctl("put", f"lost/b/{i:02d}", f"b{i}").stdout.strip() == "OK"
 
