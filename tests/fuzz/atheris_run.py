@@ -11,6 +11,8 @@ A finding stops the run and leaves ``crash-<sha1>`` in the working directory: ad
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +31,7 @@ with atheris.instrument_imports(include=["securekv"]):
     import securekv.storage.records  # noqa: F401
     import securekv.storage.wal  # noqa: F401
 
-from targets import TARGETS, check  # noqa: E402
+from targets import TARGETS, check, cleanup  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -41,6 +43,7 @@ def main(argv: list[str]) -> None:
     rest = argv[2:]
     if not [a for a in rest if not a.startswith("-")]:
         corpus = Path(tempfile.mkdtemp(prefix=f"securekv-corpus-{target.name}-"))
+        atexit.register(shutil.rmtree, corpus, True)
         for i, seed in enumerate(target.seeds()):
             (corpus / f"seed-{i}").write_bytes(seed)
         rest.append(str(corpus))
@@ -48,6 +51,7 @@ def main(argv: list[str]) -> None:
     def one_input(data: bytes) -> None:
         check(target, data)  # raises Escaped on a finding: atheris reports it and stops
 
+    atexit.register(cleanup)  # the targets' scratch files (atheris exits through sys.exit)
     atheris.Setup([argv[0], *rest], one_input)
     atheris.Fuzz()
 
