@@ -63,6 +63,13 @@ def scratch() -> Path:
     return _SCRATCH
 
 
+def set_scratch(path: Path) -> None:
+    """Where the file-reading targets write their input (atheris runs keep it in their own dir)."""
+    global _SCRATCH
+    path.mkdir(parents=True, exist_ok=True)
+    _SCRATCH = path
+
+
 def cleanup() -> None:
     if _SCRATCH is not None:
         shutil.rmtree(_SCRATCH, ignore_errors=True)

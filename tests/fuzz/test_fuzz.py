@@ -204,7 +204,7 @@ def test_fuzz_guard_reports_other_exceptions_and_hangs() -> None:
 
 
 
-def test_atheris_smoke() -> None:
+def test_atheris_smoke(tmp_path) -> None:
     """The long-run harness works (one target for a few seconds here; every target for hours
     by hand, docs/fuzzing.md)."""
     name = "peer-message"
@@ -215,8 +215,10 @@ def test_atheris_smoke() -> None:
 
     here = Path(__file__).resolve().parent
     repo = here.parents[1]
+    work = tmp_path
     proc = subprocess.run([sys.executable, str(here / "atheris_run.py"), name, "-runs=300", "-max_total_time=10"],
-                          capture_output=True, text=True, timeout=120, cwd=str(here.parent.parent),
+                          capture_output=True, text=True, timeout=120, cwd=str(work),
                           env={**os.environ, "PYTHONPATH": str(repo)})
+    assert (work / ".fuzz-corpus" / name).is_dir()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done 300 runs" in proc.stderr, proc.stderr[-2000:]
