@@ -11,7 +11,30 @@ from pathlib import Path
 
 import click
 
-from securekv.config.options import BOOL, OPTIONS
+from securekv.config.options import BOOL, DURATION, IGNORED, OPTIONS, REFUSED, Option
+
+
+def _support_note(option: Option) -> str:
+    if option.support == IGNORED:
+        return " [no effect in securekv]"
+    if option.support == REFUSED:
+        return " [refused unless left at etcd's default]"
+    return ""
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`etcd --version`'s lines, with securekv's own version first."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+
+    from securekv import __version__
+    from securekv.server.etcdserver import CLUSTER_VERSION, VERSION
+
+    click.echo(f"securekv Version: {__version__}\netcd Version: {VERSION}\nAPI Version: {CLUSTER_VERSION[:3]}\n"
+               f"Python Version: {platform.python_version()}\n"
+               f"OS/Arch: {platform.system().lower()}/{platform.machine()}")
+    ctx.exit()
 
 
 def _options(fn):
@@ -20,15 +43,18 @@ def _options(fn):
         env_help = f" [env SECUREKV_{option.env_suffix} / ETCD_{option.env_suffix}]"
         if option.kind == BOOL:
             fn = click.option(decl, option.field, default=None, is_flag=False, flag_value="true",
-                              metavar="[BOOL]", help=option.help + env_help)(fn)
+                              metavar="[BOOL]", help=option.help + _support_note(option) + env_help)(fn)
         else:
-            fn = click.option(decl, option.field, default=None, metavar=option.kind.upper(),
-                              help=option.help + env_help)(fn)
+            metavar = "DURATION" if option.kind == DURATION else option.kind.upper()
+            fn = click.option(decl, option.field, default=None, metavar=metavar,
+                              help=option.help + _support_note(option) + env_help)(fn)
     return fn
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config-file", default=None, help="YAML file with etcd's config-file keys [env ETCD_CONFIG_FILE].")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
 @_options
 def cli(config_file: str | None, **flags: object) -> None:
     """Run a securekv member: etcd's v3 API over mutual TLS.
@@ -43,7 +69,12 @@ def cli(config_file: str | None, **flags: object) -> None:
         config = resolve(flags, os.environ, config_file)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
-    _setup_logging(config.log_level)
+    try:
+        _setup_logging(config)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in config.warnings:
+        logging.getLogger("securekv.config").warning(warning)
     if config.insecure_allow_plaintext:
         logging.getLogger("securekv").warning(
             "!!! --insecure-allow-plaintext is set: http:// listeners carry data and credentials "
@@ -116,7 +147,11 @@ async def _main(config) -> None:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    logging.getLogger("securekv").info("received %s, shutting down", signal.Signals(signum).name)
+                    from securekv.server.etcdlog import event
+
+                    name = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}.get(signum, str(signum))
+                    event(logging.getLogger("securekv.osutil"), logging.INFO, "received signal; shutting down",
+                          capnslog=f"received {name} signal, shutting down...", pkg="pkg/osutil", signal=name)
                     nursery.cancel_scope.cancel()
                     return
 
@@ -145,11 +180,11 @@ def _exit_if_stop_hangs(exc: BaseException) -> None:
     signal.setitimer(signal.ITIMER_REAL, FATAL_STOP_SECONDS)
 
 
-def _setup_logging(level: str) -> None:
-    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-               "warning": logging.WARNING, "error": logging.ERROR}[level]
-    logging.basicConfig(level=numeric, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(config) -> None:
+    """--logger/--log-outputs/--log-level (server/etcdlog.py: etcd's zap and capnslog formats)."""
+    from securekv.server.etcdlog import setup
+
+    setup(config.logger, config.log_level, config.log_outputs)
 
 
 def connect_hint(started, data_dir: str) -> str:

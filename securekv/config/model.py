@@ -105,6 +105,28 @@ class Config:
     max_txn_ops: int
     heartbeat_interval: int
     election_timeout: int
+    # etcd 3.4 flags added by issue 18 (securekv/config/options.py says what each does).
+    max_concurrent_streams: int
+    grpc_keepalive_min_time: float  # seconds
+    grpc_keepalive_interval: float
+    grpc_keepalive_timeout: float
+    strict_reconfig_check: bool
+    pre_vote: bool
+    discovery_srv: str
+    discovery_srv_name: str
+    auto_compaction_mode: str
+    auto_compaction_retention: float  # seconds ('periodic') or revisions ('revision'); 0 = off
+    cipher_suites: tuple[str, ...]
+    metrics: str
+    logger: str
+    log_outputs: tuple[str, ...]
+    enable_grpc_gateway: bool
+    experimental_initial_corrupt_check: bool
+    experimental_corrupt_check_time: float
+    experimental_watch_progress_notify_interval: float
+    experimental_warning_apply_duration: float
+    # Warnings about accepted flags that have no effect here, logged once logging is set up.
+    warnings: tuple[str, ...]
     log_level: str
     tls_handshake_timeout: float
     insecure_allow_plaintext: bool

@@ -114,6 +114,7 @@ class EtcdServer(AuthHandlers):
 
         self.gate: AuthGate = AuthGate(IdentityRegistry())
         self.gate.bind(self)
+        self.strict_reconfig_check = True  # --strict-reconfig-check
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -495,7 +496,7 @@ class EtcdServer(AuthHandlers):
         for m in self.node.membership.members.values():
             if set(urls) & set(m.peer_urls):
                 raise err(ERR_PEER_URL_EXIST)
-        if not req.isLearner:
+        if not req.isLearner and self.strict_reconfig_check:
             nmembers = len(self._voters()) + 1
             nstarted = self._started_members()
             # etcd's special case: growing a one-member cluster (after --force-new-cluster).
@@ -522,7 +523,7 @@ class EtcdServer(AuthHandlers):
         m = self.node.membership.members.get(req.ID)
         if m is None:
             raise err(ERR_MEMBER_NOT_FOUND)
-        if not m.is_learner:
+        if not m.is_learner and self.strict_reconfig_check:
             voters = self._voters()
             started = self._started_members()
             if req.ID != self.member_id and self.transport is not None and self.transport.active_since(req.ID) is not None:
@@ -577,7 +578,7 @@ class EtcdServer(AuthHandlers):
         if mine is None or theirs is None or theirs.match < mine.match * 0.9:
             raise err(ERR_LEARNER_NOT_READY)
         voters = len(self._voters())
-        if self._started_members() < (voters + 1) // 2 + 1:
+        if self.strict_reconfig_check and self._started_members() < (voters + 1) // 2 + 1:
             raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
         await self.node.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, req.ID))
         resp = rpc_pb2.MemberPromoteResponse(members=self.members())
@@ -599,6 +600,7 @@ class EtcdServer(AuthHandlers):
                     and self.node.leader != 0):
                 self.published = True
                 self.published_event.set()
+                self._log_published()
                 return
             now = trio.current_time()
             if self.node.leader != 0 and m is not None and now - last >= 1.0:
@@ -606,6 +608,18 @@ class EtcdServer(AuthHandlers):
                 self.node.propose_raw(publish_entry(self.member_id, name=self.name, clientURLs=self.client_urls))
             with trio.move_on_after(0.2):
                 await self.node.wait_applied()
+
+    def _log_published(self) -> None:
+        from securekv.server.etcdlog import event
+
+        attrs_text = f"{{Name:{self.name} ClientURLs:[{' '.join(self.client_urls)}]}}"
+        event(log, logging.INFO, "published local member to cluster through raft",
+              capnslog=f"published {attrs_text} to cluster {self.cluster_id:x}", pkg="etcdserver",
+              **{"local-member-id": f"{self.member_id:x}", "local-member-attributes": attrs_text,
+                 "request-path": f"/0/members/{self.member_id:x}/attributes", "cluster-id": f"{self.cluster_id:x}",
+                 "publish-timeout": "7s"})
+        event(log, logging.INFO, "enabled capabilities for version", capnslog=f"enabled capabilities for version "
+              f"{CLUSTER_VERSION[:3]}", pkg="etcdserver/api", **{"cluster-version": CLUSTER_VERSION[:3]})
 
     async def member_list(self, req: Any, caller: Caller) -> rpc_pb2.MemberListResponse:
         resp = rpc_pb2.MemberListResponse(members=self.members())

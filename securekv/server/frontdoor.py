@@ -25,6 +25,8 @@ import trio
 
 from securekv.server.tls import ReloadingContext, peer_common_name
 
+from securekv.server.etcdlog import rejected_connection  # noqa: E402  (etcd's log line)
+
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -146,12 +148,12 @@ class FrontDoor:
                         await ssl_stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                         self.stats.handshake_failures += 1
-                        log.info("TLS handshake with %s failed: %s", remote, _reason(exc))
+                        rejected_connection(log, remote, _reason(exc))
                         await trio.aclose_forcefully(tcp)
                         return
                 if scope.cancelled_caught:
                     self.stats.handshake_failures += 1
-                    log.info("TLS handshake with %s timed out", remote)
+                    rejected_connection(log, remote, "tls: handshake timed out")
                     await trio.aclose_forcefully(tcp)
                     return
                 alpn = ssl_stream.selected_alpn_protocol()

@@ -35,6 +35,7 @@ from securekv.rpctypes import (
     err,
 )
 from securekv.server.cluster import PUBLISH_PREFIX, META_KEY, Membership
+from securekv.server.etcdlog import event
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Node:
         on_leader_change: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = trio.current_time,
         snapshot_count: int = 100_000,
+        pre_vote: bool = True,
     ) -> None:
         import random
 
@@ -123,9 +125,13 @@ class Node:
         self.raw = RawNode(RaftConfig(
             id=member_id, storage=self.storage, rng=rng or random.Random(),
             election_tick=election_tick, heartbeat_tick=1, applied=applied,
-            max_size_per_msg=1 << 20, max_inflight_msgs=256, check_quorum=True, pre_vote=True,
+            max_size_per_msg=1 << 20, max_inflight_msgs=256, check_quorum=True, pre_vote=pre_vote,
         ))
         self._initial_term = term
+        self.cluster_id = 0  # for log lines only (set by the server)
+        self.leader_changes = 0  # etcd_server_leader_changes_seen_total
+        self.slow_applies = 0  # etcd_server_slow_apply_total
+        self.warning_apply_duration = 0.1  # --experimental-warning-apply-duration
         self.transport: Any = None
         self.committed_index = applier.applied_index  # highest index whose rows are in the backend
         self._committed = trio.Event()
@@ -563,7 +569,13 @@ class Node:
         self.leader = soft.leader
         self.role = soft.role
         if old != soft.leader:
-            log.info("member %x: leader is now %x (term %d)", self.member_id, soft.leader, self.raw.raft.term)
+            term = self.raw.raft.term
+            if soft.leader:  # etcd's raft.node lines, which operators' leader-change alerts match
+                text = f"raft.node: {self.member_id:x} elected leader {soft.leader:x} at term {term}"
+            else:
+                text = f"raft.node: {self.member_id:x} lost leader {old:x} at term {term}"
+            event(log, logging.INFO, text, pkg="raft")
+            self.leader_changes += 1 if soft.leader else 0
             if soft.leader == 0 or self._reads_sent:
                 # Reads sent to a leader that is gone will never be answered: fail them fast.
                 pending, self._reads_sent = self._reads_sent, {}
@@ -595,6 +607,7 @@ class Node:
                     self.membership.apply_conf_change(cc)
                     members_changed = True
                     results.append(applier.apply(index, _EMPTY, now=now))
+                    self._log_conf_change(cc)
                     if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
                         log.warning("this member (%x) was removed from the cluster", self.member_id)
                     if self.transport is not None:
@@ -633,7 +646,11 @@ class Node:
                 if waiter is not None:
                     req = waiter[0]
             try:
+                started = time.perf_counter()
                 result = applier.apply(index, req, now=now)
+                took = time.perf_counter() - started
+                if took > self.warning_apply_duration:
+                    self._slow_apply(req, took)
             except EtcdError as exc:  # not expected from the applier, but never kill the loop
                 result = _Failed(index, exc)
                 results.append(result)
@@ -676,6 +693,35 @@ class Node:
             self.stats.last_batch = requests
         if self.on_batch is not None:
             self.on_batch(requests, fsync_seconds, last)
+
+    def _slow_apply(self, req: raft_internal_pb2.InternalRaftRequest, took: float) -> None:
+        """etcd's warnOfExpensiveRequest: the request is named by type and key, never its value."""
+        from securekv.client.gofmt import duration
+
+        self.slow_applies += 1
+        kind = req.WhichOneof("request") or "unknown"
+        inner = getattr(req, kind, None) if kind != "unknown" else None
+        key = getattr(inner, "key", b"") if inner is not None else b""
+        shown = f"{kind} key:{key.decode('utf-8', 'replace')!r}" if key else kind
+        event(log, logging.WARNING, "apply request took too long",
+              capnslog=f"apply entries took too long [{duration(took)} for 1 entries]", pkg="etcdserver",
+              took=duration(took), **{"expected-duration": duration(self.warning_apply_duration)},
+              prefix="", request=shown, response="")
+
+    def _log_conf_change(self, cc: ConfChange) -> None:
+        """etcd's membership lines (``added member`` / ``removed member``)."""
+        member = self.membership.members.get(cc.node_id)
+        urls = list(member.peer_urls) if member is not None else []
+        ids = {"cluster-id": f"{self.cluster_id:x}", "local-member-id": f"{self.member_id:x}"}
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            event(log, logging.INFO, "removed member",
+                  capnslog=f"removed member {cc.node_id:x} from cluster {self.cluster_id:x}", pkg="etcdserver/membership",
+                  **ids, **{"removed-remote-peer-id": f"{cc.node_id:x}", "removed-remote-peer-urls": urls})
+        elif cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER):
+            event(log, logging.INFO, "added member",
+                  capnslog=f"added member {cc.node_id:x} {urls} to cluster {self.cluster_id:x}".replace("'", ""),
+                  pkg="etcdserver/membership", **ids,
+                  **{"added-peer-id": f"{cc.node_id:x}", "added-peer-peer-urls": urls})
 
     def _sync_transport_peer(self, cc: ConfChange) -> None:
         t = self.transport

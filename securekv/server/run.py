@@ -63,7 +63,7 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
 
         local = ensure_local_pki(Path(config.data_dir) / "pki", hosts, client_names=("root",))
         files = TLSFiles(str(local.server_cert), str(local.server_key), str(local.ca_path),
-                         config.client_crl_file, client_cert_auth=True)
+                         config.client_crl_file, client_cert_auth=True, cipher_suites=config.cipher_suites)
         return files, local
     if config.auto_tls:
         from securekv.pki.autotls import ensure_self_signed
@@ -71,11 +71,11 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "client", hosts,
                                   validity_years=config.self_signed_cert_validity)
         return TLSFiles(str(auto.cert_path), str(auto.key_path), config.trusted_ca_file,
-                        config.client_crl_file, config.client_cert_auth), None
+                        config.client_crl_file, config.client_cert_auth, config.cipher_suites), None
     if not config.cert_file:
         raise UsageError("https:// client URLs need --cert-file/--key-file or --auto-tls")
     return TLSFiles(config.cert_file, config.key_file, config.trusted_ca_file, config.client_crl_file,
-                    config.client_cert_auth), None
+                    config.client_cert_auth, config.cipher_suites), None
 
 
 def cluster_ids(config: Config) -> tuple[int, int]:
@@ -85,8 +85,15 @@ def cluster_ids(config: Config) -> tuple[int, int]:
 
 
 def grpc_options(config: Config) -> list[tuple[str, int]]:
+    """grpcio server options; the keepalive policy follows etcd's --grpc-keepalive-* flags."""
+    never = 2**31 - 1
+    interval = int(config.grpc_keepalive_interval * 1000) or never  # 0 disables, as etcd
+    timeout = int(config.grpc_keepalive_timeout * 1000) or never
     return [
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(config.grpc_keepalive_min_time * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.grpc_keepalive_min_time * 1000)),
+        ("grpc.keepalive_time_ms", interval),
+        ("grpc.keepalive_timeout_ms", timeout),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", config.max_request_bytes + 512 * 1024),
@@ -307,8 +314,19 @@ async def serve(
     from securekv.server.sdnotify import Notifier, watchdog_period
     from securekv.storage import lock_data_dir
     from securekv.watch import WatchHub
+    from securekv.watch.hub import HubConfig
+
+    from securekv.server.etcdlog import event
 
     data_dir = Path(config.data_dir)
+    member_initialized = (data_dir / "member").exists()
+    event(log, logging.INFO, "starting an etcd server", capnslog=f"etcd Version: {VERSION}", pkg="etcdmain",
+          **{"etcd-version": VERSION, "name": config.name, "data-dir": config.data_dir, "wal-dir": config.wal_dir,
+             "member-initialized": member_initialized, "initial-cluster-state": config.initial_cluster_state,
+             "initial-cluster-token": config.initial_cluster_token,
+             "quota-size-bytes": config.effective_quota_bytes,
+             "initial-cluster": ",".join(f"{n}={u}" for n, u in config.initial_cluster),
+             "pre-vote": config.pre_vote, "auto-compaction-mode": config.auto_compaction_mode})
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(str(data_dir))
     notifier = Notifier.from_environment()
@@ -326,7 +344,21 @@ async def serve(
         tls = ReloadingContext(tls_files) if tls_files is not None else None
         member_id, cluster_id = cluster_ids(config)
         cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
+        opened = trio.current_time()
         state = _open_state(config, member_id, cluster_id, tokens=tokens)
+        from securekv.client.gofmt import duration
+
+        event(log, logging.INFO, "opened backend db", capnslog=None, pkg="etcdserver",
+              path=str(data_dir / "member" / "db.sqlite"), took=duration(trio.current_time() - opened))
+        ids_fields = {"local-member-id": f"{state.member_id:x}", "cluster-id": f"{state.cluster_id:x}"}
+        if state.created:
+            event(log, logging.INFO, "starting local member", pkg="etcdserver",
+                  capnslog=f"starting member {state.member_id:x} in cluster {state.cluster_id:x}", **ids_fields)
+        else:
+            event(log, logging.INFO, "restarting local member", pkg="etcdserver",
+                  capnslog=f"restarting member {state.member_id:x} in cluster {state.cluster_id:x} at commit index "
+                           f"{state.raft_storage.last_index()}", **ids_fields,
+                  **{"commit-index": state.raft_storage.last_index()})
         metrics = ServerMetrics(state.member_id, VERSION)
         metrics.has_leader.set(0)
         metrics.is_leader.set(0)
@@ -339,6 +371,7 @@ async def serve(
             revision=state.store.current_revision,
             compact_revision=max(state.store.compact_revision, 0),
             wakeup=lambda sid: holder["etcd"].watch_wakeup(sid),
+            config=HubConfig(progress_interval=config.experimental_watch_progress_notify_interval),
         )
 
         def on_batch(entries: int, fsync_seconds: float, last: int) -> None:
@@ -362,7 +395,7 @@ async def serve(
             election_tick=max(config.election_timeout // config.heartbeat_interval, 2),
             tick_seconds=config.heartbeat_interval / 1000.0,
             request_timeout=5.0 + 2 * config.election_timeout / 1000.0,
-            term=state.term, on_leader_change=on_leader_change,
+            term=state.term, on_leader_change=on_leader_change, pre_vote=config.pre_vote,
         )
         etcd = EtcdServer(
             node=node, store=state.store, lessor=state.lessor, applier=state.applier, hub=hub,
@@ -374,6 +407,9 @@ async def serve(
         holder["etcd"] = etcd
         etcd.election_timeout = config.election_timeout / 1000.0
         etcd.cluster_token = config.initial_cluster_token
+        etcd.strict_reconfig_check = config.strict_reconfig_check
+        node.cluster_id = state.cluster_id
+        node.warning_apply_duration = config.experimental_warning_apply_duration
         async def install_snapshot(snap: Any) -> None:
             await trio.to_thread.run_sync(state.install_snapshot, config, snap.data)
             node.applier = state.applier
@@ -439,7 +475,7 @@ async def serve(
                       max_body=2 * config.max_request_bytes + 64 * 1024)
 
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
-            await app.serve(stream, CLIENT_PATHS, identity, gateway=True)
+            await app.serve(stream, CLIENT_PATHS, identity, gateway=config.enable_grpc_gateway)
 
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
@@ -462,6 +498,8 @@ async def serve(
                     peer_listeners = []
                     for url in config.listen_peer_urls:
                         peer_listeners.extend(await _listen(url))
+                        event(log, logging.INFO, "serving peer traffic", pkg="embed",
+                              capnslog=f"listening for peers on {url.host}:{url.port}", address=f"{url.host}:{url.port}")
                     await nursery.start(_shielded, transport_scopes, transport.run)
                     await nursery.start(_shielded, transport_scopes, partial(transport.serve, peer_listeners))
                 # The node and the peer transport outlive a cancellation of serve() long enough to
@@ -482,15 +520,32 @@ async def serve(
                     # Secure by default: auth on, root = the generated root certificate's CN.
                     await etcd.bootstrap_root(SERVER_CALLER)
                 client_urls = []
+                event(log, logging.INFO, "ready to serve client requests", pkg="embed")
                 for url in config.listen_client_urls:
                     listeners = await _listen(url)
                     client_urls.append(_bound_url(url, listeners))
                     nursery.start_soon(trio.serve_listeners, client_door(url).handle, listeners)
+                    address = client_urls[-1].split("://", 1)[1]
+                    if url.is_tls:
+                        event(log, logging.INFO, "serving client traffic securely", pkg="embed",
+                              capnslog=f"serving client requests on {address}", address=address)
+                    else:
+                        event(log, logging.INFO, "serving client traffic insecurely; this is strongly discouraged!",
+                              pkg="embed", capnslog=f"serving insecure client requests on {address}, this is "
+                              "strongly discouraged!", address=address)
                 metrics_urls = []
                 for url in config.listen_metrics_urls:
                     listeners = await _listen(url)
                     metrics_urls.append(_bound_url(url, listeners))
                     nursery.start_soon(trio.serve_listeners, metrics_door(url).handle, listeners)
+                    event(log, logging.INFO, "serving metrics", pkg="embed",
+                          capnslog=f"listening for metrics on {metrics_urls[-1]}", address=metrics_urls[-1])
+                event(log, logging.INFO, "now serving peer/client/metrics", pkg="embed",
+                      **{"local-member-id": f"{state.member_id:x}",
+                         "initial-advertise-peer-urls": [str(u) for u in config.initial_advertise_peer_urls],
+                         "listen-peer-urls": [str(u) for u in config.listen_peer_urls] if transport else [],
+                         "advertise-client-urls": [str(u) for u in config.advertise_client_urls],
+                         "listen-client-urls": client_urls, "listen-metrics-urls": metrics_urls})
                 nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
                 if config.backup.enabled:
                     from securekv.server.backup import BackupScheduler
@@ -515,6 +570,10 @@ async def serve(
                 try:
                     await trio.sleep_forever()
                 finally:
+                    event(log, logging.INFO, "closing etcd server", pkg="embed", capnslog="stopping the member",
+                          name=config.name, **{"data-dir": config.data_dir,
+                                               "advertise-peer-urls": [str(u) for u in config.initial_advertise_peer_urls],
+                                               "advertise-client-urls": [str(u) for u in config.advertise_client_urls]})
                     notifier.stopping()
                     with trio.CancelScope(shield=True) as stop_scope:
                         stop_scope.deadline = trio.current_time() + 2 * config.election_timeout / 1000.0
@@ -538,6 +597,8 @@ async def serve(
         if audit is not None:
             audit.close()
         lock.release()
+        event(log, logging.INFO, "closed etcd server", pkg="embed", capnslog="stopped the member", name=config.name,
+              **{"data-dir": config.data_dir})
 
 
 async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -> int:
@@ -590,7 +651,8 @@ def _peer_tls(config: Config) -> Any:
                                   crl_file=config.peer_crl_file or None,
                                   client_cert_auth=config.peer_client_cert_auth,
                                   allowed_cn=config.peer_cert_allowed_cn or None,
-                                  allowed_hostname=config.peer_cert_allowed_hostname or None)
+                                  allowed_hostname=config.peer_cert_allowed_hostname or None,
+                                  cipher_suites=config.cipher_suites)
     if config.peer_auto_tls:
         from securekv.pki.autotls import ensure_self_signed
 
@@ -598,7 +660,8 @@ def _peer_tls(config: Config) -> Any:
                         *(u.host for u in config.initial_advertise_peer_urls)} - {"0.0.0.0", "::"})
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "peer", hosts,
                                   validity_years=config.self_signed_cert_validity)
-        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False)
+        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False,
+                                  cipher_suites=config.cipher_suites)
     raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file or --peer-auto-tls")
 
 
