@@ -516,6 +516,10 @@ async def serve(
                     # requests never see "no leader".
                     while node.leader == 0:
                         await node.wait_leader_change()
+                    if state.member_id in node.membership.members:
+                        # its attributes are one local proposal away (etcd publishes before serving)
+                        with trio.move_on_after(config.election_timeout / 1000.0):
+                            await etcd.published_event.wait()
                 if config.embedded_pki:
                     # Secure by default: auth on, root = the generated root certificate's CN.
                     await etcd.bootstrap_root(SERVER_CALLER)
