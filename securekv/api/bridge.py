@@ -35,6 +35,8 @@ class Session(Protocol):
 
 
 class RpcObserver(Protocol):
+    def started(self, method: str) -> None: ...
+
     def observe(self, method: str, code: str, seconds: float) -> None: ...
 
 
@@ -69,6 +71,8 @@ class Bridge:
         """Map what the call raised to etcd's gRPC status and record the call's metrics."""
         start = time.monotonic()
         code = "OK"
+        if self.metrics is not None:
+            self.metrics.started(method)
         try:
             yield
         except EtcdError as exc:

@@ -233,6 +233,9 @@ class Gateway:
         self.metrics = metrics
 
     def _observer(self, rpc: str, start: float) -> Callable[[str], None]:
+        if self.metrics is not None:
+            self.metrics.started(rpc)
+
         def observe(code: str) -> None:
             if self.metrics is not None:
                 self.metrics.observe(rpc, code, time.monotonic() - start)

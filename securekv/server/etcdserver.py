@@ -115,6 +115,9 @@ class EtcdServer(AuthHandlers):
         self.gate: AuthGate = AuthGate(IdentityRegistry())
         self.gate.bind(self)
         self.strict_reconfig_check = True  # --strict-reconfig-check
+        self.metrics: Any = None  # ServerMetrics (server/metrics.py), set by run.py
+        self.defragmenting = False
+        self.db_sizes = (0, 0)  # (size, in use) of the backend, refreshed by run.py for /metrics
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -332,6 +335,8 @@ class EtcdServer(AuthHandlers):
         if grant.ID == 0:
             grant.ID = new_lease_id(self.rng, exists=self.lessor.__contains__)
         result = await self._propose(caller, lease_grant=grant)
+        if self.metrics is not None:
+            self.metrics.lease_ttl.observe(grant.TTL)
         return self.fill(result.response, self.store.current_revision)
 
     async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest, caller: Caller) -> rpc_pb2.LeaseRevokeResponse:
@@ -420,6 +425,8 @@ class EtcdServer(AuthHandlers):
 
     def keepalive(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
         ttl = self.lessor.renew(lease_id, self.clock())
+        if ttl > 0 and self.metrics is not None:
+            self.metrics.lease_renewed += 1
         return self.fill(rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl), self.store.current_revision)
 
     async def open_keepalive(self, _request: Any, caller: Caller) -> "KeepAliveSession":
@@ -446,6 +453,8 @@ class EtcdServer(AuthHandlers):
             req = self._request(SERVER_CALLER, lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
             if not self.node.propose_nowait(req):
                 break
+            if self.metrics is not None:
+                self.metrics.lease_expired += 1
 
     # -- Watch -------------------------------------------------------------------------------
 
@@ -581,6 +590,8 @@ class EtcdServer(AuthHandlers):
         if self.strict_reconfig_check and self._started_members() < (voters + 1) // 2 + 1:
             raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
         await self.node.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, req.ID))
+        if self.metrics is not None:
+            self.metrics.promotions += 1
         resp = rpc_pb2.MemberPromoteResponse(members=self.members())
         self.header(resp.header)
         return resp
@@ -651,11 +662,17 @@ class EtcdServer(AuthHandlers):
         return self.fill(resp, self.store.current_revision)
 
     async def hash(self, req: Any, caller: Caller) -> rpc_pb2.HashResponse:
+        started = trio.current_time()
         value = await self.node.backend_call(self.backend.content_hash)
+        if self.metrics is not None:
+            self.metrics.hash_seconds.observe(trio.current_time() - started)
         return self.fill(rpc_pb2.HashResponse(hash=value & 0xFFFFFFFF), self.store.current_revision)
 
     async def hash_kv(self, req: rpc_pb2.HashKVRequest, caller: Caller) -> rpc_pb2.HashKVResponse:
+        started = trio.current_time()
         value, compact = self.store.hash_kv(req.revision)
+        if self.metrics is not None:
+            self.metrics.hash_rev_seconds.observe(trio.current_time() - started)
         return self.fill(rpc_pb2.HashKVResponse(hash=value, compact_revision=compact), self.store.current_revision)
 
     async def alarm(self, req: rpc_pb2.AlarmRequest, caller: Caller) -> rpc_pb2.AlarmResponse:
@@ -669,7 +686,14 @@ class EtcdServer(AuthHandlers):
         return resp  # etcd 3.4 sends Alarm answers without a header (`alarm list -w json` is `{}`)
 
     async def defragment(self, req: Any, caller: Caller) -> rpc_pb2.DefragmentResponse:
-        await self.node.backend_call(self.backend.defragment)
+        started = trio.current_time()
+        self.defragmenting = True
+        try:
+            await self.node.backend_call(self.backend.defragment)
+        finally:
+            self.defragmenting = False
+        if self.metrics is not None:
+            self.metrics.defrag_seconds.observe(trio.current_time() - started)
         return rpc_pb2.DefragmentResponse()
 
     async def move_leader(self, req: rpc_pb2.MoveLeaderRequest, caller: Caller) -> rpc_pb2.MoveLeaderResponse:
@@ -700,12 +724,15 @@ class EtcdServer(AuthHandlers):
         self._snapshots += 1
         base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}"
         copy, path = Path(f"{base}.sqlite"), Path(f"{base}.db")
+        started = trio.current_time()
         try:
             await self.node.backend_call(self.backend.backup_to, str(copy))
             revision = await trio.to_thread.run_sync(_copy_revision, str(copy))
             await trio.to_thread.run_sync(export_snapshot, str(copy), str(path), CLUSTER_VERSION)
         finally:
             copy.unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.backend_snapshot_seconds.observe(trio.current_time() - started)
         return BuiltSnapshot(path, revision, self.cluster_id, self.member_id, self.term)
 
     async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":

@@ -105,6 +105,8 @@ class FrontDoorStats:
     handshake_failures: int = 0
     grpc_connections: int = 0
     http_connections: int = 0
+    grpc_bytes_received: int = 0  # etcd_network_client_grpc_received_bytes_total
+    grpc_bytes_sent: int = 0
 
 
 class FrontDoor:
@@ -186,6 +188,12 @@ class FrontDoor:
         finally:
             await _close(stream)
 
+    def _received(self, n: int) -> None:
+        self.stats.grpc_bytes_received += n
+
+    def _sent(self, n: int) -> None:
+        self.stats.grpc_bytes_sent += n
+
     async def _relay_grpc(self, client: trio.abc.Stream, identity: Identity, head: bytes) -> None:
         self.stats.grpc_connections += 1
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
@@ -199,8 +207,8 @@ class FrontDoor:
             if head:
                 await upstream.send_all(head)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, client, upstream, nursery.cancel_scope)
-                nursery.start_soon(_pump, upstream, client, nursery.cancel_scope)
+                nursery.start_soon(_pump, client, upstream, nursery.cancel_scope, self._received)
+                nursery.start_soon(_pump, upstream, client, nursery.cancel_scope, self._sent)
             await trio.aclose_forcefully(upstream)
         finally:
             sock.close()
@@ -208,12 +216,14 @@ class FrontDoor:
                 self.registry.unregister(port)
 
 
-async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope) -> None:
+async def _pump(src: trio.abc.Stream, dst: trio.abc.Stream, scope: trio.CancelScope,
+                count: Callable[[int], None]) -> None:
     try:
         while True:
             data = await src.receive_some(RELAY_CHUNK)
             if not data:
                 break
+            count(len(data))
             await dst.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
         pass

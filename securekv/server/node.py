@@ -24,6 +24,7 @@ import trio
 
 from securekv.proto import raft_internal_pb2
 from securekv.raft import ConfChange, ConfChangeType, Config as RaftConfig, EntryType, RawNode, Role
+from securekv.raft.types import MessageType
 from securekv.raft.errors import ProposalDropped
 from securekv.rpctypes import (
     ERR_NO_LEADER,
@@ -131,6 +132,14 @@ class Node:
         self.cluster_id = 0  # for log lines only (set by the server)
         self.leader_changes = 0  # etcd_server_leader_changes_seen_total
         self.slow_applies = 0  # etcd_server_slow_apply_total
+        self.proposals_failed = 0  # etcd_server_proposals_failed_total
+        self.read_indexes_failed = 0  # etcd_server_read_indexes_failed_total
+        self.events_notified = 0  # etcd_debugging_mvcc_events_total
+        self.compacted_keys = 0  # etcd_debugging_mvcc_db_compaction_keys_total
+        self.wal_bytes = 0  # entry bytes appended to the WAL (etcd_disk_wal_write_bytes_total)
+        self.installing_snapshot = False
+        self._heartbeats: dict[int, float] = {}  # peer -> when the unanswered heartbeat was sent
+        self.metrics: Any = None  # ServerMetrics: histograms observed where the work happens
         self.warning_apply_duration = 0.1  # --experimental-warning-apply-duration
         self.transport: Any = None
         self.committed_index = applier.applied_index  # highest index whose rows are in the backend
@@ -203,6 +212,10 @@ class Node:
     # -- inputs from the transport (trio thread) ---------------------------------------------
 
     def deliver(self, message: Any) -> None:
+        if self._heartbeats and getattr(message, "type", None) == MessageType.HEARTBEAT_RESP:
+            sent = self._heartbeats.pop(message.frm, None)
+            if sent is not None and self.metrics is not None:  # etcd_network_peer_round_trip_time_seconds
+                self.metrics.observe_peer_rtt(message.frm, time.perf_counter() - sent)
         self._inbox.append(message)
         self._poke()
 
@@ -462,6 +475,7 @@ class Node:
                 raw.read_index(ctx)
                 self._reads_sent[ctx] = reads
             except ProposalDropped:
+                self.read_indexes_failed += len(reads)
                 for cb in reads:
                     _safe(cb, err(ERR_NO_LEADER))
         return closed
@@ -478,6 +492,7 @@ class Node:
             self.raw.propose_many([data for data, _, _ in batch])
         except ProposalDropped as exc:
             error = err(ERR_NO_LEADER) if "no leader" in str(exc) else err(ERR_TIMEOUT)
+            self.proposals_failed += len(batch)
             for _, req, done in batch:
                 self._waiters.pop(req.header.ID, None)
                 if done is not None:
@@ -487,6 +502,7 @@ class Node:
         now = self.clock()
         if self._waiters:
             late = [k for k, (_, _, d) in self._waiters.items() if d < now]
+            self.proposals_failed += len(late)
             for k in late:
                 _, done, _ = self._waiters.pop(k)
                 if done is not None:
@@ -543,6 +559,10 @@ class Node:
                 self.storage.set_hard_state(rd.hard_state)
         # 2. send
         if rd.messages and self.transport is not None:
+            now = time.perf_counter()
+            for m in rd.messages:
+                if m.type == MessageType.HEARTBEAT:
+                    self._heartbeats[m.to] = now
             self.transport.send(rd.messages)
         # 3. apply
         for rs in rd.read_states:
@@ -580,6 +600,7 @@ class Node:
                 # Reads sent to a leader that is gone will never be answered: fail them fast.
                 pending, self._reads_sent = self._reads_sent, {}
                 for reads in pending.values():
+                    self.read_indexes_failed += len(reads)
                     for cb in reads:
                         _safe(cb, err(ERR_NO_LEADER))
             self._leader_event.set()
@@ -665,6 +686,7 @@ class Node:
                     self.hub.compact(req.compaction.revision)
                 if result.events:
                     self.hub.notify(result.revision, list(result.events))
+                    self.events_notified += len(result.events)
             if waiter is not None and waiter[1] is not None:
                 dones.append((waiter[1], result, None))
         if members_changed and self.transport is not None and self.member_id in self.membership.members:
@@ -677,6 +699,7 @@ class Node:
             return
         last = entries[-1].index
         writes = self.to_write_batch(results, last)
+        self.compacted_keys += sum(len(getattr(w, "deletes", ())) for w in writes)
         if members_changed and writes:
             writes[-1].meta[META_KEY] = self.membership.encode()
         # Acknowledged above: the entries are durable in the WAL and applied in memory. The
@@ -768,8 +791,14 @@ class Node:
         marker = SnapshotMarker(index=index, term=term, voters=cs.voters, learners=cs.learners)
 
         def work() -> list[str]:
+            started = time.perf_counter()
             self.backend.sync()
+            marked = time.perf_counter()
             self.wal.save_snapshot(marker)
+            done = time.perf_counter()
+            if self.metrics is not None:
+                self.metrics.snap_fsync_seconds.observe(done - marked)
+                self.metrics.snap_save_seconds.observe(done - started)
             return self.wal.release_before(index)
 
         async with self.backend_lock:
@@ -827,8 +856,15 @@ class Node:
             raise RuntimeError("cannot install a snapshot: no installer")
         await self.wait_committed(self.applier.applied_index)
         meta = snap.metadata
+        started = time.perf_counter()
+        self.installing_snapshot = True
         async with self.backend_lock:
-            await self.on_install_snapshot(snap)
+            try:
+                await self.on_install_snapshot(snap)
+            finally:
+                self.installing_snapshot = False
+            if self.metrics is not None:
+                self.metrics.snap_db_save_seconds.observe(time.perf_counter() - started)
             marker = SnapshotMarker(index=meta.index, term=meta.term, voters=meta.conf_state.voters,
                                     learners=meta.conf_state.learners)
             await trio.to_thread.run_sync(self.wal.save_snapshot, marker)
@@ -838,13 +874,17 @@ class Node:
         self._conf_history = [(meta.index, meta.conf_state)]
 
     def _persist(self, entries: Any, hard_state: Any, sync: bool) -> None:
+        self.wal_bytes += sum(len(e.data) for e in entries)
         self.wal.append(entries, hard_state=hard_state)
         if sync or entries:
             self.wal.sync()
 
     def _commit_backend(self, writes: list[Any]) -> None:
+        started = time.perf_counter()
         for wb in writes:
             self.backend.commit(wb)
+        if self.metrics is not None:
+            self.metrics.backend_commit_seconds.observe(time.perf_counter() - started)
 
     async def backend_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking backend call in a worker, serialised with the node's commits, after

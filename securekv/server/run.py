@@ -37,6 +37,7 @@ MAX_CONCURRENT_RPCS = 1000
 LEASE_TICK = 0.5
 TOKEN_PURGE = 10.0  # drop expired simple tokens this often (they are refused when used anyway)
 TLS_RELOAD_CHECK = 1.0
+DB_SIZE_REFRESH = 5.0
 
 
 @attrs.frozen
@@ -359,9 +360,8 @@ async def serve(
                   capnslog=f"restarting member {state.member_id:x} in cluster {state.cluster_id:x} at commit index "
                            f"{state.raft_storage.last_index()}", **ids_fields,
                   **{"commit-index": state.raft_storage.last_index()})
-        metrics = ServerMetrics(state.member_id, VERSION)
-        metrics.has_leader.set(0)
-        metrics.is_leader.set(0)
+        metrics = ServerMetrics(state.member_id, VERSION, extensive=config.metrics == "extensive",
+                                quota_bytes=config.effective_quota_bytes)
         if tls_files is not None:
             metrics.watch_certificates(lambda: [tls.files.cert_file] if tls else [])
 
@@ -377,12 +377,9 @@ async def serve(
         def on_batch(entries: int, fsync_seconds: float, last: int) -> None:
             metrics.fsync_seconds.observe(fsync_seconds)
             metrics.batch_size.observe(entries)
-            metrics.proposals_committed.inc(entries)
             holder["etcd"].on_applied()
 
         def on_leader_change(old: int, new: int) -> None:
-            metrics.has_leader.set(1 if new else 0)
-            metrics.is_leader.set(1 if new == state.member_id else 0)
             etcd = holder.get("etcd")
             if etcd is not None:
                 etcd.on_leader_change(old, new)
@@ -461,17 +458,26 @@ async def serve(
         def version() -> dict:
             return {"etcdserver": VERSION, "etcdcluster": CLUSTER_VERSION}
 
+        _metric_sources(metrics, node, etcd, hub, state)
+        if transport is not None:
+            from securekv.peer.metrics import PeerCollector
+
+            metrics.registry.register(PeerCollector(transport))
+
         def render_metrics() -> bytes:
-            metrics.revision.set(state.store.current_revision)
-            metrics.leases.set(len(state.lessor))
-            stats = hub.statistics()
-            metrics.watchers.set(getattr(stats, "watchers", 0))
-            metrics.watch_streams.set(getattr(stats, "streams", 0))
             return metrics.render()
+
+        async def health() -> tuple[bool, str]:
+            ok, reason = await etcd.health()
+            if ok:
+                metrics.health_ok += 1
+            else:
+                metrics.health_failed += 1
+            return ok, reason
 
         gateway = Gateway(etcd, bridge.gate, metrics)
         # JSON is base64 and field names on top of the protobuf request: room for both.
-        app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE, gateway,
+        app = HttpApp(health, version, render_metrics, CONTENT_TYPE, gateway,
                       max_body=2 * config.max_request_bytes + 64 * 1024)
 
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
@@ -480,9 +486,15 @@ async def serve(
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
 
+        client_doors: list[FrontDoor] = []
+        metrics.sources.client_bytes = lambda: (sum(d.stats.grpc_bytes_received for d in client_doors),
+                                                sum(d.stats.grpc_bytes_sent for d in client_doors))
+
         def client_door(url: Any) -> FrontDoor:
-            return FrontDoor(tls if url.is_tls else None, grpc_port, registry, client_http,
+            door = FrontDoor(tls if url.is_tls else None, grpc_port, registry, client_http,
                              config.tls_handshake_timeout)
+            client_doors.append(door)
+            return door
 
         def metrics_door(url: Any) -> FrontDoor:
             # Its own empty registry: gRPC is never served on the metrics listener.
@@ -559,6 +571,7 @@ async def serve(
                 nursery.start_soon(_every, TOKEN_PURGE, _sync(lambda: tokens.purge(gate.token_now())))
                 if audit is not None:
                     nursery.start_soon(_every, 1.0, partial(trio.to_thread.run_sync, audit.flush))
+                nursery.start_soon(_every, DB_SIZE_REFRESH, partial(_refresh_db_size, node, etcd))
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
@@ -603,6 +616,45 @@ async def serve(
         lock.release()
         event(log, logging.INFO, "closed etcd server", pkg="embed", capnslog="stopped the member", name=config.name,
               **{"data-dir": config.data_dir})
+
+
+def _metric_sources(metrics: ServerMetrics, node: Any, etcd: Any, hub: Any, state: Any) -> None:
+    """What /metrics reads at scrape time (server/metrics.py Sources); all cheap, trio thread."""
+    s = metrics.sources
+    s.has_leader = lambda: node.leader != 0
+    s.is_leader = lambda: node.is_leader
+    s.is_learner = node.is_learner
+    s.committed_index = lambda: node.commit_index
+    s.applied_index = lambda: node.applier.applied_index
+    s.pending_proposals = lambda: len(node._waiters)
+    s.leader_changes = lambda: node.leader_changes
+    s.proposals_failed = lambda: node.proposals_failed
+    s.slow_applies = lambda: node.slow_applies
+    s.read_indexes_failed = lambda: node.read_indexes_failed
+    s.snapshot_applying = lambda: node.installing_snapshot
+    s.db_size = lambda: etcd.db_sizes[0]
+    s.db_size_in_use = lambda: etcd.db_sizes[1]
+    s.keys = lambda: len(etcd.store)
+    s.revision = lambda: etcd.store.current_revision
+    s.compact_revision = lambda: etcd.store.compact_revision
+    s.watchers = lambda: hub.statistics().watchers
+    s.watch_streams = lambda: hub.statistics().streams
+    s.slow_watchers = lambda: hub.statistics().unsynced
+    s.pending_events = lambda: hub.statistics().pending_responses
+    s.leases = lambda: len(etcd.lessor)
+    s.wal_bytes = lambda: node.wal_bytes
+    s.defrag_inflight = lambda: etcd.defragmenting
+    s.events_sent = lambda: node.events_notified
+    s.compacted_keys = lambda: node.compacted_keys
+    node.metrics = metrics
+    etcd.metrics = metrics
+
+
+async def _refresh_db_size(node: Any, etcd: Any) -> None:
+    """The backend's size for /metrics and the gauges (a backend call: worker thread, in order)."""
+    from securekv.server.etcdserver import _sizes
+
+    etcd.db_sizes = await node.backend_call(_sizes, etcd.backend)
 
 
 async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -> int:

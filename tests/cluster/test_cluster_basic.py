@@ -188,3 +188,48 @@ def test_cluster_minority_partition_then_heal(shared: Cluster) -> None:
     assert minority.get("part/minority", serializable=True).stdout.strip() == ""
     for n in shared.running():
         assert n.healthy()
+
+
+# Peer metrics under etcd's names and labels (the single-member diff against etcd is
+# tests/server/test_metrics_etcd.py; these exist only in a cluster). The real etcd proves the list.
+PEER_METRICS = {
+    "etcd_network_peer_sent_bytes_total": {"To"},
+    "etcd_network_peer_received_bytes_total": {"From"},
+    "etcd_network_peer_round_trip_time_seconds_bucket": {"To", "le"},
+    "etcd_network_active_peers": {"Local", "Remote"},
+}
+
+
+def _scrape(node) -> str:
+    pki = node.cluster.pki
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection(("127.0.0.1", node.client_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while data := tls.recv(65536):
+                chunks.append(data)
+    return b"".join(chunks).decode()
+
+
+def test_cluster_peer_metrics_have_etcds_names(shared: Cluster) -> None:
+    import re
+
+    leader = shared.leader()
+
+    def labels_of(text: str, name: str) -> set[str]:
+        found = re.findall(rf"^{name}\{{([^}}]*)\}}", text, flags=re.M)
+        return set(re.findall(r'(\w+)="', found[0])) if found else set()
+
+    def scraped() -> str | None:
+        text = _scrape(leader)
+        return text if "etcd_network_peer_round_trip_time_seconds_bucket" in text else None
+
+    text = poll(scraped, 30, "round trip times on the leader", interval=1.0)
+    for name, labels in PEER_METRICS.items():
+        assert labels_of(text, name) == labels, (shared.kind, name, labels_of(text, name))
+    assert re.search(r"^etcd_server_has_leader 1", text, flags=re.M)
+    assert re.search(r"^etcd_server_is_leader 1", text, flags=re.M)
+    assert re.search(r"^etcd_server_leader_changes_seen_total [1-9]", text, flags=re.M)
