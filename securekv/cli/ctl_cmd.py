@@ -768,12 +768,32 @@ def _parse_uint_hex(text: str) -> int:
     return value
 
 
+def _sizing_guard(c: Any, force: bool, doing: str, learner: int | None = None) -> None:
+    """etcd's sizing advice (server/sizing.py): one more voter that makes the count even or
+    larger than 7 is refused unless --force (then the arithmetic is printed as a warning).
+    ``learner``: promoting this member; anything but a known learner is left to the server's
+    own answer (not found, not a learner)."""
+    from securekv.server.sizing import advice
+
+    members = _rpc(c.member_list).members
+    if learner is not None and not any(m.ID == learner and m.isLearner for m in members):
+        return
+    voters = sum(1 for m in members if not m.isLearner) + 1
+    text = advice(voters, growing=True)
+    if text is None:
+        return
+    if not force:
+        die(EXIT_ERROR, f"{doing} this voter gives {text}; pass --force to do it anyway")
+    sys.stderr.write(f"warning: {text}\n")
+
+
 @member_grp.command("add")
 @click.argument("args", nargs=-1)
 @click.option("--peer-urls", default="", help="Comma separated peer URLs for the new member.")
 @click.option("--learner", is_flag=True, help="Add the member as a raft learner (non-voting).")
+@click.option("--force", is_flag=True, help="Add a voter even when the voter count becomes even or exceeds 7.")
 @pass_ctl
-def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool) -> None:
+def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool, force: bool) -> None:
     """Add a member NAME to the cluster."""
     if not args:
         die(EXIT_BAD_ARGS, "member name not provided")
@@ -783,6 +803,8 @@ def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool) -
     if not peer_urls:
         die(EXIT_BAD_ARGS, "member peer urls not provided")
     c = ctl.client()
+    if not learner:
+        _sizing_guard(c, force, "adding")
     resp = _rpc(lambda: c.member_add(peer_urls.split(","), learner=learner))
     ctl.show("member_add", resp, args[0], peer_urls)
 
@@ -816,13 +838,15 @@ def member_update(ctl: Ctl, args: tuple[str, ...], peer_urls: str) -> None:
 
 @member_grp.command("promote")
 @click.argument("args", nargs=-1)
+@click.option("--force", is_flag=True, help="Promote even when the voter count becomes even or exceeds 7.")
 @pass_ctl
-def member_promote(ctl: Ctl, args: tuple[str, ...]) -> None:
+def member_promote(ctl: Ctl, args: tuple[str, ...], force: bool) -> None:
     """Promote the learner with hex ID to a voting member."""
     if len(args) != 1:
         die(EXIT_BAD_ARGS, "member ID is not provided")
     mid = _member_id(args[0])
     c = ctl.client()
+    _sizing_guard(c, force, "promoting", learner=mid)
     ctl.show("member_promote", mid, _rpc(lambda: c.member_promote(mid)))
 
 

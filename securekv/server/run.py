@@ -351,6 +351,12 @@ async def serve(
 
         event(log, logging.INFO, "opened backend db", capnslog=None, pkg="etcdserver",
               path=str(data_dir / "member" / "db.sqlite"), took=duration(trio.current_time() - opened))
+        if state.created and config.initial_cluster_state == "new":
+            from securekv.server.sizing import advice
+
+            sizing = advice(len({name for name, _ in config.initial_cluster}))
+            if sizing:  # etcd's sizing advice; a bootstrap is not refused, only warned about
+                log.warning("cluster size: %s", sizing)
         ids_fields = {"local-member-id": f"{state.member_id:x}", "cluster-id": f"{state.cluster_id:x}"}
         if state.created:
             event(log, logging.INFO, "starting local member", pkg="etcdserver",
