@@ -578,6 +578,12 @@ async def serve(
                 if audit is not None:
                     nursery.start_soon(_every, 1.0, partial(trio.to_thread.run_sync, audit.flush))
                 nursery.start_soon(_every, DB_SIZE_REFRESH, partial(_refresh_db_size, node, etcd))
+                if config.auto_compaction_retention > 0:
+                    from securekv.server.autocompact import AutoCompactor
+
+                    compactor = AutoCompactor(config.auto_compaction_mode, config.auto_compaction_retention,
+                                              started=trio.current_time())
+                    nursery.start_soon(_every, compactor.interval, partial(_auto_compact, compactor, node, etcd))
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
@@ -654,6 +660,34 @@ def _metric_sources(metrics: ServerMetrics, node: Any, etcd: Any, hub: Any, stat
     s.compacted_keys = lambda: node.compacted_keys
     node.metrics = metrics
     etcd.metrics = metrics
+
+
+async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
+    """One compactor step on the leader (followers' compactors stay idle, as etcd's pause)."""
+    from securekv.api.auth_gate import Caller
+    from securekv.proto import rpc_pb2
+    from securekv.rpctypes import EtcdError
+    from securekv.server.etcdlog import event
+    from securekv.server.frontdoor import Identity
+
+    if not node.is_leader:
+        return
+    now = trio.current_time()
+    target = compactor.tick(now, etcd.store.current_revision)
+    if target is None:
+        return
+    mode = compactor.mode
+    event(log, logging.INFO, f"starting auto {mode} compaction", pkg="compactor",
+          capnslog=f"Starting auto-compaction at revision {target}", revision=target)
+    try:
+        await etcd.compact(rpc_pb2.CompactionRequest(revision=target), Caller("", Identity(remote="auto-compaction")))
+    except EtcdError as exc:
+        if "compacted" not in exc.message:  # already compacted past it: nothing to do
+            log.warning("auto %s compaction to %d failed: %s (retrying)", mode, target, exc.message)
+            return
+    compactor.done(now, target)
+    event(log, logging.INFO, f"completed auto {mode} compaction", pkg="compactor",
+          capnslog=f"Finished auto-compaction at revision {target}", revision=target)
 
 
 async def _refresh_db_size(node: Any, etcd: Any) -> None:
