@@ -538,6 +538,10 @@ async def serve(
                         # its attributes are one local proposal away (etcd publishes before serving)
                         with trio.move_on_after(config.election_timeout / 1000.0):
                             await etcd.published_event.wait()
+                if config.experimental_initial_corrupt_check and transport is not None:
+                    from securekv.server.corrupt import initial_check
+
+                    await initial_check(etcd)
                 if config.embedded_pki:
                     # Secure by default: auth on, root = the generated root certificate's CN.
                     await etcd.bootstrap_root(SERVER_CALLER)
@@ -578,6 +582,13 @@ async def serve(
                 if audit is not None:
                     nursery.start_soon(_every, 1.0, partial(trio.to_thread.run_sync, audit.flush))
                 nursery.start_soon(_every, DB_SIZE_REFRESH, partial(_refresh_db_size, node, etcd))
+                if config.experimental_corrupt_check_time > 0 and transport is not None:
+                    from securekv.server.corrupt import periodic_check
+
+                    event(log, logging.INFO, "enabled corruption checking", pkg="etcdserver",
+                          **{"local-member-id": f"{state.member_id:x}",
+                             "interval": f"{config.experimental_corrupt_check_time:g}s"})
+                    nursery.start_soon(_every, config.experimental_corrupt_check_time, partial(periodic_check, etcd))
                 if config.auto_compaction_retention > 0:
                     from securekv.server.autocompact import AutoCompactor
 
