@@ -26,7 +26,8 @@ EXIT_BAD_ARGS = 128
 # flag -> takes a value. Hoisted to the front so they work anywhere on the line.
 GLOBAL_FLAGS = {"--endpoints": True, "--cacert": True, "--cert": True, "--key": True, "--dial-timeout": True,
                 "--command-timeout": True, "--write-out": True, "-w": True, "--hex": False,
-                "--user": True, "--password": True}
+                "--user": True, "--password": True, "--discovery-srv": True, "-d": True,
+                "--discovery-srv-name": True, "--insecure-discovery": False}
 
 
 class Die(Exception):
@@ -202,17 +203,56 @@ def _duration(flag: str, value: str) -> float:
               help="username[:password] for authentication (prompt if password is not supplied).")
 @click.option("--password", default="", envvar=_env("password"),
               help="Password for authentication (then --user must not include one).")
+@click.option("-d", "--discovery-srv", default="", envvar=_env("discovery-srv"),
+              help="Domain whose _etcd-client-ssl._tcp SRV records list the endpoints.")
+@click.option("--discovery-srv-name", default="", envvar=_env("discovery-srv-name"),
+              help="Suffix of the SRV names (_etcd-client-ssl-NAME._tcp).")
+@click.option("--insecure-discovery", default="true", envvar=_env("insecure-discovery"), metavar="[BOOL]",
+              is_flag=False, flag_value="true",
+              help="Accept http:// endpoints from SRV records (etcdctl's default: true).")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: tuple[str, ...], cacert: str | None, cert: str | None, key: str | None,
         dial_timeout: str, command_timeout: str | None, write_out: str, is_hex: bool, user: str,
-        password: str) -> None:
+        password: str, discovery_srv: str, discovery_srv_name: str, insecure_discovery: str) -> None:
     """etcdctl-compatible client commands (etcd v3 API over mutual TLS)."""
     for flag, value in (("cacert", cacert), ("cert", cert), ("key", key)):
         if value == "":
             die(EXIT_BAD_ARGS, f"empty string is passed to --{flag} option")
+    if discovery_srv:
+        found = _discover_endpoints(discovery_srv, discovery_srv_name, insecure_discovery.lower() != "false")
+        if found:
+            endpoints = (",".join(found),)
     ctx.obj = Ctl(",".join(endpoints) or "127.0.0.1:2379", cacert, cert, key, _duration("dial-timeout", dial_timeout),
                   _duration("command-timeout", command_timeout or "5s"), command_timeout is not None,
                   write_out, is_hex, *_auth_cfg(user, password))
+
+
+def _discover_endpoints(domain: str, service_name: str, insecure: bool) -> list[str]:
+    """etcdctl's endpointsFromFlagValue: endpoints from the client SRV records; without
+    --insecure-discovery, http:// ones are dropped with etcdctl's message. Names are resolved
+    through $SECUREKV_DNS_RESOLVER when set (client/srv.py) and still verified by TLS."""
+    from securekv.client import endpoints as ep_mod
+    from securekv.client.srv import DiscoveryError, Resolver, get_client
+
+    resolver = Resolver.from_env()
+    try:
+        found, records = get_client("etcd-client", domain, service_name, resolver)
+        if resolver.nameserver is not None:
+            for r in records:
+                addresses = resolver.addresses(r.target)
+                if addresses:
+                    ep_mod.RESOLVED[r.target] = addresses[0]
+    except DiscoveryError as exc:
+        die(EXIT_ERROR, exc)
+    if insecure:
+        return found
+    kept = []
+    for ep in found:
+        if ep.startswith("http://"):
+            sys.stderr.write(f'ignoring discovered insecure endpoint "{ep}"\n')
+            continue
+        kept.append(ep)
+    return kept
 
 
 def _auth_cfg(user: str, password: str) -> tuple[str | None, str | None]:

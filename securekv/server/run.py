@@ -319,6 +319,8 @@ async def serve(
 
     from securekv.server.etcdlog import event
 
+    if config.discovery_srv:
+        config = await discover_srv(config)
     data_dir = Path(config.data_dir)
     member_initialized = (data_dir / "member").exists()
     event(log, logging.INFO, "starting an etcd server", capnslog=f"etcd Version: {VERSION}", pkg="etcdmain",
@@ -706,6 +708,39 @@ async def _refresh_db_size(node: Any, etcd: Any) -> None:
     from securekv.server.etcdserver import _sizes
 
     etcd.db_sizes = await node.backend_call(_sizes, etcd.backend)
+
+
+async def discover_srv(config: Config) -> Config:
+    """--discovery-srv: the initial cluster from DNS SRV records (client/srv.py, etcd's rules).
+
+    Every member gets the same ``name=scheme://target:port`` entries, so member IDs agree; this
+    member's own entry (found by resolving the targets and its advertised peer URLs) becomes
+    its advertised peer URL, as etcd's membership records it. With $SECUREKV_DNS_RESOLVER the
+    same resolver answers trio's lookups, so peers are dialled by those names.
+    """
+    from securekv.client.srv import DiscoveryError, Resolver, TrioResolver, discover_cluster
+    from securekv.config.model import parse_url
+    from securekv.server.etcdlog import event
+
+    resolver = Resolver.from_env()
+    if resolver.nameserver is not None:
+        trio.socket.set_custom_hostname_resolver(TrioResolver(resolver))
+    advertised = [str(u) for u in config.initial_advertise_peer_urls]
+    try:
+        entries = await trio.to_thread.run_sync(discover_cluster, config.name, config.discovery_srv,
+                                                config.discovery_srv_name, advertised, resolver)
+    except DiscoveryError as exc:
+        event(log, logging.WARNING, "failed to resolve during SRV discovery", pkg="embed", error=str(exc),
+              capnslog=f"couldn't resolve during SRV discovery ({exc})")
+        raise UsageError(f"--discovery-srv {config.discovery_srv}: {exc}") from None
+    pairs = []
+    for entry in entries:
+        event(log, logging.INFO, "got bootstrap from DNS for etcd-server", pkg="embed", node=entry,
+              capnslog=f"got bootstrap from DNS for etcd-server at {entry}")
+        name, _, url = entry.partition("=")
+        pairs.append((name, url))
+    own = tuple(parse_url(u, "--discovery-srv") for n, u in pairs if n == config.name)
+    return attrs.evolve(config, initial_cluster=tuple(pairs), initial_advertise_peer_urls=own)
 
 
 async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -> int:
