@@ -321,6 +321,7 @@ async def serve(
 
     if config.discovery_srv:
         config = await discover_srv(config)
+    await _convert_etcd_data_dir(config)
     data_dir = Path(config.data_dir)
     member_initialized = (data_dir / "member").exists()
     event(log, logging.INFO, "starting an etcd server", capnslog=f"etcd Version: {VERSION}", pkg="etcdmain",
@@ -708,6 +709,26 @@ async def _refresh_db_size(node: Any, etcd: Any) -> None:
     from securekv.server.etcdserver import _sizes
 
     etcd.db_sizes = await node.backend_call(_sizes, etcd.backend)
+
+
+async def _convert_etcd_data_dir(config: Config) -> None:
+    """A data dir written by etcd 3.4 becomes securekv's on first start (server/etcddatadir.py)."""
+    from securekv.server.etcddatadir import convert_on_start
+    from securekv.server.etcdlog import event
+
+    started = trio.current_time()
+    done = await trio.to_thread.run_sync(convert_on_start, config.data_dir, config.wal_dir)
+    if done is None:
+        return
+    from securekv.client.gofmt import duration
+
+    event(log, logging.WARNING, "converted an etcd 3.4 data dir", pkg="etcdserver",
+          capnslog=f"converted the etcd 3.4 data dir {done.data_dir} (original kept in {done.original})",
+          **{"data-dir": done.data_dir, "original-kept-in": done.original, "local-member-id": f"{done.member_id:x}",
+             "cluster-id": f"{done.cluster_id:x}", "revisions": done.revisions, "leases": done.leases,
+             "consistent-index": done.consistent_index, "snapshot-index": done.snapshot_index,
+             "last-index": done.last_index, "commit-index": done.commit,
+             "took": duration(trio.current_time() - started)})
 
 
 async def discover_srv(config: Config) -> Config:
