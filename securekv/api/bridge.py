@@ -19,6 +19,7 @@ import trio
 
 from securekv.api.auth_gate import ERR_NOT_FRONT_DOOR, AuthGate, Caller, token_from
 from securekv.api.status import status_code
+from securekv.rpctypes import public_code
 from securekv.rpctypes import EtcdError
 from securekv.server.frontdoor import Identity
 
@@ -76,8 +77,8 @@ class Bridge:
         try:
             yield
         except EtcdError as exc:
-            code = exc.code
-            context.abort(status_code(exc.code), exc.message)
+            code = public_code(method, exc.code, exc.message)
+            context.abort(status_code(code), exc.message)
         except trio.RunFinishedError:
             code = "UNAVAILABLE"
             context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: server stopped")

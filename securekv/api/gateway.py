@@ -24,6 +24,8 @@ import attrs
 import trio
 from google.protobuf import json_format
 
+from securekv.api.goerrors import check_bytes_fields, json_error
+from securekv.rpctypes import public_code
 from securekv.api.auth_gate import AuthGate, Caller
 from securekv.api.status import status_code
 from securekv.proto import rpc_pb2, v3election_pb2, v3lock_pb2
@@ -212,11 +214,16 @@ def decode_all(body: bytes, message_type: type) -> list[Any]:
             break
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise EtcdError("INVALID_ARGUMENT", f"invalid JSON in request body: {exc.msg} at offset {exc.pos}"
-                            ) from None
+        except json.JSONDecodeError as exc:  # Go's wording, as etcd's gateway answers (api/goerrors.py)
+            raise EtcdError("INVALID_ARGUMENT", json_error(text, exc)) from None
         except RecursionError:  # found by fuzzing: [[[[... nested past the interpreter's limit
             raise EtcdError("INVALID_ARGUMENT", "invalid JSON in request body: nested too deeply") from None
+        try:
+            bad_base64 = check_bytes_fields(value, message_type.DESCRIPTOR)
+        except RecursionError:
+            raise EtcdError("INVALID_ARGUMENT", "invalid JSON in request body: nested too deeply") from None
+        if bad_base64:
+            raise EtcdError("INVALID_ARGUMENT", bad_base64)
         message = message_type()
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=True)
@@ -261,10 +268,11 @@ class Gateway:
             else:
                 return await self._open_stream(route, fn, requests, caller, observe)
         except EtcdError as exc:
-            observe(exc.code)
+            code = public_code(route.rpc, exc.code, exc.message)
+            observe(code)
             if route.kind == "stream":  # grpc-gateway: a stream failing before its first message
-                return Reply(HTTP_STATUS[_number(exc.code)], stream_error(exc.code, exc.message))
-            return Reply(*error_body(exc.code, exc.message))
+                return Reply(HTTP_STATUS[_number(code)], stream_error(code, exc.message))
+            return Reply(*error_body(code, exc.message))
         except trio.Cancelled:
             observe("CANCELLED")
             raise
