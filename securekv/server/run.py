@@ -95,6 +95,7 @@ def grpc_options(config: Config) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", int(config.grpc_keepalive_min_time * 1000)),
         ("grpc.keepalive_time_ms", interval),
         ("grpc.keepalive_timeout_ms", timeout),
+        ("grpc.max_concurrent_streams", min(config.max_concurrent_streams, 2**31 - 1)),
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", config.max_request_bytes + 512 * 1024),
