@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cluster_harness import ETCDCTL, REPO
+from ports import _ephemeral_start
 
 
 def _pids_using(directory: Path) -> list[int]:
@@ -36,7 +37,7 @@ def _start(directory: Path, members: int) -> tuple[subprocess.Popen, list[str]]:
     """`securekv dev` on free ports; its output up to the ready banner."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for _attempt in range(5):
-        base = random.randrange(30000, 60000, 2)
+        base = random.randrange(20000, _ephemeral_start() - 20, 2)  # below the ephemeral range (tests/ports.py)
         proc = subprocess.Popen([sys.executable, "-m", "securekv", "dev", "--members", str(members), "--dir",
                                  str(directory), "--base-port", str(base)], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)
