@@ -198,7 +198,7 @@ def resolve(
 
 
 # Variables of other securekv commands (ctl, tests) that share the prefixes.
-_ENV_OTHERS = ("SECUREKV_CTL_", "SECUREKV_TEST", "SECUREKV_DNS_")
+_ENV_OTHERS = ("SECUREKV_CTL_", "SECUREKV_TEST", "SECUREKV_DNS_", "SECUREKV_JOURNAL_")
 
 
 def _urls(values: list[str], what: str) -> tuple[URL, ...]:
