@@ -258,6 +258,7 @@ RULES: dict[str, Rule] = {
     PEER + "lease_keepalive": Rule("peer", _peer, peer=True),
     PEER + "lease_ttl": Rule("peer", _peer, peer=True),
     PEER + "member_promote": Rule("peer", _peer, peer=True),
+    PEER + "hashkv": Rule("peer", _peer, peer=True),  # corruption checks (server/corrupt.py)
 }
 for _m in ("AuthEnable", "AuthDisable", "UserAdd", "UserList", "UserDelete", "UserChangePassword", "UserGrantRole",
            "UserRevokeRole", "RoleAdd", "RoleList", "RoleDelete", "RoleGrantPermission", "RoleRevokePermission"):

@@ -139,9 +139,9 @@ async def periodic_check(server: Any) -> None:
     req = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=mismatched[0],
                                alarm=rpc_pb2.AlarmType.Value("CORRUPT"))
     try:
-        from securekv.proto import raft_internal_pb2
+        from securekv.api.auth_gate import SERVER_CALLER
 
-        await server.node.propose(raft_internal_pb2.InternalRaftRequest(alarm=req))
+        await server.node.propose(server._request(SERVER_CALLER, alarm=req))
     except EtcdError as exc:
         log.warning("could not raise the CORRUPT alarm: %s", exc.message)
 

@@ -413,14 +413,12 @@ class EtcdServer(AuthHandlers):
         ttl = guarded("lease_ttl", ttl_run)
         promote = guarded("member_promote", promote_run)
 
-        async def hashkv(_frm: int, payload: bytes) -> bytes:
+        async def hashkv_run(p: bytes) -> bytes:
             from securekv.server.corrupt import serve_hashkv
 
-            async def run(p: bytes) -> bytes:
-                return serve_hashkv(self, p)
-            return await guarded(run, payload)
+            return serve_hashkv(self, p)
 
-        transport.register_call("hashkv", hashkv)
+        transport.register_call("hashkv", guarded("hashkv", hashkv_run))
         transport.register_call("lease_keepalive", keepalive)
         transport.register_call("lease_ttl", ttl)
         transport.register_call("member_promote", promote)

@@ -679,11 +679,10 @@ def _metric_sources(metrics: ServerMetrics, node: Any, etcd: Any, hub: Any, stat
 
 async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
     """One compactor step on the leader (followers' compactors stay idle, as etcd's pause)."""
-    from securekv.api.auth_gate import Caller
+    from securekv.api.auth_gate import SERVER_CALLER
     from securekv.proto import rpc_pb2
     from securekv.rpctypes import EtcdError
     from securekv.server.etcdlog import event
-    from securekv.server.frontdoor import Identity
 
     if not node.is_leader:
         return
@@ -695,7 +694,7 @@ async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
     event(log, logging.INFO, f"starting auto {mode} compaction", pkg="compactor",
           capnslog=f"Starting auto-compaction at revision {target}", revision=target)
     try:
-        await etcd.compact(rpc_pb2.CompactionRequest(revision=target), Caller("", Identity(remote="auto-compaction")))
+        await etcd.compact(rpc_pb2.CompactionRequest(revision=target), SERVER_CALLER)  # the server itself
     except EtcdError as exc:
         if "compacted" not in exc.message:  # already compacted past it: nothing to do
             log.warning("auto %s compaction to %d failed: %s (retrying)", mode, target, exc.message)

@@ -23,12 +23,9 @@ from securekv.config.options import BY_FLAG, COMMAND_FLAGS, IGNORED, IMPLEMENTED
 from securekv.errors import UsageError
 from server_harness import ETCD, REPO, Certs, free_port
 
-# Flags other branches implement (issue 18 leaves them to them): auth (rbac) and the peer
-# client-certificate SAN opt-out (hardening). The lead removes an entry when it merges.
+# Flags another branch implements (issue 18 leaves it to it): the peer client-certificate SAN
+# opt-out (hardening). The lead removes the entry when it merges.
 PENDING = {
-    "auth-token": "rbac",
-    "auth-token-ttl": "rbac",
-    "bcrypt-cost": "rbac",
     "experimental-peer-skip-client-san-verification": "hardening",
 }
 # Parsed by etcd 3.4 (etcdmain/config.go) but left out of its --help text.
