@@ -68,7 +68,8 @@ def make_pki(base: Path) -> dict[str, str]:
     }
 
 
-def start_server(kind: str, base: Path, tls: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(kind: str, base: Path, tls: dict[str, str], extra: list[str] | tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen, str]:
     port, peer_port = free_port(), free_port()
     url = f"https://127.0.0.1:{port}"
     data = base / f"{kind}-data-{port}"
@@ -89,7 +90,7 @@ def start_server(kind: str, base: Path, tls: dict[str, str]) -> tuple[subprocess
         cmd = [sys.executable, str(ROOT / "bench" / "grpc_noop.py"), "--port", str(port),
                "--mode", kind.removeprefix("noop-"), "--ca", tls["ca"], "--cert", tls["cert"], "--key", tls["key"]]
     else:
-        cmd = [sys.executable, "-m", "securekv", "serve", *common, "--log-level", "error"]
+        cmd = [sys.executable, "-m", "securekv", "serve", *common, "--log-level", "error", *extra]
     log = open(base / f"{kind}-{port}.log", "wb")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=base, env=env)

@@ -12,8 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests drive: etcd 3.4 + etcdctl, cfssl/cfssljson, openssl, systemd-analyze,
-# nft and iptables-restore, curl (with HTTP/2, as operators run it). apt needs root; a developer without it installs these once by hand.
-APT_PACKAGES="etcd-server etcd-client golang-cfssl openssl curl systemd nftables iptables iproute2 util-linux git"
+# nft and iptables-restore, curl (with HTTP/2, as operators run it), haproxy (`install haproxy`),
+# dnsmasq (a loopback DNS server for the SRV discovery tests). apt needs root; a developer without it installs these once by hand.
+APT_PACKAGES="etcd-server etcd-client golang-cfssl openssl curl systemd nftables iptables iproute2 util-linux git haproxy dnsmasq-base"
 if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

@@ -22,3 +22,12 @@ class PeerError(SecureKVError):
 
 class CorruptionError(SecureKVError):
     """Persistent state failed an integrity check; the process must not continue on it."""
+
+
+class DiskFullError(SecureKVError):
+    """The file system holding the data is full (ENOSPC, EDQUOT, SQLITE_FULL).
+
+    Nothing written before is damaged and nothing acknowledged is lost; the write that failed
+    was never acknowledged. A member stops (as etcd does) and recovers when restarted after
+    space was freed.
+    """

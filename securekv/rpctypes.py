@@ -109,3 +109,16 @@ ERR_BAD_LEADER_TRANSFEREE = _e("FAILED_PRECONDITION", "etcdserver: bad leader tr
 
 # Watch-stream only (sent as cancel_reason / created+canceled, not as a status).
 WATCH_DUPLICATE_ID_REASON = "mvcc: duplicate watch ID provided on the WatchStream"
+
+
+# etcd's v3lock and v3election servers call the KV/Lease API through an in-process client and
+# return its errors as plain Go errors, which gRPC sends as Unknown (HTTP 500 on the gateway)
+# with the etcdserver message; only the election's own errors keep their status codes.
+LOCK_ELECTION_METHODS = frozenset({"Lock", "Unlock", "Campaign", "Proclaim", "Leader", "Observe", "Resign"})
+
+
+def public_code(method: str, code: str, message: str) -> str:
+    """The gRPC code etcd 3.4 answers ``method``'s error with."""
+    if method in LOCK_ELECTION_METHODS and message.startswith("etcdserver: "):
+        return "UNKNOWN"
+    return code

@@ -4,11 +4,17 @@ Shared by all client connections of a member; the transport (``server/grpcpump.p
 calls. For every call: route by path (unknown -> UNIMPLEMENTED, as grpc-go words it), the
 ``hasleader`` metadata rule, identity from the connection + metadata and the per-identity cap on
 concurrent calls, then -- when the request is there -- decode it once (hot writes: straight into
-their log entry), ``AuthGate.authorize(caller, method, request)``, and run the handler:
+their log entry), ``AuthGate.authorize(caller, path, request)`` (the row's rule from
+``securekv/auth/rules.py``), and run the handler:
 
 - hot calls as plain callbacks in the trio thread (no task per request);
 - other unary calls and streams as tasks in the connection's nursery, so a client that resets
   the stream or drops the connection cancels them (a cancelled Lock/Campaign withdraws its key).
+
+Every call passes the gate before its handler runs: unary calls and server streams (Snapshot,
+Observe, health Watch) with their request -- a rule may need it (Observe reads its election's
+name) -- and client streams (Watch, LeaseKeepAlive) when they open, with ``None``; their
+sessions then authorise each message (``AuthGate.authorize_message``).
 
 Every outcome goes through the one error mapper (``api/status.py``) and is counted in the
 per-RPC metrics: ``observe(method, code, seconds, service=..., grpc_type=...)``.
@@ -38,11 +44,13 @@ ERR_TOO_MANY_CALLS = EtcdError("RESOURCE_EXHAUSTED",
 
 
 class RpcObserver(Protocol):
-    """Per-RPC metrics (``server/metrics.py``). ``grpc_type`` is unary, server_stream,
-    client_stream or bidi_stream; ``service`` the full gRPC service name."""
+    """Per-RPC metrics (``server/metrics.py``, etcd's grpc_server_* names). ``grpc_type`` is
+    unary, server_stream, client_stream or bidi_stream; ``service`` the full gRPC service name."""
 
-    def observe(self, method: str, code: str, seconds: float, *, service: str = "",
-                grpc_type: str = "unary") -> None: ...
+    def started(self, method: str, grpc_type: str | None = None, service: str | None = None) -> None: ...
+
+    def observe(self, method: str, code: str, seconds: float, grpc_type: str | None = None,
+                service: str | None = None) -> None: ...
 
 
 @attrs.frozen
@@ -83,6 +91,9 @@ class Dispatcher:
             return
         call.route = bound
         call.on_over = self._over  # metrics from here on; ``key`` stays None until counted
+        if self.metrics is not None:
+            rpc = bound.rpc
+            self.metrics.started(rpc.method, grpc_type=rpc.kind.grpc_type, service=rpc.service)
         try:
             if self.has_leader is not None:
                 for key, value in call.metadata:
@@ -102,7 +113,7 @@ class Dispatcher:
         call.key = key
         if bound.rpc.kind is Kind.BIDI_STREAM:
             try:
-                self.gate.authorize(caller, bound.rpc.method, None)
+                self.gate.authorize(caller, bound.rpc.path, None)
             except EtcdError as exc:
                 self._fail(call, exc)
                 return
@@ -131,7 +142,7 @@ class Dispatcher:
             self._fail(call, exc)
             return
         try:
-            self.gate.authorize(caller, rpc.method, subject)
+            self.gate.authorize(caller, rpc.path, subject)
         except EtcdError as exc:
             self._fail(call, exc)
             return
@@ -225,7 +236,7 @@ class Dispatcher:
     # -- outcomes ----------------------------------------------------------------------------
 
     def _fail(self, call: Call, exc: BaseException) -> None:
-        number, _name, message = status_of(exc)
+        number, _name, message = status_of(exc, call.route.rpc.method if call.route is not None else "")
         if not isinstance(exc, EtcdError):
             log.error("%s failed", call.path, exc_info=exc)
         call.fail(number, message)
@@ -240,8 +251,8 @@ class Dispatcher:
                 self.active.pop(key, None)
         if self.metrics is not None:
             rpc = call.route.rpc
-            self.metrics.observe(rpc.method, code, time.monotonic() - call.started_at, service=rpc.service,
-                                 grpc_type=rpc.kind.grpc_type)
+            self.metrics.observe(rpc.method, code, time.monotonic() - call.started_at, grpc_type=rpc.kind.grpc_type,
+                                 service=rpc.service)
 
     def _unknown(self, path: str) -> tuple[int, str]:
         """grpc-go's answers for a path no service handles."""

@@ -29,6 +29,7 @@ import trio
 from google.protobuf import json_format
 
 from securekv.api.auth_gate import AuthGate, Caller
+from securekv.api.goerrors import check_bytes_fields, json_error
 from securekv.api.identity import Identity
 from securekv.api.status import HTTP_STATUS, code_number, status_of
 from securekv.api.table import GATEWAY, Kind, Rpc
@@ -163,13 +164,20 @@ def decode_all(body: bytes, message_type: type, limit: int = 1) -> list[Any]:
             raise EtcdError("INVALID_ARGUMENT", f"too many requests in one streaming body (at most {limit})")
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise EtcdError("INVALID_ARGUMENT", f"invalid JSON in request body: {exc.msg} at offset {exc.pos}"
-                            ) from None
+        except json.JSONDecodeError as exc:  # Go's wording, as etcd's gateway answers (api/goerrors.py)
+            raise EtcdError("INVALID_ARGUMENT", json_error(text, exc)) from None
+        except RecursionError:  # found by fuzzing: [[[[... nested past the interpreter's limit
+            raise EtcdError("INVALID_ARGUMENT", "invalid JSON in request body: nested too deeply") from None
+        try:
+            bad_base64 = check_bytes_fields(value, message_type.DESCRIPTOR)
+        except RecursionError:
+            raise EtcdError("INVALID_ARGUMENT", "invalid JSON in request body: nested too deeply") from None
+        if bad_base64:
+            raise EtcdError("INVALID_ARGUMENT", bad_base64)
         message = message_type()
         try:
             json_format.ParseDict(value, message, ignore_unknown_fields=True)
-        except (json_format.ParseError, TypeError, ValueError) as exc:
+        except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
             raise EtcdError("INVALID_ARGUMENT", f"invalid request: {exc}") from None
         out.append(message)
     return out or [message_type()]
@@ -182,10 +190,13 @@ class Gateway:
         self.metrics = metrics
 
     def _observer(self, rpc: Rpc, start: float) -> Callable[[str], None]:
+        if self.metrics is not None:
+            self.metrics.started(rpc.method, grpc_type=rpc.kind.grpc_type, service=rpc.service)
+
         def observe(code: str) -> None:
             if self.metrics is not None:
-                self.metrics.observe(rpc.method, code, time.monotonic() - start, service=rpc.service,
-                                     grpc_type=rpc.kind.grpc_type)
+                self.metrics.observe(rpc.method, code, time.monotonic() - start, grpc_type=rpc.kind.grpc_type,
+                                     service=rpc.service)
         return observe
 
     async def call(self, rpc: Rpc, body: bytes, identity: Identity, token: str) -> Reply | StreamReply:
@@ -193,19 +204,22 @@ class Gateway:
         start = time.monotonic()
         observe = self._observer(rpc, start)
         client_stream = rpc.kind is Kind.BIDI_STREAM
+        called = False  # the body was read: from here on a stream fails in the stream form
         try:
             requests = decode_all(body, rpc.request, MAX_STREAM_OBJECTS if client_stream else 1)
+            called = True
             caller = self.gate.caller_for(identity, token)
             fn = getattr(self.server, rpc.handler)
             if rpc.kind.streaming:
-                # As on the gRPC path: client streams are authorised when opened.
-                self.gate.authorize(caller, rpc.method, None if client_stream else requests[0])
+                # As on the gRPC path: client streams (watch, keepalive) are authorised when
+                # opened and then per message by their session; server streams with their request.
+                self.gate.authorize(caller, rpc.path, None if client_stream else requests[0])
                 session = await fn(None if client_stream else requests[0], caller)
                 return StreamReply(session, rpc, observe, requests if client_stream else None)
             request = requests[0]
             if rpc.entry:
                 request = self.server.prepare(rpc.entry, request.SerializeToString(), caller)
-            self.gate.authorize(caller, rpc.method, request.body if rpc.entry else request)
+            self.gate.authorize(caller, rpc.path, request.body if rpc.entry else request)
             if rpc.kind is Kind.HOT:
                 response = await _run_cb(fn, request, caller)
             else:
@@ -214,10 +228,14 @@ class Gateway:
             observe("CANCELLED")
             raise
         except Exception as exc:
-            _number, name, message = status_of(exc)
+            _number, name, message = status_of(exc, rpc.method)
             if not isinstance(exc, EtcdError):
                 log.exception("gateway %s failed", rpc.method)
             observe(name)
+            if rpc.kind.streaming and called:
+                # grpc-gateway: a body it cannot decode is an HTTPError (the unary form); a
+                # stream the server refuses fails on its first Recv (the stream form).
+                return Reply(HTTP_STATUS[code_number(name)], stream_error(name, message))
             return Reply(*error_body(name, message))
         observe("OK")
         return Reply(200, encode(response))

@@ -36,12 +36,14 @@ def code_number(name: str) -> int:
     return CODES.get(name, 2)
 
 
-def status_of(exc: BaseException) -> tuple[int, str, str]:
-    """(code number, code name, message) a call that raised ``exc`` answers with."""
-    from securekv.rpctypes import EtcdError
+def status_of(exc: BaseException, method: str = "") -> tuple[int, str, str]:
+    """(code number, code name, message) a call of ``method`` (its short name) that raised
+    ``exc`` answers with. etcd's lock and election servers pass the KV/Lease layer's errors on
+    as plain Go errors: those are Unknown there (``rpctypes.public_code``)."""
+    from securekv.rpctypes import EtcdError, public_code
 
     if isinstance(exc, EtcdError):
-        number = code_number(exc.code)
+        number = code_number(public_code(method, exc.code, exc.message) if method else exc.code)
         return number, NAMES[number], exc.message
     return 2, "UNKNOWN", str(exc) or type(exc).__name__
 

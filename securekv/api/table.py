@@ -2,7 +2,8 @@
 
 A row says: service and method (the gRPC path), request and response types, the EtcdServer
 attribute that answers, the call kind (how the dispatcher runs it), the authorisation rule,
-and the grpc-gateway path(s). Adding an RPC is adding one row (and the server method).
+and the grpc-gateway path(s). Adding an RPC is adding one row (and the server method, and its
+rule in ``securekv/auth/rules.py``: without one the gate refuses it).
 
 Handler shapes by kind (``caller`` is the :class:`securekv.api.auth_gate.Caller`):
 
@@ -21,11 +22,13 @@ request travels in. The dispatcher then does not decode the request on its own: 
 log entry from the received bytes and decodes that once (``Node.prepare``), so the leader
 applies exactly the bytes its followers apply. The handler gets a :class:`Prepared`.
 
-``auth`` names the permission etcd requires (the RBAC gate decides; ``AuthGate.authorize``
-gets the method name and can look the rule up here with :func:`rule_of`):
-``none`` (no check), ``authenticated`` (any known user), ``read``/``write`` (the request's key
-range), ``txn`` (every operation of the txn), ``lease`` (write on the lease's keys),
-``admin`` (the root role).
+The authorisation rule column is :attr:`Rpc.rule`: the row's entry in the one rule table,
+``securekv.auth.rules.RULES`` (looked up by the row's gRPC path with ``rule_for``), so there is
+no second copy to drift. The dispatcher and the gateway pass the row's ``path`` to
+``AuthGate.authorize`` for every call (unary calls with their request, stream opens -- client
+streams with ``None``, server streams with their request); client-stream sessions check each
+message with ``authorize_message``. ``tests/auth/test_rules_complete.py`` checks every row has a
+rule and every RPC of the descriptors has a row.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import enum
 
 import attrs
 
+from securekv.auth.rules import Rule, rule_for
 from securekv.proto import health_pb2, rpc_pb2 as r, v3election_pb2 as el, v3lock_pb2 as lk
 
 
@@ -53,8 +57,6 @@ class Kind(enum.Enum):
         return self in (Kind.SERVER_STREAM, Kind.BIDI_STREAM)
 
 
-NONE, AUTHENTICATED, READ, WRITE, TXN, LEASE, ADMIN = "none", "authenticated", "read", "write", "txn", "lease", "admin"
-
 ETCD, LOCK, ELECTION, HEALTH = "etcdserverpb.", "v3lockpb.Lock", "v3electionpb.Election", "grpc.health.v1.Health"
 
 
@@ -66,7 +68,6 @@ class Rpc:
     response: type
     kind: Kind
     handler: str  # EtcdServer attribute
-    auth: str
     gateway: tuple[str, ...] = ()  # grpc-gateway paths after /v3/ (or /v3beta/)
     entry: str = ""  # InternalRaftRequest field (hot writes: decoded once, into the log entry)
 
@@ -74,80 +75,103 @@ class Rpc:
     def path(self) -> str:
         return f"/{self.service}/{self.method}"
 
+    @property
+    def rule(self) -> Rule | None:
+        """The authorisation rule (``securekv/auth/rules.py``); None = none written, refused."""
+        return rule_for(self.path)
+
 
 U, HOT, SS, BIDI = Kind.UNARY, Kind.HOT, Kind.SERVER_STREAM, Kind.BIDI_STREAM
 KV, WATCH, LEASE_SVC, CLUSTER, MAINT, AUTH = (ETCD + n for n in ("KV", "Watch", "Lease", "Cluster", "Maintenance",
                                                               "Auth"))
 
 API: tuple[Rpc, ...] = (
-    Rpc(KV, "Range", r.RangeRequest, r.RangeResponse, HOT, "range_cb", READ, ("kv/range",)),
-    Rpc(KV, "Put", r.PutRequest, r.PutResponse, HOT, "put_cb", WRITE, ("kv/put",), entry="put"),
-    Rpc(KV, "DeleteRange", r.DeleteRangeRequest, r.DeleteRangeResponse, HOT, "delete_range_cb", WRITE,
+    Rpc(KV, "Range", r.RangeRequest, r.RangeResponse, HOT, "range_cb", ("kv/range",)),
+    Rpc(KV, "Put", r.PutRequest, r.PutResponse, HOT, "put_cb", ("kv/put",), entry="put"),
+    Rpc(KV, "DeleteRange", r.DeleteRangeRequest, r.DeleteRangeResponse, HOT, "delete_range_cb",
         ("kv/deleterange",), entry="delete_range"),
-    Rpc(KV, "Txn", r.TxnRequest, r.TxnResponse, HOT, "txn_cb", TXN, ("kv/txn",), entry="txn"),
-    Rpc(KV, "Compact", r.CompactionRequest, r.CompactionResponse, U, "compact", AUTHENTICATED, ("kv/compaction",)),
-    Rpc(WATCH, "Watch", r.WatchRequest, r.WatchResponse, BIDI, "open_watch", READ, ("watch",)),
-    Rpc(LEASE_SVC, "LeaseGrant", r.LeaseGrantRequest, r.LeaseGrantResponse, U, "lease_grant", AUTHENTICATED,
+    Rpc(KV, "Txn", r.TxnRequest, r.TxnResponse, HOT, "txn_cb", ("kv/txn",), entry="txn"),
+    Rpc(KV, "Compact", r.CompactionRequest, r.CompactionResponse, U, "compact", ("kv/compaction",)),
+    Rpc(WATCH, "Watch", r.WatchRequest, r.WatchResponse, BIDI, "open_watch", ("watch",)),
+    Rpc(LEASE_SVC, "LeaseGrant", r.LeaseGrantRequest, r.LeaseGrantResponse, U, "lease_grant",
         ("lease/grant",)),
-    Rpc(LEASE_SVC, "LeaseRevoke", r.LeaseRevokeRequest, r.LeaseRevokeResponse, U, "lease_revoke", LEASE,
+    Rpc(LEASE_SVC, "LeaseRevoke", r.LeaseRevokeRequest, r.LeaseRevokeResponse, U, "lease_revoke",
         ("lease/revoke", "kv/lease/revoke")),
     Rpc(LEASE_SVC, "LeaseKeepAlive", r.LeaseKeepAliveRequest, r.LeaseKeepAliveResponse, BIDI, "open_keepalive",
-        AUTHENTICATED, ("lease/keepalive",)),
+        ("lease/keepalive",)),
     Rpc(LEASE_SVC, "LeaseTimeToLive", r.LeaseTimeToLiveRequest, r.LeaseTimeToLiveResponse, U,
-        "lease_time_to_live", AUTHENTICATED, ("lease/timetolive", "kv/lease/timetolive")),
-    Rpc(LEASE_SVC, "LeaseLeases", r.LeaseLeasesRequest, r.LeaseLeasesResponse, U, "lease_leases", AUTHENTICATED,
+        "lease_time_to_live", ("lease/timetolive", "kv/lease/timetolive")),
+    Rpc(LEASE_SVC, "LeaseLeases", r.LeaseLeasesRequest, r.LeaseLeasesResponse, U, "lease_leases",
         ("lease/leases", "kv/lease/leases")),
-    Rpc(CLUSTER, "MemberAdd", r.MemberAddRequest, r.MemberAddResponse, U, "member_add", ADMIN,
+    Rpc(CLUSTER, "MemberAdd", r.MemberAddRequest, r.MemberAddResponse, U, "member_add",
         ("cluster/member/add",)),
-    Rpc(CLUSTER, "MemberRemove", r.MemberRemoveRequest, r.MemberRemoveResponse, U, "member_remove", ADMIN,
+    Rpc(CLUSTER, "MemberRemove", r.MemberRemoveRequest, r.MemberRemoveResponse, U, "member_remove",
         ("cluster/member/remove",)),
-    Rpc(CLUSTER, "MemberUpdate", r.MemberUpdateRequest, r.MemberUpdateResponse, U, "member_update", ADMIN,
+    Rpc(CLUSTER, "MemberUpdate", r.MemberUpdateRequest, r.MemberUpdateResponse, U, "member_update",
         ("cluster/member/update",)),
-    Rpc(CLUSTER, "MemberList", r.MemberListRequest, r.MemberListResponse, U, "member_list", AUTHENTICATED,
+    Rpc(CLUSTER, "MemberList", r.MemberListRequest, r.MemberListResponse, U, "member_list",
         ("cluster/member/list",)),
-    Rpc(CLUSTER, "MemberPromote", r.MemberPromoteRequest, r.MemberPromoteResponse, U, "member_promote", ADMIN,
+    Rpc(CLUSTER, "MemberPromote", r.MemberPromoteRequest, r.MemberPromoteResponse, U, "member_promote",
         ("cluster/member/promote",)),
-    Rpc(MAINT, "Alarm", r.AlarmRequest, r.AlarmResponse, U, "alarm", ADMIN, ("maintenance/alarm",)),
-    Rpc(MAINT, "Status", r.StatusRequest, r.StatusResponse, U, "status", AUTHENTICATED, ("maintenance/status",)),
-    Rpc(MAINT, "Defragment", r.DefragmentRequest, r.DefragmentResponse, U, "defragment", ADMIN,
+    Rpc(MAINT, "Alarm", r.AlarmRequest, r.AlarmResponse, U, "alarm", ("maintenance/alarm",)),
+    Rpc(MAINT, "Status", r.StatusRequest, r.StatusResponse, U, "status", ("maintenance/status",)),
+    Rpc(MAINT, "Defragment", r.DefragmentRequest, r.DefragmentResponse, U, "defragment",
         ("maintenance/defragment",)),
     # etcd 3.4 binds Hash and HashKV to the same gateway path; the first binding (Hash) answers.
-    Rpc(MAINT, "Hash", r.HashRequest, r.HashResponse, U, "hash", ADMIN, ("maintenance/hash",)),
-    Rpc(MAINT, "HashKV", r.HashKVRequest, r.HashKVResponse, U, "hash_kv", ADMIN),
-    Rpc(MAINT, "Snapshot", r.SnapshotRequest, r.SnapshotResponse, SS, "open_snapshot", ADMIN,
+    Rpc(MAINT, "Hash", r.HashRequest, r.HashResponse, U, "hash", ("maintenance/hash",)),
+    Rpc(MAINT, "HashKV", r.HashKVRequest, r.HashKVResponse, U, "hash_kv"),
+    Rpc(MAINT, "Snapshot", r.SnapshotRequest, r.SnapshotResponse, SS, "open_snapshot",
         ("maintenance/snapshot",)),
-    Rpc(MAINT, "MoveLeader", r.MoveLeaderRequest, r.MoveLeaderResponse, U, "move_leader", ADMIN,
+    Rpc(MAINT, "MoveLeader", r.MoveLeaderRequest, r.MoveLeaderResponse, U, "move_leader",
         ("maintenance/transfer-leadership",)),
-    Rpc(AUTH, "Authenticate", r.AuthenticateRequest, r.AuthenticateResponse, U, "authenticate", NONE,
+    Rpc(AUTH, "AuthEnable", r.AuthEnableRequest, r.AuthEnableResponse, U, "auth_enable", ("auth/enable",)),
+    Rpc(AUTH, "AuthDisable", r.AuthDisableRequest, r.AuthDisableResponse, U, "auth_disable", ("auth/disable",)),
+    Rpc(AUTH, "Authenticate", r.AuthenticateRequest, r.AuthenticateResponse, U, "authenticate",
         ("auth/authenticate",)),
-    Rpc(LOCK, "Lock", lk.LockRequest, lk.LockResponse, U, "lock", WRITE, ("lock/lock",)),
-    Rpc(LOCK, "Unlock", lk.UnlockRequest, lk.UnlockResponse, U, "unlock", WRITE, ("lock/unlock",)),
-    Rpc(ELECTION, "Campaign", el.CampaignRequest, el.CampaignResponse, U, "campaign", WRITE,
+    Rpc(AUTH, "UserAdd", r.AuthUserAddRequest, r.AuthUserAddResponse, U, "user_add", ("auth/user/add",)),
+    Rpc(AUTH, "UserGet", r.AuthUserGetRequest, r.AuthUserGetResponse, U, "user_get", ("auth/user/get",)),
+    Rpc(AUTH, "UserList", r.AuthUserListRequest, r.AuthUserListResponse, U, "user_list", ("auth/user/list",)),
+    Rpc(AUTH, "UserDelete", r.AuthUserDeleteRequest, r.AuthUserDeleteResponse, U, "user_delete",
+        ("auth/user/delete",)),
+    Rpc(AUTH, "UserChangePassword", r.AuthUserChangePasswordRequest, r.AuthUserChangePasswordResponse, U,
+        "user_change_password", ("auth/user/changepw",)),
+    Rpc(AUTH, "UserGrantRole", r.AuthUserGrantRoleRequest, r.AuthUserGrantRoleResponse, U, "user_grant_role",
+        ("auth/user/grant",)),
+    Rpc(AUTH, "UserRevokeRole", r.AuthUserRevokeRoleRequest, r.AuthUserRevokeRoleResponse, U, "user_revoke_role",
+        ("auth/user/revoke",)),
+    Rpc(AUTH, "RoleAdd", r.AuthRoleAddRequest, r.AuthRoleAddResponse, U, "role_add", ("auth/role/add",)),
+    Rpc(AUTH, "RoleGet", r.AuthRoleGetRequest, r.AuthRoleGetResponse, U, "role_get", ("auth/role/get",)),
+    Rpc(AUTH, "RoleList", r.AuthRoleListRequest, r.AuthRoleListResponse, U, "role_list", ("auth/role/list",)),
+    Rpc(AUTH, "RoleDelete", r.AuthRoleDeleteRequest, r.AuthRoleDeleteResponse, U, "role_delete",
+        ("auth/role/delete",)),
+    Rpc(AUTH, "RoleGrantPermission", r.AuthRoleGrantPermissionRequest, r.AuthRoleGrantPermissionResponse, U,
+        "role_grant_permission", ("auth/role/grant",)),
+    Rpc(AUTH, "RoleRevokePermission", r.AuthRoleRevokePermissionRequest, r.AuthRoleRevokePermissionResponse, U,
+        "role_revoke_permission", ("auth/role/revoke",)),
+    Rpc(LOCK, "Lock", lk.LockRequest, lk.LockResponse, U, "lock", ("lock/lock",)),
+    Rpc(LOCK, "Unlock", lk.UnlockRequest, lk.UnlockResponse, U, "unlock", ("lock/unlock",)),
+    Rpc(ELECTION, "Campaign", el.CampaignRequest, el.CampaignResponse, U, "campaign",
         ("election/campaign",)),
-    Rpc(ELECTION, "Proclaim", el.ProclaimRequest, el.ProclaimResponse, U, "proclaim", WRITE,
+    Rpc(ELECTION, "Proclaim", el.ProclaimRequest, el.ProclaimResponse, U, "proclaim",
         ("election/proclaim",)),
-    Rpc(ELECTION, "Leader", el.LeaderRequest, el.LeaderResponse, U, "leader", READ, ("election/leader",)),
-    Rpc(ELECTION, "Observe", el.LeaderRequest, el.LeaderResponse, SS, "open_observe", READ, ("election/observe",)),
-    Rpc(ELECTION, "Resign", el.ResignRequest, el.ResignResponse, U, "resign", WRITE, ("election/resign",)),
-    Rpc(HEALTH, "Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, U, "health_check", NONE),
-    Rpc(HEALTH, "Watch", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, SS, "open_health_watch",
-        NONE),
+    Rpc(ELECTION, "Leader", el.LeaderRequest, el.LeaderResponse, U, "leader", ("election/leader",)),
+    Rpc(ELECTION, "Observe", el.LeaderRequest, el.LeaderResponse, SS, "open_observe", ("election/observe",)),
+    Rpc(ELECTION, "Resign", el.ResignRequest, el.ResignResponse, U, "resign", ("election/resign",)),
+    Rpc(HEALTH, "Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, U, "health_check"),
+    Rpc(HEALTH, "Watch", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, SS, "open_health_watch"),
 )
 
 BY_PATH: dict[str, Rpc] = {rpc.path: rpc for rpc in API}
-BY_METHOD: dict[str, Rpc] = {}
-for _rpc in API:
-    BY_METHOD.setdefault(_rpc.method, _rpc)  # Health.Watch must not shadow Watch.Watch
 GATEWAY: dict[str, Rpc] = {}
 for _rpc in API:
     for _path in _rpc.gateway:
         GATEWAY.setdefault(_path, _rpc)
 
 
-def rule_of(method: str) -> str:
-    """The authorisation rule of an RPC by method name (what AuthGate.authorize receives)."""
-    rpc = BY_METHOD.get(method)
-    return rpc.auth if rpc is not None else ADMIN
+def rule_of(method: str) -> Rule | None:
+    """The authorisation rule of an RPC, by gRPC path or (etcd services) short method name:
+    ``securekv.auth.rules.rule_for`` itself, the one rule table. None = no rule (refused)."""
+    return rule_for(method)
 
 
-__all__ = ["API", "BY_PATH", "BY_METHOD", "GATEWAY", "Kind", "Rpc", "rule_of"]
+__all__ = ["API", "BY_PATH", "GATEWAY", "Kind", "Rpc", "rule_of"]

@@ -13,13 +13,16 @@ from typing import Any
 
 import attrs
 
-from securekv.errors import UsageError
+from securekv.auth import check as auth_check
+from securekv.auth.check import AuthInfo
+from securekv.auth.ranges import KeyRange
+from securekv.auth.store import AUTH_KINDS, AuthStore, Row
 from securekv.lease import LeaseRow
 from securekv.mvcc import kv
 from securekv.mvcc.quota import effective_quota, request_cost
 from securekv.mvcc.store import Change, KVWriteBatch, MVCCStore
 from securekv.proto import kv_pb2, rpc_pb2
-from securekv.rpctypes import ERR_CORRUPT, ERR_LEASE_NOT_FOUND, ERR_NO_SPACE, EtcdError, err
+from securekv.rpctypes import ERR_CORRUPT, ERR_LEASE_NOT_FOUND, ERR_NO_SPACE, ERR_PERMISSION_DENIED, EtcdError, err
 
 from .alarms import CORRUPT, NONE, NOSPACE, AlarmSet
 
@@ -40,6 +43,7 @@ class ApplyResult:
     lease_deletes: tuple[int, ...] = ()
     alarms: tuple[rpc_pb2.AlarmMember, ...] | None = None
     skipped: bool = False
+    auth_rows: tuple[Row, ...] = ()  # (bucket, key, value or None = delete) for the backend
 
 
 def _header(rev: int) -> rpc_pb2.ResponseHeader:
@@ -54,9 +58,10 @@ class Applier:
     """etcd's applier chain (corrupt / capped / quota / backend) over an MVCCStore and a Lessor."""
 
     def __init__(self, store: MVCCStore, lessor: Any, *, quota_bytes: int = 0, applied_index: int = 0,
-                 alarms: Iterable[tuple[int, int]] = ()) -> None:
+                 alarms: Iterable[tuple[int, int]] = (), auth: AuthStore | None = None) -> None:
         self.store = store
         self.lessor = lessor
+        self.auth = auth if auth is not None else AuthStore()
         self._quota = effective_quota(quota_bytes)
         self._applied = applied_index
         self.alarms = AlarmSet(alarms)
@@ -71,6 +76,23 @@ class Applier:
             "lease_checkpoint": self._lease_checkpoint,
             "alarm": self._alarm,
         }
+        for kind in AUTH_KINDS:
+            self._handlers[kind] = self._auth_request
+        # Apply-time authorisation of every kind of entry (etcd's authApplierV3), against the
+        # identity and auth revision the entry carries. A kind without a check is refused.
+        self._checks: dict[str, Callable[[AuthInfo, Any], None]] = {
+            "range": self._check_range,
+            "put": self._check_put,
+            "delete_range": self._check_delete,
+            "txn": self._check_txn,
+            "compaction": self._check_admin,
+            "lease_grant": self._check_any_role,
+            "lease_revoke": self._check_lease_revoke,
+            "lease_checkpoint": self._check_internal,
+            "alarm": self._check_alarm,
+        }
+        for kind in AUTH_KINDS:
+            self._checks[kind] = self._check_admin
 
     # ------------------------------------------------------------------ public
     @property
@@ -83,16 +105,20 @@ class Applier:
         if index <= self._applied:
             return ApplyResult(index=index, revision=self.store.current_revision, skipped=True)
         kind = req.WhichOneof("request")
-        if kind is not None and kind.startswith("auth_"):
-            raise UsageError("auth requests are not supported yet")
         self._applied = index
         if kind is None:
             # An entry without a request (e.g. a conf change or the leader's empty entry)
             # only moves the consistent index.
             return ApplyResult(index=index, revision=self.store.current_revision)
-        handler = self._handlers[kind]
+        body = getattr(req, kind)
         try:
-            return handler(index, getattr(req, kind), req, now)
+            handler = self._handlers.get(kind)
+            check = self._checks.get(kind)
+            if handler is None or check is None:
+                raise err(ERR_PERMISSION_DENIED)  # deny by default: an entry kind nobody checks
+            header = req.header
+            check(AuthInfo(header.username, header.auth_revision, header.internal), body)
+            return handler(index, body, req, now)
         except EtcdError as e:
             return ApplyResult(index=index, revision=self.store.current_revision, error=e)
 
@@ -116,6 +142,59 @@ class Applier:
         for rec in self.store.live_items():
             if rec.lease and rec.lease in lessor:
                 lessor.attach(rec.lease, rec.key)
+
+    # ------------------------------------------------------------------ authorisation
+    def lease_keys(self, lease_id: int) -> frozenset[bytes]:
+        lease = self.lessor.lookup(lease_id) if lease_id else None
+        return lease.keys if lease is not None else frozenset()
+
+    def _check_range(self, info: AuthInfo, r: Any) -> None:
+        auth_check.check_keys(self.auth.state, info, reads=[KeyRange.of(r.key, r.range_end)])
+
+    def _check_put(self, info: AuthInfo, p: Any) -> None:
+        state = self.auth.state
+        if auth_check.exempt(state, info):
+            return
+        reads, writes = auth_check.put_ranges(p, self.lease_keys(p.lease))
+        auth_check.check_keys(state, info, reads, writes)
+
+    def _check_delete(self, info: AuthInfo, d: Any) -> None:
+        state = self.auth.state
+        if auth_check.exempt(state, info):
+            return
+        reads, writes = auth_check.delete_ranges(d)
+        auth_check.check_keys(state, info, reads, writes)
+
+    def _check_txn(self, info: AuthInfo, t: Any) -> None:
+        state = self.auth.state
+        if auth_check.exempt(state, info):
+            return
+        auth_check.check_any_role(state, info)
+        reads, writes = auth_check.txn_ranges(t, self.lease_keys)
+        auth_check.check_keys(state, info, reads, writes)
+
+    def _check_admin(self, info: AuthInfo, body: Any) -> None:
+        auth_check.check_admin(self.auth.state, info)
+
+    def _check_any_role(self, info: AuthInfo, body: Any) -> None:
+        auth_check.check_any_role(self.auth.state, info)
+
+    def _check_lease_revoke(self, info: AuthInfo, r: Any) -> None:
+        state = self.auth.state
+        if auth_check.exempt(state, info):
+            return
+        auth_check.check_any_role(state, info)
+        auth_check.check_keys(state, info, writes=[KeyRange.of(k) for k in self.lease_keys(r.ID)])
+
+    def _check_alarm(self, info: AuthInfo, a: Any) -> None:
+        if a.action == _GET:
+            auth_check.check_any_role(self.auth.state, info)
+        else:
+            auth_check.check_admin(self.auth.state, info)
+
+    def _check_internal(self, info: AuthInfo, body: Any) -> None:
+        if self.auth.state.enabled and not info.internal:
+            raise err(ERR_PERMISSION_DENIED)  # only the server itself proposes these
 
     # ------------------------------------------------------------------ helpers
     def _fits(self, cost: int) -> bool:
@@ -225,6 +304,12 @@ class Applier:
         rev = self.store.current_revision
         return ApplyResult(index=index, revision=rev, response=rpc_pb2.LeaseCheckpointResponse(header=_header(rev)),
                            lease_puts=rows)
+
+    def _auth_request(self, index: int, body: Any, outer: Any, now: float) -> ApplyResult:
+        change = self.auth.apply(outer.WhichOneof("request"), body)
+        rev = self.store.current_revision
+        change.response.header.revision = rev
+        return ApplyResult(index=index, revision=rev, response=change.response, auth_rows=change.rows)
 
     def _alarm(self, index: int, a: Any, outer: Any, now: float) -> ApplyResult:
         rev = self.store.current_revision

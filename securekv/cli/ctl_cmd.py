@@ -26,7 +26,8 @@ EXIT_BAD_ARGS = 128
 # flag -> takes a value. Hoisted to the front so they work anywhere on the line.
 GLOBAL_FLAGS = {"--endpoints": True, "--cacert": True, "--cert": True, "--key": True, "--dial-timeout": True,
                 "--command-timeout": True, "--write-out": True, "-w": True, "--hex": False,
-                "--user": True, "--password": True}
+                "--user": True, "--password": True, "--discovery-srv": True, "-d": True,
+                "--discovery-srv-name": True, "--insecure-discovery": False}
 
 
 class Die(Exception):
@@ -202,17 +203,56 @@ def _duration(flag: str, value: str) -> float:
               help="username[:password] for authentication (prompt if password is not supplied).")
 @click.option("--password", default="", envvar=_env("password"),
               help="Password for authentication (then --user must not include one).")
+@click.option("-d", "--discovery-srv", default="", envvar=_env("discovery-srv"),
+              help="Domain whose _etcd-client-ssl._tcp SRV records list the endpoints.")
+@click.option("--discovery-srv-name", default="", envvar=_env("discovery-srv-name"),
+              help="Suffix of the SRV names (_etcd-client-ssl-NAME._tcp).")
+@click.option("--insecure-discovery", default="true", envvar=_env("insecure-discovery"), metavar="[BOOL]",
+              is_flag=False, flag_value="true",
+              help="Accept http:// endpoints from SRV records (etcdctl's default: true).")
 @click.pass_context
 def cli(ctx: click.Context, endpoints: tuple[str, ...], cacert: str | None, cert: str | None, key: str | None,
         dial_timeout: str, command_timeout: str | None, write_out: str, is_hex: bool, user: str,
-        password: str) -> None:
+        password: str, discovery_srv: str, discovery_srv_name: str, insecure_discovery: str) -> None:
     """etcdctl-compatible client commands (etcd v3 API over mutual TLS)."""
     for flag, value in (("cacert", cacert), ("cert", cert), ("key", key)):
         if value == "":
             die(EXIT_BAD_ARGS, f"empty string is passed to --{flag} option")
+    if discovery_srv:
+        found = _discover_endpoints(discovery_srv, discovery_srv_name, insecure_discovery.lower() != "false")
+        if found:
+            endpoints = (",".join(found),)
     ctx.obj = Ctl(",".join(endpoints) or "127.0.0.1:2379", cacert, cert, key, _duration("dial-timeout", dial_timeout),
                   _duration("command-timeout", command_timeout or "5s"), command_timeout is not None,
                   write_out, is_hex, *_auth_cfg(user, password))
+
+
+def _discover_endpoints(domain: str, service_name: str, insecure: bool) -> list[str]:
+    """etcdctl's endpointsFromFlagValue: endpoints from the client SRV records; without
+    --insecure-discovery, http:// ones are dropped with etcdctl's message. Names are resolved
+    through $SECUREKV_DNS_RESOLVER when set (client/srv.py) and still verified by TLS."""
+    from securekv.client import endpoints as ep_mod
+    from securekv.client.srv import DiscoveryError, Resolver, get_client
+
+    resolver = Resolver.from_env()
+    try:
+        found, records = get_client("etcd-client", domain, service_name, resolver)
+        if resolver.nameserver is not None:
+            for r in records:
+                addresses = resolver.addresses(r.target)
+                if addresses:
+                    ep_mod.RESOLVED[r.target] = addresses[0]
+    except DiscoveryError as exc:
+        die(EXIT_ERROR, exc)
+    if insecure:
+        return found
+    kept = []
+    for ep in found:
+        if ep.startswith("http://"):
+            sys.stderr.write(f'ignoring discovered insecure endpoint "{ep}"\n')
+            continue
+        kept.append(ep)
+    return kept
 
 
 def _auth_cfg(user: str, password: str) -> tuple[str | None, str | None]:
@@ -768,12 +808,32 @@ def _parse_uint_hex(text: str) -> int:
     return value
 
 
+def _sizing_guard(c: Any, force: bool, doing: str, learner: int | None = None) -> None:
+    """etcd's sizing advice (server/sizing.py): one more voter that makes the count even or
+    larger than 7 is refused unless --force (then the arithmetic is printed as a warning).
+    ``learner``: promoting this member; anything but a known learner is left to the server's
+    own answer (not found, not a learner)."""
+    from securekv.server.sizing import advice
+
+    members = _rpc(c.member_list).members
+    if learner is not None and not any(m.ID == learner and m.isLearner for m in members):
+        return
+    voters = sum(1 for m in members if not m.isLearner) + 1
+    text = advice(voters, growing=True)
+    if text is None:
+        return
+    if not force:
+        die(EXIT_ERROR, f"{doing} this voter gives {text}; pass --force to do it anyway")
+    sys.stderr.write(f"warning: {text}\n")
+
+
 @member_grp.command("add")
 @click.argument("args", nargs=-1)
 @click.option("--peer-urls", default="", help="Comma separated peer URLs for the new member.")
 @click.option("--learner", is_flag=True, help="Add the member as a raft learner (non-voting).")
+@click.option("--force", is_flag=True, help="Add a voter even when the voter count becomes even or exceeds 7.")
 @pass_ctl
-def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool) -> None:
+def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool, force: bool) -> None:
     """Add a member NAME to the cluster."""
     if not args:
         die(EXIT_BAD_ARGS, "member name not provided")
@@ -783,6 +843,8 @@ def member_add(ctl: Ctl, args: tuple[str, ...], peer_urls: str, learner: bool) -
     if not peer_urls:
         die(EXIT_BAD_ARGS, "member peer urls not provided")
     c = ctl.client()
+    if not learner:
+        _sizing_guard(c, force, "adding")
     resp = _rpc(lambda: c.member_add(peer_urls.split(","), learner=learner))
     ctl.show("member_add", resp, args[0], peer_urls)
 
@@ -816,13 +878,15 @@ def member_update(ctl: Ctl, args: tuple[str, ...], peer_urls: str) -> None:
 
 @member_grp.command("promote")
 @click.argument("args", nargs=-1)
+@click.option("--force", is_flag=True, help="Promote even when the voter count becomes even or exceeds 7.")
 @pass_ctl
-def member_promote(ctl: Ctl, args: tuple[str, ...]) -> None:
+def member_promote(ctl: Ctl, args: tuple[str, ...], force: bool) -> None:
     """Promote the learner with hex ID to a voting member."""
     if len(args) != 1:
         die(EXIT_BAD_ARGS, "member ID is not provided")
     mid = _member_id(args[0])
     c = ctl.client()
+    _sizing_guard(c, force, "promoting", learner=mid)
     ctl.show("member_promote", mid, _rpc(lambda: c.member_promote(mid)))
 
 
@@ -993,3 +1057,6 @@ def version_cmd() -> None:
 from securekv.cli.snapshot_cmd import snapshot_grp  # noqa: E402
 
 cli.add_command(snapshot_grp)
+
+# The auth, user and role commands live in their own module; importing it registers them.
+from securekv.cli import ctl_auth as _ctl_auth  # noqa: E402,F401

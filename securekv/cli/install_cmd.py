@@ -109,3 +109,73 @@ def firewall_cmd(backend: str, peers: str, clients: str, client_port: str, peer_
         raise InstallError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write: {exc}") from None
+
+
+@cli.command("haproxy")
+@click.option("--endpoints", required=True, metavar="NAME=URL,...",
+              help="Member client URLs (name=https://host:port, or host:port named m1, m2, ...).")
+@click.option("--cacert", required=True, metavar="FILE", help="CA that verifies the members' certificates.")
+@click.option("--cert", required=True, metavar="FILE", help="Client certificate for the /health checks (any CN).")
+@click.option("--key", required=True, metavar="FILE", help="Its private key.")
+@click.option("--listen-addr", default="0.0.0.0:2379", show_default=True, metavar="HOST:PORT",
+              help="Where haproxy accepts clients.")
+@click.option("--health-pem", default=None, metavar="PATH",
+              help="Where to install the check certificate + key (default /etc/haproxy/securekv-health.pem).")
+@click.option("--check-interval", default="2s", show_default=True, metavar="DURATION", help="Health check interval.")
+@click.option("--root", metavar="DIR", help="Write the files under DIR instead of /.")
+@click.option("--print", "print_only", is_flag=True, help="Print the haproxy config and write nothing.")
+def haproxy_cmd(endpoints: str, cacert: str, cert: str, key: str, listen_addr: str, health_pem: str | None,
+                check_interval: str, root: str | None, print_only: bool) -> None:
+    """haproxy in TCP mode in front of the members, with /health checks over mutual TLS."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from securekv.client.gofmt import parse_duration
+    from securekv.deploy import haproxy, install
+    from securekv.deploy.firewall import RenderedFile
+
+    try:
+        if root is not None and print_only:
+            raise UsageError("--root and --print are mutually exclusive")
+        try:
+            interval = int(parse_duration(check_interval) * 1000)
+        except ValueError as exc:
+            raise UsageError(f"--check-interval: {exc}") from None
+        if interval < 100:
+            raise UsageError("--check-interval must be at least 100ms")
+        pem_path = health_pem or haproxy.HEALTH_PEM_PATH
+        ca = str(Path(cacert).resolve())
+        spec = haproxy.make_spec(endpoints, listen_addr, ca, pem_path, interval)
+        text = haproxy.render(spec)
+        if print_only:
+            click.echo(text, nl=False)
+            return
+        try:
+            pem = haproxy.health_pem(Path(cert).read_bytes(), Path(key).read_bytes())
+        except OSError as exc:
+            raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        files = [RenderedFile(haproxy.CONFIG_PATH, text, 0o644), RenderedFile(pem_path, pem.decode(), 0o600)]
+        checker = shutil.which("haproxy")
+        if checker is not None and root is None:
+            # haproxy's own check, on the files as they will be installed (with the real paths)
+            with tempfile.TemporaryDirectory() as tmp:
+                staged_pem = os.path.join(tmp, "health.pem")
+                Path(staged_pem).write_bytes(pem)
+                os.chmod(staged_pem, 0o600)
+                staged = haproxy.render(haproxy.make_spec(endpoints, listen_addr, ca, staged_pem, interval))
+                cfg = os.path.join(tmp, "securekv.cfg")
+                Path(cfg).write_text(staged)
+                result = subprocess.run([checker, "-c", "-f", cfg], capture_output=True, text=True, timeout=60)
+                if result.returncode != 0:
+                    raise UsageError("haproxy -c refused the config: " + (result.stderr or result.stdout).strip())
+        for path in install.write_files(files, root or "/"):
+            click.echo(f"wrote {path}")
+        if root is None:
+            click.echo(f"next: haproxy -f {haproxy.CONFIG_PATH} (or include it in /etc/haproxy/haproxy.cfg)")
+    except UsageError as exc:
+        raise InstallError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write: {exc}") from None

@@ -16,7 +16,9 @@ from securekv import __version__
 # name -> (module, short help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ctl": ("securekv.cli.ctl_cmd", "etcdctl-compatible client commands."),
-    "install": ("securekv.cli.install_cmd", "Render and install systemd units and firewall rules."),
+    "dev": ("securekv.cli.dev_cmd", "A local mutual-TLS cluster in one command (and `dev down`)."),
+    "gateway": ("securekv.cli.gateway_cmd", "etcd's L4 gateway: TCP pass-through with failover."),
+    "install": ("securekv.cli.install_cmd", "Render and install systemd units, firewall rules and haproxy."),
     "pki": ("securekv.cli.pki_cmd", "Certificate authority, certificates, revocation and checks."),
     "serve": ("securekv.cli.serve_cmd", "Run a securekv member (etcd's flags)."),
 }

@@ -11,7 +11,30 @@ from pathlib import Path
 
 import click
 
-from securekv.config.options import BOOL, OPTIONS
+from securekv.config.options import BOOL, DURATION, IGNORED, OPTIONS, REFUSED, Option
+
+
+def _support_note(option: Option) -> str:
+    if option.support == IGNORED:
+        return " [no effect in securekv]"
+    if option.support == REFUSED:
+        return " [refused unless left at etcd's default]"
+    return ""
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`etcd --version`'s lines, with securekv's own version first."""
+    if not value or ctx.resilient_parsing:
+        return
+    import platform
+
+    from securekv import __version__
+    from securekv.server.etcdserver import CLUSTER_VERSION, VERSION
+
+    click.echo(f"securekv Version: {__version__}\netcd Version: {VERSION}\nAPI Version: {CLUSTER_VERSION[:3]}\n"
+               f"Python Version: {platform.python_version()}\n"
+               f"OS/Arch: {platform.system().lower()}/{platform.machine()}")
+    ctx.exit()
 
 
 def _options(fn):
@@ -20,15 +43,18 @@ def _options(fn):
         env_help = f" [env SECUREKV_{option.env_suffix} / ETCD_{option.env_suffix}]"
         if option.kind == BOOL:
             fn = click.option(decl, option.field, default=None, is_flag=False, flag_value="true",
-                              metavar="[BOOL]", help=option.help + env_help)(fn)
+                              metavar="[BOOL]", help=option.help + _support_note(option) + env_help)(fn)
         else:
-            fn = click.option(decl, option.field, default=None, metavar=option.kind.upper(),
-                              help=option.help + env_help)(fn)
+            metavar = "DURATION" if option.kind == DURATION else option.kind.upper()
+            fn = click.option(decl, option.field, default=None, metavar=metavar,
+                              help=option.help + _support_note(option) + env_help)(fn)
     return fn
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--config-file", default=None, help="YAML file with etcd's config-file keys [env ETCD_CONFIG_FILE].")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version and exit.")
 @_options
 def cli(config_file: str | None, **flags: object) -> None:
     """Run a securekv member: etcd's v3 API over mutual TLS.
@@ -37,13 +63,18 @@ def cli(config_file: str | None, **flags: object) -> None:
     server and client certificates created under the data dir, client certificates required.
     """
     from securekv.config import resolve
-    from securekv.errors import CorruptionError, UsageError
+    from securekv.errors import CorruptionError, DiskFullError, UsageError
 
     try:
         config = resolve(flags, os.environ, config_file)
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
-    _setup_logging(config.log_level)
+    try:
+        _setup_logging(config)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in config.warnings:
+        logging.getLogger("securekv.config").warning(warning)
     if config.insecure_allow_plaintext:
         logging.getLogger("securekv").warning(
             "!!! --insecure-allow-plaintext is set: http:// listeners carry data and credentials "
@@ -66,6 +97,9 @@ def cli(config_file: str | None, **flags: object) -> None:
     except CorruptionError as exc:
         click.echo(f"Error: data corruption: {exc}", err=True)
         sys.exit(2)
+    except DiskFullError as exc:
+        click.echo(f"Error: disk full: {exc}", err=True)
+        sys.exit(3)
     except KeyboardInterrupt:
         pass
 
@@ -76,9 +110,17 @@ def _sole_error(group: BaseExceptionGroup) -> BaseException:
     An operator's mistake (UsageError) or a corrupt data dir is reported on its own even when
     stopping the other tasks added cancellations around it; anything else stays the group.
     """
-    from securekv.errors import CorruptionError, UsageError
+    import errno
 
-    for kind in (UsageError, CorruptionError, KeyboardInterrupt):
+    from securekv.errors import CorruptionError, DiskFullError, UsageError
+
+    full, _ = group.split(lambda e: isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+    if full is not None:  # a write outside the WAL/backend (e.g. a received snapshot's temp file)
+        first: BaseException = full
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        return DiskFullError(f"{getattr(first, 'filename', None) or 'data dir'}: {first}")
+    for kind in (UsageError, CorruptionError, DiskFullError, KeyboardInterrupt):
         matched, _ = group.split(kind)
         if matched is not None:
             leaf: BaseException = matched
@@ -106,22 +148,48 @@ async def _main(config) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve, config, announce=announce))
+            await nursery.start(partial(serve, config, announce=announce, on_fatal=_exit_if_stop_hangs))
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    logging.getLogger("securekv").info("received %s, shutting down", signal.Signals(signum).name)
+                    from securekv.server.etcdlog import event
+
+                    name = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}.get(signum, str(signum))
+                    event(logging.getLogger("securekv.osutil"), logging.INFO, "received signal; shutting down",
+                          capnslog=f"received {name} signal, shutting down...", pkg="pkg/osutil", signal=name)
                     nursery.cancel_scope.cancel()
                     return
 
             nursery.start_soon(stop_on_signal)
 
 
-def _setup_logging(level: str) -> None:
-    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-               "warning": logging.WARNING, "error": logging.ERROR}[level]
-    logging.basicConfig(level=numeric, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+FATAL_STOP_SECONDS = 15.0
+
+
+def _exit_if_stop_hangs(exc: BaseException) -> None:
+    """The WAL or the backend failed: the member stops in an orderly way, but it must be gone
+    within FATAL_STOP_SECONDS whatever a task is waiting for, so systemd (Restart=on-failure)
+    starts it again instead of a half-dead member holding its ports. (The fault suite once saw
+    a leader whose stop never completed after its disk filled up.)"""
+    from securekv.errors import CorruptionError, DiskFullError
+
+    code = 3 if isinstance(exc, DiskFullError) else 2 if isinstance(exc, CorruptionError) else 1
+
+    def give_up(signum: int, frame: object) -> None:
+        sys.stderr.write(f"Error: {exc}\nsecurekv: the member did not stop within {FATAL_STOP_SECONDS:.0f}s "
+                         "after this error; exiting now\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, FATAL_STOP_SECONDS)
+
+
+def _setup_logging(config) -> None:
+    """--logger/--log-outputs/--log-level (server/etcdlog.py: etcd's zap and capnslog formats)."""
+    from securekv.server.etcdlog import setup
+
+    setup(config.logger, config.log_level, config.log_outputs)
 
 
 def connect_hint(started, data_dir: str) -> str:

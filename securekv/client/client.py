@@ -55,6 +55,11 @@ def key_range(key: bytes | str, range_end: bytes | str | None = None, *, prefix:
 
 
 ERR_AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
+# clientv3 logs in again and retries once when a call fails with one of these (shouldRefreshToken).
+REFRESH_TOKEN_ERRORS = frozenset({
+    "etcdserver: user name is empty", "etcdserver: invalid auth token", "etcdserver: revision of auth store is old",
+})
+PERMISSION_TYPES = {"READ": 0, "WRITE": 1, "READWRITE": 2}
 
 
 class _CallDetails(
@@ -102,6 +107,7 @@ class _Stubs:
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
         self.lock = v3lock_pb2_grpc.LockStub(channel)
         self.election = v3election_pb2_grpc.ElectionStub(channel)
+        self.auth = rpc_pb2_grpc.AuthStub(channel)
 
 
 class Client:
@@ -220,6 +226,17 @@ class Client:
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None,
               metadata: Iterable[tuple[str, str]] | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout if timeout is not None else self.timeout,
+                          wait_for_ready=True, metadata=metadata)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+        if self._credentials is None or error.message not in REFRESH_TOKEN_ERRORS or not self._authenticated:
+            raise error
+        # clientv3: the token expired, went to another member, or auth changed: log in again
+        # and retry once (the interceptor reads the new token).
+        self._authenticated = False
+        self.authenticate()
         try:
             return method(request, timeout=timeout if timeout is not None else self.timeout,
                           wait_for_ready=True, metadata=metadata)
@@ -373,6 +390,65 @@ class Client:
         """
         return save_snapshot(self.stubs().maintenance, path, progress=progress, timeout=timeout,
                              encryption=encryption)
+
+
+    # -- auth (etcd's Auth service) ------------------------------------------------------
+    def auth_enable(self) -> rpc_pb2.AuthEnableResponse:
+        return self._call(self.stubs().auth.AuthEnable, rpc_pb2.AuthEnableRequest())
+
+    def auth_disable(self) -> rpc_pb2.AuthDisableResponse:
+        return self._call(self.stubs().auth.AuthDisable, rpc_pb2.AuthDisableRequest())
+
+    def user_add(self, name: str, password: str = "", *, no_password: bool = False) -> rpc_pb2.AuthUserAddResponse:
+        req = rpc_pb2.AuthUserAddRequest(name=name, password=password)
+        req.options.no_password = no_password
+        return self._call(self.stubs().auth.UserAdd, req)
+
+    def user_get(self, name: str) -> rpc_pb2.AuthUserGetResponse:
+        return self._call(self.stubs().auth.UserGet, rpc_pb2.AuthUserGetRequest(name=name))
+
+    def user_list(self) -> rpc_pb2.AuthUserListResponse:
+        return self._call(self.stubs().auth.UserList, rpc_pb2.AuthUserListRequest())
+
+    def user_delete(self, name: str) -> rpc_pb2.AuthUserDeleteResponse:
+        return self._call(self.stubs().auth.UserDelete, rpc_pb2.AuthUserDeleteRequest(name=name))
+
+    def user_change_password(self, name: str, password: str) -> rpc_pb2.AuthUserChangePasswordResponse:
+        return self._call(self.stubs().auth.UserChangePassword,
+                          rpc_pb2.AuthUserChangePasswordRequest(name=name, password=password))
+
+    def user_grant_role(self, user: str, role: str) -> rpc_pb2.AuthUserGrantRoleResponse:
+        return self._call(self.stubs().auth.UserGrantRole, rpc_pb2.AuthUserGrantRoleRequest(user=user, role=role))
+
+    def user_revoke_role(self, name: str, role: str) -> rpc_pb2.AuthUserRevokeRoleResponse:
+        return self._call(self.stubs().auth.UserRevokeRole, rpc_pb2.AuthUserRevokeRoleRequest(name=name, role=role))
+
+    def role_add(self, name: str) -> rpc_pb2.AuthRoleAddResponse:
+        return self._call(self.stubs().auth.RoleAdd, rpc_pb2.AuthRoleAddRequest(name=name))
+
+    def role_get(self, role: str) -> rpc_pb2.AuthRoleGetResponse:
+        return self._call(self.stubs().auth.RoleGet, rpc_pb2.AuthRoleGetRequest(role=role))
+
+    def role_list(self) -> rpc_pb2.AuthRoleListResponse:
+        return self._call(self.stubs().auth.RoleList, rpc_pb2.AuthRoleListRequest())
+
+    def role_delete(self, role: str) -> rpc_pb2.AuthRoleDeleteResponse:
+        return self._call(self.stubs().auth.RoleDelete, rpc_pb2.AuthRoleDeleteRequest(role=role))
+
+    def role_grant_permission(self, name: str, key: bytes | str, range_end: bytes | str,
+                              perm_type: str | int) -> rpc_pb2.AuthRoleGrantPermissionResponse:
+        """``perm_type``: READ, WRITE, READWRITE (or 0, 1, 2)."""
+        from securekv.proto import auth_pb2
+
+        kind = PERMISSION_TYPES[perm_type.upper()] if isinstance(perm_type, str) else perm_type
+        perm = auth_pb2.Permission(permType=kind, key=b(key), range_end=b(range_end))
+        return self._call(self.stubs().auth.RoleGrantPermission,
+                          rpc_pb2.AuthRoleGrantPermissionRequest(name=name, perm=perm))
+
+    def role_revoke_permission(self, role: str, key: bytes | str,
+                               range_end: bytes | str = b"") -> rpc_pb2.AuthRoleRevokePermissionResponse:
+        return self._call(self.stubs().auth.RoleRevokePermission,
+                          rpc_pb2.AuthRoleRevokePermissionRequest(role=role, key=b(key), range_end=b(range_end)))
 
 
 def _check_urls(urls: Sequence[str]) -> None:

@@ -71,7 +71,20 @@ def parse_endpoint(text: str, tls_files: TLSFiles) -> Endpoint:
     return Endpoint(text=text, target=rest, tls=tls)
 
 
+# Host name -> IP address for names resolved by securekv's own resolver (SRV targets found
+# through $SECUREKV_DNS_RESOLVER, client/srv.py): gRPC has its own resolver, so it dials the
+# address while TLS still verifies the certificate against the name.
+RESOLVED: dict[str, str] = {}
+
+
 def open_channel(ep: Endpoint, tls_files: TLSFiles) -> grpc.Channel:
+    target, options = ep.target, list(CHANNEL_OPTIONS)
+    host, _, port = ep.target.rpartition(":")
+    ip = RESOLVED.get(host.strip("[]"))
+    if ip is not None:
+        target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        if ep.tls:
+            options.append(("grpc.ssl_target_name_override", host.strip("[]")))
     if ep.tls:
-        return grpc.secure_channel(ep.target, tls_files.credentials(), options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(ep.target, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(target, tls_files.credentials(), options=options)
+    return grpc.insecure_channel(target, options=options)

@@ -81,6 +81,26 @@ def go_quote(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def permission_text(key: bytes, range_end: bytes) -> bytes:
+    """One permission line of ``role get`` (etcdctl's printRange), bytes printed raw."""
+    if not range_end:
+        return b"\t" + key
+    text = b"\t[" + key + b", " + (range_end + b")" if range_end != b"\0" else b"<open ended>")
+    if _prefix_end(key) == range_end:
+        text += b" (prefix " + key + b")"
+    return text
+
+
+def _prefix_end(key: bytes) -> bytes:
+    """clientv3.GetPrefixRangeEnd (kept here: this module must not import grpc)."""
+    end = bytearray(key)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
 def member_rows(resp: rpc_pb2.MemberListResponse) -> tuple[list[str], list[list[str]]]:
     hdr = ["ID", "Status", "Name", "Peer Addrs", "Client Addrs", "Is Learner"]
     rows = [[f"{m.ID:x}", "started" if m.name else "unstarted", m.name, ",".join(m.peerURLs),
@@ -354,6 +374,66 @@ class Printer:
             return
         for a in resp.alarms:
             self.line(alarm_text(a))
+
+    # -- auth (etcdctl prints these itself in simple; json = the message; table: unsupported) --
+    def _auth(self, resp: Any, *lines: str | bytes) -> None:
+        if self._rpc(resp):
+            return
+        for text in lines:
+            self.line(text)
+
+    def role_add(self, role: str, resp: rpc_pb2.AuthRoleAddResponse) -> None:
+        self._auth(resp, f"Role {role} created")
+
+    def role_get(self, role: str, resp: rpc_pb2.AuthRoleGetResponse) -> None:
+        if self._rpc(resp):
+            return
+        self.line(f"Role {role}")
+        for title, kinds in (("KV Read:", (0, 2)), ("KV Write:", (1, 2))):
+            self.line(title)
+            for perm in resp.perm:
+                if perm.permType in kinds:
+                    self.line(permission_text(perm.key, perm.range_end))
+
+    def role_delete(self, role: str, resp: rpc_pb2.AuthRoleDeleteResponse) -> None:
+        self._auth(resp, f"Role {role} deleted")
+
+    def role_list(self, resp: rpc_pb2.AuthRoleListResponse) -> None:
+        self._auth(resp, *resp.roles)
+
+    def role_grant_permission(self, role: str, resp: rpc_pb2.AuthRoleGrantPermissionResponse) -> None:
+        self._auth(resp, f"Role {role} updated")
+
+    def role_revoke_permission(self, role: str, key: bytes, end: bytes,
+                               resp: rpc_pb2.AuthRoleRevokePermissionResponse) -> None:
+        if not end:
+            text = b"Permission of key " + key + b" is revoked from role " + role.encode()
+        elif end != b"\0":
+            text = b"Permission of range [" + key + b", " + end + b") is revoked from role " + role.encode()
+        else:
+            text = b"Permission of range [" + key + b", <open ended> is revoked from role " + role.encode()
+        self._auth(resp, text)
+
+    def user_add(self, name: str, resp: rpc_pb2.AuthUserAddResponse) -> None:
+        self._auth(resp, f"User {name} created")
+
+    def user_get(self, name: str, resp: rpc_pb2.AuthUserGetResponse) -> None:
+        self._auth(resp, f"User: {name}", "Roles:" + "".join(" " + r for r in resp.roles))
+
+    def user_change_password(self, resp: rpc_pb2.AuthUserChangePasswordResponse) -> None:
+        self._auth(resp, "Password updated")
+
+    def user_grant_role(self, user: str, role: str, resp: rpc_pb2.AuthUserGrantRoleResponse) -> None:
+        self._auth(resp, f"Role {role} is granted to user {user}")
+
+    def user_revoke_role(self, user: str, role: str, resp: rpc_pb2.AuthUserRevokeRoleResponse) -> None:
+        self._auth(resp, f"Role {role} is revoked from user {user}")
+
+    def user_delete(self, user: str, resp: rpc_pb2.AuthUserDeleteResponse) -> None:
+        self._auth(resp, f"User {user} deleted")
+
+    def user_list(self, resp: rpc_pb2.AuthUserListResponse) -> None:
+        self._auth(resp, *resp.users)
 
     def db_status(self, st) -> None:
         """``snapshot status``: a boltread.DBStatus."""

@@ -14,10 +14,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import attrs
 import yaml
 
 from securekv.config.model import URL, BackupSettings, Config, parse_url
-from securekv.config.options import BOOL, DURATION, FLOAT, INT, LIST, OPTIONS, STR, Option
+from securekv.config.options import (
+    BOOL, DURATION, FLOAT, IGNORED, INT, LIST, OPTIONS, REFUSED, STR, Option,
+)
 from securekv.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,14 @@ _FALSE = {"0", "false", "no", "off", "f", "n", ""}
 def _convert(option: Option, value: Any, source: str) -> Any:
     where = f"{option.flag} (from {source})"
     kind = option.kind
+    # Structures are refused before anything turns them into text: YAML aliases can make a
+    # small file describe an exponentially large one (found by fuzzing: a hang in str()).
+    if kind != LIST and isinstance(value, (list, tuple, dict, set)):
+        raise UsageError(f"invalid value for {where}: expected a single value, not a "
+                         f"{type(value).__name__}")
+    if kind == LIST and (isinstance(value, (dict, set)) or isinstance(value, (list, tuple)) and any(
+            isinstance(v, (list, tuple, dict, set)) for v in value)):
+        raise UsageError(f"invalid value for {where}: expected a list of strings")
     if kind == BOOL:
         if isinstance(value, bool):
             return value
@@ -51,20 +62,7 @@ def _convert(option: Option, value: Any, source: str) -> Any:
         except ValueError:
             raise UsageError(f"invalid number {value!r} for {where}") from None
     if kind == DURATION:
-        # etcd's Go durations ("5s", "100ms", "1m30s"); a bare number is seconds.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        text = str(value).strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        from securekv.pki.duration import parse_duration
-
-        try:
-            return parse_duration(text, what=where).total_seconds()
-        except UsageError:
-            raise UsageError(f"invalid duration {value!r} for {where} (e.g. 5s, 100ms, 1m)") from None
+        return _duration(value, where, from_yaml=source.startswith("config file"))
     if kind == LIST:
         if isinstance(value, (list, tuple)):
             items = [str(v).strip() for v in value]
@@ -76,6 +74,28 @@ def _convert(option: Option, value: Any, source: str) -> Any:
             raise UsageError(f"invalid value for {where}: expected a string")
         return "" if value is None else str(value)
     raise AssertionError(kind)
+
+
+def _duration(value: Any, where: str, *, from_yaml: bool) -> float:
+    """Seconds from a Go duration string; etcd's YAML gives time.Duration as integer nanoseconds."""
+    from securekv.client.gofmt import parse_duration
+
+    if isinstance(value, bool):
+        raise UsageError(f"invalid duration {value!r} for {where}")
+    if isinstance(value, (int, float)):
+        if from_yaml:
+            return float(value) / 1e9
+        value = str(value)
+    text = str(value).strip()
+    if text == "":
+        return 0.0
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"invalid duration {value!r} for {where}: {exc} (write e.g. 5s, 100ms, 10m)") from None
+    if seconds < 0:
+        raise UsageError(f"invalid duration {value!r} for {where}: must not be negative")
+    return seconds
 
 
 def env_value(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -99,14 +119,23 @@ def read_yaml(path: str) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte offset {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"config file {path} is not valid YAML: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # a typed scalar that is not one: `!!int zz`, 2001-13-45
+        raise UsageError(f"config file {path} has an invalid value: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is nested too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a YAML mapping of etcd option names")
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:  # found by fuzzing: `&a: x` is a key None, `1: 2` a key 1 (then sorting the keys failed)
+        raise UsageError(f"config file {path}: option names must be text, not {odd[0]!r}")
     return data
 
 
@@ -133,12 +162,18 @@ def resolve(
 ) -> Config:
     """Merge the sources. ``flags`` maps field names to values given on the command line only."""
     file_data: dict[str, Any] = {}
+    notes: list[str] = []
     config_file = config_file or config_file_from_env(environ)
     if config_file:
         file_data = read_yaml(config_file)
         unknown = sorted(k for k in file_data if k not in _known_yaml_keys())
         for key in unknown:
-            log.warning("config file %s: ignoring unknown or unsupported key %r", config_file, key)
+            notes.append(f"config file {config_file}: ignoring unknown or unsupported key {key!r}")
+    known_env = {prefix + o.env_suffix for o in OPTIONS for prefix in ("SECUREKV_", "ETCD_")}
+    known_env |= {"SECUREKV_CONFIG_FILE", "ETCD_CONFIG_FILE"}
+    for name in sorted(environ):
+        if name.startswith(("ETCD_", "SECUREKV_")) and name not in known_env and not name.startswith(_ENV_OTHERS):
+            notes.append(f"unrecognized environment variable {name} (ignored; its value is not shown)")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for option in OPTIONS:
@@ -158,7 +193,12 @@ def resolve(
             continue
         values[option.field] = option.default
         sources[option.field] = "default"
-    return build(values, sources)
+    config = build(values, sources)
+    return attrs.evolve(config, warnings=(*notes, *config.warnings)) if notes else config
+
+
+# Variables of other securekv commands (ctl, tests) that share the prefixes.
+_ENV_OTHERS = ("SECUREKV_CTL_", "SECUREKV_TEST", "SECUREKV_DNS_", "SECUREKV_JOURNAL_")
 
 
 def _urls(values: list[str], what: str) -> tuple[URL, ...]:
@@ -170,6 +210,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     name = values["name"]
     if not name:
         raise UsageError("--name must not be empty")
+    warnings = _unsupported(values, sources or {})
     data_dir = values["data_dir"] or f"{name}.securekv"
     wal_dir = values["wal_dir"] or ""
     listen_client = _urls(values["listen_client_urls"], "--listen-client-urls")
@@ -182,7 +223,10 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     state = values["initial_cluster_state"]
     if state not in ("new", "existing"):
         raise UsageError(f"--initial-cluster-state must be 'new' or 'existing', not {state!r}")
-    cluster = _parse_initial_cluster(values["initial_cluster"], name, adv_peer)
+    if values["discovery_srv"].strip():
+        cluster: tuple[tuple[str, str], ...] = ()  # filled from the SRV records at start (server/srv.py)
+    else:
+        cluster = _parse_initial_cluster(values["initial_cluster"], name, adv_peer)
     insecure = bool(values["insecure_allow_plaintext"])
     plaintext = [str(u) for u in (*listen_client, *listen_peer) if not u.is_tls]
     if plaintext and not insecure:
@@ -208,17 +252,44 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
             f"--election-timeout[{values['election_timeout']}ms] should be at least 5 times "
             f"--heartbeat-interval[{values['heartbeat_interval']}ms]"
         )
-    if values["log_level"] not in ("debug", "info", "warn", "warning", "error"):
-        raise UsageError(f"--log-level must be debug, info, warn or error, not {values['log_level']!r}")
+    log_level = "debug" if values["debug"] else values["log_level"]
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"--log-level must be debug, info, warn, error, panic or fatal, not {log_level!r}")
+    if values["logger"] not in ("zap", "capnslog"):
+        raise UsageError(f"--logger must be 'zap' or 'capnslog', not {values['logger']!r}")
+    log_outputs = _log_outputs(values["log_outputs"])
+    if values["metrics"] not in ("basic", "extensive"):
+        raise UsageError(f"--metrics must be 'basic' or 'extensive', not {values['metrics']!r}")
+    if not 0 < values["max_concurrent_streams"] <= 2**32 - 1:
+        raise UsageError("--max-concurrent-streams must be between 1 and 4294967295")
+    if values["grpc_keepalive_min_time"] <= 0:
+        raise UsageError("--grpc-keepalive-min-time must be positive")
+    if values["backend_batch_interval"] < 0 or values["backend_batch_limit"] < 0:
+        raise UsageError("--backend-batch-interval and --backend-batch-limit must not be negative")
+    if values["experimental_watch_progress_notify_interval"] <= 0:
+        raise UsageError("--experimental-watch-progress-notify-interval must be positive")
+    from securekv.server.ciphers import select as select_ciphers
+
+    try:
+        _, weak = select_ciphers(values["cipher_suites"])  # unknown names are refused here, before start
+    except ValueError as exc:
+        raise UsageError(f"--cipher-suites: {exc}") from None
+    if weak:
+        warnings.append("--cipher-suites: left out " + ", ".join(weak) + " (not forward secret and AEAD; "
+                        "securekv offers TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 only)")
+    compaction_mode, retention = _auto_compaction(values["auto_compaction_mode"], values["auto_compaction_retention"])
+    discovery_srv = values["discovery_srv"].strip()
+    if discovery_srv and (sources or {}).get("initial_cluster", "default") != "default":
+        raise UsageError('multiple discovery or bootstrap flags are set. Choose one of "initial-cluster", '
+                         '"discovery" or "discovery-srv"')
     if values["tls_handshake_timeout"] <= 0:
         raise UsageError("--tls-handshake-timeout must be positive")
-    for field in ("max_concurrent_streams", "max_connections_per_listener", "max_calls_per_identity",
-                  "max_watches_per_identity"):
+    for field in ("max_connections_per_listener", "max_calls_per_identity", "max_watches_per_identity"):
         if values[field] <= 0:
             raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
     if values["max_concurrent_streams"] > 2**31 - 1:
-        values["max_concurrent_streams"] = 2**31 - 1  # etcd's default (MaxUint32) means unlimited
-    for field in ("grpc_keepalive_min_time", "grpc_keepalive_interval", "grpc_keepalive_timeout"):
+        values["max_concurrent_streams"] = 2**31 - 1  # etcd's MaxUint32 (unlimited): HTTP/2's largest value
+    for field in ("grpc_keepalive_interval", "grpc_keepalive_timeout"):
         if values[field] < 0:
             raise UsageError(f"--{field.replace('_', '-')} must not be negative")
     if values["self_signed_cert_validity"] <= 0:
@@ -240,6 +311,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
             raise UsageError(f"--{field.replace('_', '-')} {path}: no such file")
     if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
         raise UsageError("--peer-cert-file and --peer-key-file must be given together")
+    _check_auth(values)
     return Config(
         name=name,
         data_dir=data_dir,
@@ -274,19 +346,126 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         max_txn_ops=values["max_txn_ops"],
         heartbeat_interval=values["heartbeat_interval"],
         election_timeout=values["election_timeout"],
-        log_level=values["log_level"],
-        tls_handshake_timeout=values["tls_handshake_timeout"],
         max_concurrent_streams=values["max_concurrent_streams"],
         grpc_keepalive_min_time=values["grpc_keepalive_min_time"],
         grpc_keepalive_interval=values["grpc_keepalive_interval"],
         grpc_keepalive_timeout=values["grpc_keepalive_timeout"],
+        strict_reconfig_check=bool(values["strict_reconfig_check"]),
+        pre_vote=bool(values["pre_vote"]),
+        discovery_srv=discovery_srv,
+        discovery_srv_name=values["discovery_srv_name"].strip(),
+        auto_compaction_mode=compaction_mode,
+        auto_compaction_retention=retention,
+        cipher_suites=tuple(values["cipher_suites"]),
+        metrics=values["metrics"],
+        logger=values["logger"],
+        log_outputs=log_outputs,
+        enable_grpc_gateway=bool(values["enable_grpc_gateway"]),
+        experimental_initial_corrupt_check=bool(values["experimental_initial_corrupt_check"]),
+        experimental_corrupt_check_time=values["experimental_corrupt_check_time"],
+        experimental_watch_progress_notify_interval=values["experimental_watch_progress_notify_interval"],
+        experimental_warning_apply_duration=values["experimental_warning_apply_duration"],
+        backend_batch_interval=values["backend_batch_interval"],
+        backend_batch_limit=values["backend_batch_limit"],
+        warnings=tuple(warnings),
+        log_level=log_level,
+        tls_handshake_timeout=values["tls_handshake_timeout"],
         max_connections_per_listener=values["max_connections_per_listener"],
         max_calls_per_identity=values["max_calls_per_identity"],
         max_watches_per_identity=values["max_watches_per_identity"],
         insecure_allow_plaintext=insecure,
         backup=_backup_settings(values),
+        auth_token=values.get("auth_token", "simple"),
+        auth_token_ttl=values.get("auth_token_ttl", 300),
+        bcrypt_cost=values.get("bcrypt_cost", 10),
+        audit_log=values.get("audit_log", ""),
         sources=dict(sources or {}),
     )
+
+
+def _check_auth(values: Mapping[str, Any]) -> None:
+    from securekv.auth.tokens import parse_token_spec
+
+    spec = parse_token_spec(values.get("auth_token", "simple") or "simple")
+    for key in ("pub_key", "priv_key"):
+        path = getattr(spec, key)
+        if path and not Path(path).is_file():
+            raise UsageError(f"--auth-token {key.replace('_', '-')} {path}: no such file")
+    if values.get("auth_token_ttl", 300) <= 0:
+        raise UsageError("--auth-token-ttl must be positive")
+    audit = values.get("audit_log", "")
+    if audit and Path(audit).is_dir():
+        raise UsageError(f"--audit-log {audit}: is a directory")
+
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "panic", "fatal")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _unsupported(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    """Warnings for IGNORED options set away from etcd's default; UsageError for REFUSED ones."""
+    warnings = []
+    for option in OPTIONS:
+        if option.support not in (IGNORED, REFUSED):
+            continue
+        value = values.get(option.field, option.default)
+        if value == option.default or (option.kind == LIST and list(value) == list(option.default)):
+            continue
+        where = sources.get(option.field, "flag")
+        text = f"--{option.flag}={_shown(value)} (from {where})"
+        if option.support == REFUSED:
+            raise UsageError(f"{text} is not supported: {option.reason}")
+        warnings.append(f"{text} has no effect: {option.reason}")
+    return warnings
+
+
+def _log_outputs(items: list[str]) -> tuple[str, ...]:
+    """etcd's --log-outputs: 'default' (stderr), stderr, stdout, systemd/journal, or file paths."""
+    outputs = tuple(items) or ("default",)
+    if len(set(outputs)) != len(outputs):
+        raise UsageError(f"--log-outputs lists an output twice: {','.join(outputs)}")
+    if "systemd/journal" in outputs and len(outputs) > 1:
+        raise UsageError('--log-outputs: "systemd/journal" cannot be combined with other outputs (as etcd)')
+    if "default" in outputs and len(outputs) > 1:
+        raise UsageError('--log-outputs: "default" cannot be combined with other outputs')
+    return outputs
+
+
+def _auto_compaction(mode: str, retention: str) -> tuple[str, float]:
+    """(mode, retention): seconds for 'periodic' (a bare number is hours, as etcd), revisions for 'revision'."""
+    from securekv.client.gofmt import parse_duration
+
+    text = str(retention).strip() or "0"
+    if mode == "revision":
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"--auto-compaction-retention {retention!r}: 'revision' mode takes a number of "
+                             "revisions") from None
+        if value < 0:
+            raise UsageError("--auto-compaction-retention must not be negative")
+        return mode, float(value)
+    if mode != "periodic":
+        raise UsageError(f"--auto-compaction-mode must be 'periodic' or 'revision', not {mode!r}")
+    try:
+        hours = float(text)
+        seconds = hours * 3600.0
+    except ValueError:
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise UsageError(f"--auto-compaction-retention {retention!r}: expected hours (e.g. 1) or a duration "
+                             "(e.g. 30m)") from None
+    if seconds < 0:
+        raise UsageError("--auto-compaction-retention must not be negative")
+    return mode, seconds
 
 
 def _parse_initial_cluster(text: str, name: str, adv_peer: tuple[URL, ...]) -> tuple[tuple[str, str], ...]:

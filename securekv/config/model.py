@@ -37,7 +37,10 @@ class URL:
 
 
 def parse_url(text: str, what: str) -> URL:
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError as exc:  # found by fuzzing: "https://127.0.0[.1:2380" (Invalid IPv6 URL)
+        raise UsageError(f"invalid {what} URL {text!r}: {exc}") from None
     if parts.scheme not in ("http", "https", "unix", "unixs") or not parts.hostname:
         raise UsageError(f"invalid {what} URL {text!r}: expected http(s)://host:port")
     if parts.scheme in ("unix", "unixs"):
@@ -102,17 +105,41 @@ class Config:
     max_txn_ops: int
     heartbeat_interval: int
     election_timeout: int
-    log_level: str
-    tls_handshake_timeout: float
+    # etcd 3.4 flags added by issue 18 (securekv/config/options.py says what each does).
     max_concurrent_streams: int
-    grpc_keepalive_min_time: float
+    grpc_keepalive_min_time: float  # seconds
     grpc_keepalive_interval: float
     grpc_keepalive_timeout: float
+    strict_reconfig_check: bool
+    pre_vote: bool
+    discovery_srv: str
+    discovery_srv_name: str
+    auto_compaction_mode: str
+    auto_compaction_retention: float  # seconds ('periodic') or revisions ('revision'); 0 = off
+    cipher_suites: tuple[str, ...]
+    metrics: str
+    logger: str
+    log_outputs: tuple[str, ...]
+    enable_grpc_gateway: bool
+    experimental_initial_corrupt_check: bool
+    experimental_corrupt_check_time: float
+    experimental_watch_progress_notify_interval: float
+    experimental_warning_apply_duration: float
+    backend_batch_interval: float  # seconds; 0 = etcd's default (100 ms)
+    backend_batch_limit: int  # entries; 0 = etcd's default (10,000)
+    # Warnings about accepted flags that have no effect here, logged once logging is set up.
+    warnings: tuple[str, ...]
+    log_level: str
+    tls_handshake_timeout: float
     max_connections_per_listener: int
     max_calls_per_identity: int
     max_watches_per_identity: int
     insecure_allow_plaintext: bool
     backup: BackupSettings = BackupSettings()
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
+    audit_log: str = ""
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
     sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 import attrs
 
 # Value kinds: how a string from the environment (or a YAML scalar) is converted.
+# DURATION: a Go duration ("5s", "10m", "100ms") from flags and env, seconds in the Config; in
+# YAML an integer is nanoseconds (what etcd's config file takes: Go's time.Duration in JSON).
 STR, INT, BOOL, LIST, FLOAT, DURATION = "str", "int", "bool", "list", "float", "duration"
+
+# What securekv does with an etcd 3.4 flag (the classification docs/server.md tabulates and
+# tests/server/test_flags_etcd.py checks against the real `etcd --help`):
+# IMPLEMENTED: etcd's meaning. IGNORED: accepted; a value other than etcd's default logs a
+# warning naming why it has no effect. REFUSED: accepted at etcd's default only; any other value
+# stops the member before it touches the data dir, with the reason.
+IMPLEMENTED, IGNORED, REFUSED = "implemented", "ignored", "refused"
 
 
 @attrs.frozen
@@ -20,6 +29,9 @@ class Option:
     help: str
     # Path in etcd's YAML config file; None = same as the flag name at top level.
     yaml: tuple[str, ...] | None = None
+    support: str = IMPLEMENTED
+    # IGNORED/REFUSED: why (shown to the operator); IMPLEMENTED: where it differs from etcd, if at all.
+    reason: str = ""
 
     @property
     def field(self) -> str:
@@ -71,18 +83,85 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-txn-ops", INT, 128, "Most operations allowed in one txn."),
     Option("heartbeat-interval", INT, 100, "Raft heartbeat interval in ms."),
     Option("election-timeout", INT, 1000, "Raft election timeout in ms."),
-    Option("log-level", STR, "info", "debug, info, warn or error."),
+    # -- etcd 3.4 flags (issue 18): every flag of `etcd --help` is in this table --------------
+    Option("max-concurrent-streams", INT, 1000, "Maximum concurrent streams each client connection may open.",
+           reason="default 1000 (etcd: unlimited, MaxUint32, which is accepted and means 2^31-1): the server "
+                  "runs every stream in one thread, so one connection may not hold it all; a client needing "
+                  "more opens another connection, as Go clients do; extra streams get RST_STREAM REFUSED_STREAM"),
+    Option("grpc-keepalive-min-time", DURATION, 5.0, "Minimum interval a client should wait before pinging the server."),
+    Option("grpc-keepalive-interval", DURATION, 7200.0, "Server-to-client ping interval on idle connections (0 disables)."),
+    Option("grpc-keepalive-timeout", DURATION, 20.0, "Wait for a ping answer before closing the connection (0 disables)."),
+    Option("strict-reconfig-check", BOOL, True, "Reject reconfiguration requests that would cause quorum loss."),
+    Option("pre-vote", BOOL, True, "Run Raft's pre-vote phase before an election.",
+           reason="default true (etcd 3.5's default; 3.4's is false): a member rejoining after a partition does not depose a healthy leader"),
+    Option("discovery-srv", STR, "", "DNS SRV domain used to bootstrap the cluster."),
+    Option("discovery-srv-name", STR, "", "Suffix to the DNS SRV name queried when bootstrapping."),
+    Option("auto-compaction-mode", STR, "periodic", "'periodic' (duration retention) or 'revision' (revision count retention)."),
+    Option("auto-compaction-retention", STR, "0", "Auto compaction retention (0 disables): hours or a duration for periodic, revisions for revision."),
+    Option("cipher-suites", LIST, [], "TLS 1.2 cipher suites (etcd's Go names) for the client and peer ports; empty = securekv's AEAD set."),
+    Option("metrics", STR, "basic", "'basic', or 'extensive' to add the per-RPC latency histograms."),
+    Option("logger", STR, "zap", "'zap' (JSON lines, etcd's keys) or 'capnslog' (plain text lines).",
+           reason="default zap (etcd 3.5's default; 3.4's help says capnslog): the structured lines log watchers parse"),
+    Option("log-outputs", LIST, ["default"], "Comma list: stderr, stdout, systemd/journal or file paths ('default' = stderr)."),
+    Option("debug", BOOL, False, "Same as --log-level debug (etcd 3.4's deprecated flag)."),
+    Option("enable-grpc-gateway", BOOL, True, "Serve the JSON gateway (/v3/...) on the client port."),
+    Option("experimental-initial-corrupt-check", BOOL, False, "Compare this member's hashkv with its peers' before serving clients."),
+    Option("experimental-corrupt-check-time", DURATION, 0.0, "Interval between cluster corruption checks by the leader (0 disables)."),
+    Option("experimental-watch-progress-notify-interval", DURATION, 600.0, "Period of watch progress notifications."),
+    Option("experimental-warning-apply-duration", DURATION, 0.1, "Log a warning when applying one request takes longer."),
+    Option("initial-election-tick-advance", BOOL, True, "Fast-forward initial election ticks on boot.", support=IGNORED,
+           reason="a securekv member campaigns one randomized election timeout after start; there are no ticks to advance or keep"),
+    Option("max-snapshots", INT, 5, "Maximum number of snapshot files to retain.", support=IGNORED,
+           reason="securekv writes no .snap files: the backend is the snapshot, and only the newest WAL marker is kept"),
+    Option("max-wals", INT, 5, "Maximum number of WAL files to retain.", support=IGNORED,
+           reason="WAL segments are released as soon as a snapshot (--snapshot-count) covers them"),
+    Option("backend-batch-interval", DURATION, 0.0,
+           "Maximum time before committing the backend transaction (0 = etcd's 100ms)."),
+    Option("backend-batch-limit", INT, 0, "Maximum operations before committing the backend transaction (0 = etcd's 10000)."),
+    Option("discovery", STR, "", "Discovery URL used to bootstrap the cluster.", support=REFUSED,
+           reason="the v2 discovery service protocol is not supported; bootstrap with --initial-cluster or --discovery-srv"),
+    Option("discovery-fallback", STR, "proxy", "Behaviour when the discovery service fails.", support=IGNORED,
+           reason="it only applies to --discovery, which securekv refuses"),
+    Option("discovery-proxy", STR, "", "HTTP proxy for the discovery service.", support=IGNORED,
+           reason="it only applies to --discovery, which securekv refuses"),
+    Option("enable-v2", BOOL, False, "Accept etcd v2 client requests.", support=REFUSED,
+           reason="the v2 API is not served: securekv serves etcd's v3 API only (migrate v2 data with etcdctl migrate first)"),
+    Option("experimental-enable-v2v3", STR, "", "Serve v2 requests through the v3 backend.", support=REFUSED,
+           reason="the v2 API is not served: securekv serves etcd's v3 API only"),
+    Option("client-cert-allowed-hostname", STR, "", "Allowed TLS hostname for client certificate authentication.", support=REFUSED,
+           reason="not supported: securekv names clients by their certificate's CN; issue client certificates from a CA that signs only clients"),
+    Option("cors", LIST, ["*"], "Comma list of CORS origins.", support=IGNORED,
+           reason="HTTP answers carry 'Access-Control-Allow-Origin: *' as etcd's default; every request needs a client certificate, which cross-origin browser requests do not present"),
+    Option("host-whitelist", LIST, ["*"], "Acceptable Host headers for plain-HTTP requests.", support=IGNORED,
+           reason="securekv serves HTTP behind TLS with client certificates; there is no plain-HTTP Host check"),
+    Option("enable-pprof", BOOL, False, "Serve Go runtime profiles under /debug/pprof.", support=IGNORED,
+           reason="Go runtime profiling does not exist in securekv (profile with py-spy)"),
+    Option("proxy", STR, "off", "v2 proxy mode.", support=REFUSED,
+           reason="the v2 proxy is not provided; use `securekv gateway` (etcd's L4 gateway) in front of the members"),
+    Option("proxy-failure-wait", INT, 5000, "v2 proxy: ms an endpoint is held failed.", support=IGNORED,
+           reason="it only applies to --proxy, which securekv refuses"),
+    Option("proxy-refresh-interval", INT, 30000, "v2 proxy: endpoint refresh interval in ms.", support=IGNORED,
+           reason="it only applies to --proxy, which securekv refuses"),
+    Option("proxy-dial-timeout", INT, 1000, "v2 proxy: dial timeout in ms.", support=IGNORED,
+           reason="it only applies to --proxy, which securekv refuses"),
+    Option("proxy-write-timeout", INT, 5000, "v2 proxy: write timeout in ms.", support=IGNORED,
+           reason="it only applies to --proxy, which securekv refuses"),
+    Option("proxy-read-timeout", INT, 0, "v2 proxy: read timeout in ms.", support=IGNORED,
+           reason="it only applies to --proxy, which securekv refuses"),
+    Option("experimental-backend-bbolt-freelist-type", STR, "array", "bbolt freelist type.", support=IGNORED,
+           reason="the backend is sqlite, not bbolt"),
+    Option("experimental-enable-lease-checkpoint", BOOL, False, "Persist the primary lessor's remaining TTLs.", support=IGNORED,
+           reason="not implemented: a new leader renews every lease with its full TTL, etcd's behaviour without checkpoints"),
+    Option("experimental-enable-lease-checkpoint-persist", BOOL, False, "Persist lease checkpoints to the backend.", support=IGNORED,
+           reason="not implemented: a new leader renews every lease with its full TTL, etcd's behaviour without checkpoints"),
+    Option("experimental-compaction-batch-limit", INT, 1000, "Revisions deleted per compaction batch.", support=IGNORED,
+           reason="a compaction is applied in one backend transaction"),
+    Option("log-package-levels", STR, "", "Per-package capnslog levels.", support=IGNORED,
+           reason="one level for the whole member: use --log-level"),
+    Option("unsafe-no-fsync", BOOL, False, "Disable fsync (unsafe).", support=REFUSED,
+           reason="securekv never acknowledges a write before it is fsynced; that guarantee has no off switch"),
+    Option("log-level", STR, "info", "debug, info, warn, error, panic or fatal."),
     Option("tls-handshake-timeout", FLOAT, 10.0, "Seconds a client may take to finish the TLS handshake."),
-    Option("max-concurrent-streams", INT, 1000,
-           "Most concurrent gRPC calls (HTTP/2 streams) one client connection may open "
-           "(etcd's default is unlimited; more are refused with REFUSED_STREAM)."),
-    Option("grpc-keepalive-min-time", DURATION, 5.0,
-           "Least time between a client's keepalive pings; more frequent pings end the connection "
-           "with GOAWAY too_many_pings (e.g. 5s)."),
-    Option("grpc-keepalive-interval", DURATION, 7200.0,
-           "Time without a byte from a gRPC client before the server pings it (0 disables; e.g. 2h)."),
-    Option("grpc-keepalive-timeout", DURATION, 20.0,
-           "Time a pinged gRPC client has to answer before its connection is closed (0 disables; e.g. 20s)."),
     Option("max-connections-per-listener", INT, 4096,
            "Most client connections one client URL (or metrics URL) serves at once; more are closed at once."),
     Option("max-calls-per-identity", INT, 10000,
@@ -100,7 +179,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("backup-interval", STR, "1h", "Time between scheduled backups (a Go duration: 30m, 6h)."),
     Option("backup-retain", INT, 7, "Scheduled backups kept in --backup-dir; older ones are deleted."),
     Option("backup-encryption-key-file", STR, "", "32-byte key (`securekv ctl snapshot keygen`) encrypting the backups."),
+    # -- auth (RBAC; docs/auth.md) --
+    Option("auth-token", STR, "simple",
+           "Token type: 'simple' or 'jwt,pub-key=FILE,priv-key=FILE,sign-method=METHOD[,ttl=5m]' "
+           "(jwt without keys: an Ed25519/ECDSA pair is made in the data dir)."),
+    Option("auth-token-ttl", INT, 300, "Lifetime of a simple token in seconds, renewed on use."),
+    Option("bcrypt-cost", INT, 10, "bcrypt cost of password hashes (4-31)."),
+    Option("audit-log", STR, "", "Write every authorisation decision to this file as JSON lines (rotated)."),
 )
 
 BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}
+# Flags of `etcd --help` that are not options of the member itself.
+COMMAND_FLAGS: dict[str, str] = {
+    "config-file": "--config-file (YAML with etcd's keys; merged with flags and env, see docs/server.md)",
+    "version": "--version (securekv's and the etcd API version)",
+}
 BY_FIELD: dict[str, Option] = {o.field: o for o in OPTIONS}

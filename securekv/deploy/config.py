@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 
-from securekv.config.options import BOOL as OPT_BOOL, FLOAT, INT as OPT_INT, LIST, OPTIONS, Option
+from securekv.config.options import BOOL as OPT_BOOL, FLOAT, IMPLEMENTED, INT as OPT_INT, LIST, OPTIONS, Option
 from securekv.errors import UsageError
 
 # --------------------------------------------------------------------------- key table
@@ -50,6 +50,8 @@ def _install_kind(option: Option) -> str:
 TOP_LEVEL_KEYS: dict[str, str] = {}
 TLS_KEYS: dict[str, str] = {}
 for _option in OPTIONS:
+    if _option.support != IMPLEMENTED:  # etcd keys that have no effect or are refused: not installed
+        continue
     if len(_option.yaml_path) == 1:
         TOP_LEVEL_KEYS[_option.yaml_path[0]] = _install_kind(_option)
     else:

@@ -12,6 +12,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from securekv.peer.transport import PeerTransport
+from securekv.server.metrics import counter
 
 
 class PeerCollector:
@@ -29,9 +30,10 @@ class PeerCollector:
                                        "Messages to peers dropped (peer down or queue full).", labels=["To"])
         active = GaugeMetricFamily("etcd_network_active_peers", "Peers with a live outgoing link.",
                                    labels=["Local", "Remote"])
-        snap_ok = CounterMetricFamily("etcd_network_snapshot_send_success", "Snapshots sent.", labels=["To"])
-        snap_fail = CounterMetricFamily("etcd_network_snapshot_send_failures", "Snapshots not sent.",
-                                        labels=["To"])
+        disconnected = CounterMetricFamily("etcd_network_disconnected_peers", "The total number of disconnected "
+                                           "peers.", labels=["Local", "Remote"])
+        snap_ok: list = []
+        snap_fail: list = []
         msgs_sent = CounterMetricFamily("securekv_peer_messages_sent", "Raft messages sent.", labels=["To"])
         msgs_recv = CounterMetricFamily("securekv_peer_messages_received", "Raft messages received.",
                                         labels=["From"])
@@ -41,11 +43,15 @@ class PeerCollector:
             received.add_metric([remote], p["bytes_received"])
             failures.add_metric([remote], p["dropped"])
             active.add_metric([local, remote], 1 if p["connected"] else 0)
-            snap_ok.add_metric([remote], p["snapshots_sent"])
-            snap_fail.add_metric([remote], p["snapshots_failed"])
+            disconnected.add_metric([local, remote], max(p["connects"] - (1 if p["connected"] else 0), 0))
+            snap_ok.append(({"To": remote}, p["snapshots_sent"]))
+            snap_fail.append(({"To": remote}, p["snapshots_failed"]))
             msgs_sent.add_metric([remote], p["messages_sent"])
             msgs_recv.add_metric([remote], p["messages_received"])
-        yield from (sent, received, failures, active, snap_ok, snap_fail, msgs_sent, msgs_recv)
+        # etcd's snapshot counters have no _total suffix (ServerMetrics.render keeps the names).
+        yield counter("etcd_network_snapshot_send_success", "Total number of successful snapshot sends", snap_ok)
+        yield counter("etcd_network_snapshot_send_failures", "Total number of snapshot send failures", snap_fail)
+        yield from (sent, received, failures, active, disconnected, msgs_sent, msgs_recv)
         yield CounterMetricFamily("securekv_peer_handshake_failures", "Incoming peer connections that failed "
                                   "TLS or the handshake.", value=s["handshake_failures"])
         yield CounterMetricFamily("securekv_peer_refused", "Incoming peer connections refused (cluster ID, "

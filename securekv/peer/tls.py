@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from securekv.errors import PeerError, UsageError
-from securekv.server.tls import TLS12_CIPHERS, ReloadingContext, TLSFiles
+from securekv.server.tls import TLS12_CIPHERS, ReloadingContext, TLSFiles, cipher_string
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ def _harden(ctx: ssl.SSLContext) -> None:
 
 
 def _load_common(ctx: ssl.SSLContext, files: TLSFiles) -> None:
+    if files.cipher_suites:
+        ctx.set_ciphers(cipher_string(files.cipher_suites))
     try:
         ctx.load_cert_chain(files.cert_file, files.key_file)
     except (ssl.SSLError, OSError) as exc:
@@ -94,14 +96,14 @@ class PeerTLS:
     @classmethod
     def from_files(cls, cert_file: str, key_file: str, trusted_ca_file: str | None, crl_file: str | None = None,
                    client_cert_auth: bool = True, allowed_cn: str | None = None,
-                   allowed_hostname: str | None = None) -> PeerTLS:
+                   allowed_hostname: str | None = None, cipher_suites: tuple[str, ...] = ()) -> PeerTLS:
         """Build (and later hot-reload) contexts from ``--peer-*`` files; UsageError names a bad file."""
         if client_cert_auth and not trusted_ca_file:
             raise UsageError("--peer-client-cert-auth needs --peer-trusted-ca-file")
         if (allowed_cn or allowed_hostname) and not trusted_ca_file:
             raise UsageError("--peer-cert-allowed-cn/--peer-cert-allowed-hostname need --peer-trusted-ca-file")
         files = TLSFiles(str(cert_file), str(key_file), str(trusted_ca_file or ""), str(crl_file or ""),
-                         client_cert_auth)
+                         client_cert_auth, tuple(cipher_suites))
         if not trusted_ca_file:
             log.warning("peer TLS without --peer-trusted-ca-file: peer connections are encrypted "
                         "but members are not authenticated")

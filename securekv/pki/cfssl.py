@@ -77,10 +77,14 @@ def _load_json(path: str | Path, what: str) -> Any:
         raise UsageError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte offset {exc.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise UsageError(f"{what} {path} is nested too deeply to be a cfssl file") from None
 
 
 def _str(obj: dict, key: str, source: str) -> str:

@@ -20,9 +20,13 @@ from typing import Any
 import attrs
 import trio
 
-from securekv.api.auth_gate import Caller
+from securekv.api.auth_gate import SERVER_CALLER, AuthGate, Caller
+from securekv.api.status import go_status_string
+from securekv.auth.rules import PEER
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err
+from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE,
+                               ERR_NOT_LEADER, EtcdError, err)
+from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
 from securekv.server.node import Prepared
 
@@ -36,6 +40,25 @@ ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
 ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
 
 
+# The RPC whose rule re-authorises a retried proposal of each kind (see _propose).
+KIND_METHOD = {
+    "put": "Put", "delete_range": "DeleteRange", "txn": "Txn", "compaction": "Compact", "lease_grant": "LeaseGrant",
+    "lease_revoke": "LeaseRevoke", "alarm": "Alarm", "auth_enable": "AuthEnable", "auth_disable": "AuthDisable",
+    "auth_user_add": "UserAdd", "auth_user_delete": "UserDelete", "auth_user_change_password": "UserChangePassword",
+    "auth_user_grant_role": "UserGrantRole", "auth_user_revoke_role": "UserRevokeRole", "auth_role_add": "RoleAdd",
+    "auth_role_delete": "RoleDelete", "auth_role_grant_permission": "RoleGrantPermission",
+    "auth_role_revoke_permission": "RoleRevokePermission",
+}
+WATCH_METHOD = "/etcdserverpb.Watch/Watch"
+KEEPALIVE_METHOD = "/etcdserverpb.Lease/LeaseKeepAlive"
+
+
+def go_status(exc: EtcdError) -> str:
+    """grpc-go's status text (``rpc error: code = PermissionDenied desc = ...``): how etcd
+    words a watch's cancel_reason, which clientv3 matches on (the one error mapper's form)."""
+    return go_status_string(exc.code, exc.message)
+
+
 def prefix_end(key: bytes) -> bytes:
     end = bytearray(key)
     for i in range(len(end) - 1, -1, -1):
@@ -45,7 +68,7 @@ def prefix_end(key: bytes) -> bytes:
     return b"\0"
 
 
-class EtcdServer:
+class EtcdServer(AuthHandlers):
     def __init__(
         self,
         *,
@@ -87,6 +110,13 @@ class EtcdServer:
         self.published = False
         self.published_event = trio.Event()
         self.cluster_token = "etcd-cluster"
+        # The one authorisation gate (set by run.py; a default one for in-process tests).
+        self.gate: AuthGate = AuthGate()
+        self.gate.bind(self)
+        self.strict_reconfig_check = True  # --strict-reconfig-check
+        self.metrics: Any = None  # ServerMetrics (server/metrics.py), set by run.py
+        self.defragmenting = False
+        self.db_sizes = (0, 0)  # (size, in use) of the backend, refreshed by run.py for /metrics
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -118,9 +148,22 @@ class EtcdServer:
             session.wakeup.set()
 
     def _request(self, caller: Caller, **fields: Any) -> raft_internal_pb2.InternalRaftRequest:
+        """The log entry for a request: it carries who asked and the auth revision they were
+        authorised at, and is checked again when applied (etcd's RequestHeader)."""
         req = raft_internal_pb2.InternalRaftRequest(**fields)
         req.header.username = caller.username
+        req.header.auth_revision = caller.auth_revision
+        if caller is SERVER_CALLER:
+            req.header.internal = True
         return req
+
+    def _reauthorize(self, caller: Caller, field: str, body: Any) -> Caller:
+        """After ``revision of auth store is old`` at apply: the same caller, authorised again
+        against the new auth state (raises when the change took the permission away)."""
+        method = KIND_METHOD.get(field)
+        if method is None or caller is SERVER_CALLER:
+            raise err(ERR_AUTH_OLD_REVISION)
+        return self.gate.refresh(caller, method, body)
 
     def _check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
         """With NOSPACE raised, refuse writes before they reach the log (etcd's quota check).
@@ -136,9 +179,24 @@ class EtcdServer:
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
         self._refuse_learner()
-        req = self._request(caller, **fields)
-        self._check_quota(req)
-        return await self.node.propose(req)
+        return await self._propose_unchecked(caller, quota=True, **fields)
+
+    async def _propose_unchecked(self, caller: Caller, quota: bool = False, **fields: Any) -> Any:
+        """Propose one request (no learner check) and wait for its result."""
+        for attempt in (1, 2):
+            req = self._request(caller, **fields)
+            if quota:
+                self._check_quota(req)
+            try:
+                return await self.node.propose(req)
+            except EtcdError as exc:
+                # Auth changed between authorising and applying: once more, against the new
+                # state (etcd makes the client do this; the result is the same).
+                if exc != ERR_AUTH_OLD_REVISION or attempt == 2 or len(fields) != 1:
+                    raise
+                (field, body), = fields.items()
+                caller = self._reauthorize(caller, field, body)
+        raise AssertionError("unreachable")
 
     # -- KV: hot-path callbacks (run in the trio thread without spawning a task) -----------
 
@@ -165,6 +223,7 @@ class EtcdServer:
                     reply(None, error)
                     return
                 try:
+                    self.gate.refresh(caller, "Range", req)  # auth may have changed meanwhile
                     reply(self.fill(self.store.range(req), self.store.current_revision), None)
                 except BaseException as exc:
                     reply(None, exc)
@@ -175,16 +234,26 @@ class EtcdServer:
 
     def prepare(self, field: str, payload: bytes, caller: Caller) -> Prepared:
         """A hot write received as bytes, made into its log entry and decoded once (the
-        dispatcher calls this for API rows with an ``entry``; ``api/table.py``)."""
-        return self.node.prepare(field, payload, caller.username)
+        dispatcher calls this for API rows with an ``entry``; ``api/table.py``). The entry
+        carries the caller's user name and the auth revision it was identified at."""
+        return self.node.prepare(field, payload, caller.username, caller.auth_revision)
 
-    def _write_cb(self, entry: Prepared, reply: Any) -> None:
+    def _write_cb(self, entry: Prepared, caller: Caller, reply: Any, retry: bool = True) -> None:
         self._refuse_learner()
         self._check_quota(entry.request)
 
         def done(result: Any, error: BaseException | None) -> None:
             if error is None and result.error is not None:
                 error = result.error
+            if retry and error == ERR_AUTH_OLD_REVISION:
+                # Auth changed between authorising and applying: once more, against the new
+                # state, as a new entry (same request bytes, the new revision in its header).
+                try:
+                    fresh = self._reauthorize(caller, entry.field, entry.body)
+                    self._write_cb(self.prepare(entry.field, entry.payload, fresh), fresh, reply, retry=False)
+                    return
+                except BaseException as exc:
+                    error = exc
             reply(None if error is not None else self.fill(result.response), error)
 
         self.node.submit_prepared(entry, done)
@@ -193,13 +262,13 @@ class EtcdServer:
         from securekv.mvcc import validate_put
 
         validate_put(entry.body)
-        self._write_cb(entry, reply)
+        self._write_cb(entry, caller, reply)
 
     def delete_range_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import validate_delete_range
 
         validate_delete_range(entry.body)
-        self._write_cb(entry, reply)
+        self._write_cb(entry, caller, reply)
 
     def txn_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import is_txn_readonly, validate_txn
@@ -213,6 +282,7 @@ class EtcdServer:
                         reply(None, error)
                         return
                     try:
+                        self.gate.refresh(caller, "Txn", req)  # auth may have changed meanwhile
                         reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
                     except BaseException as exc:
                         reply(None, exc)
@@ -221,7 +291,7 @@ class EtcdServer:
                 return
             reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
             return
-        self._write_cb(entry, reply)
+        self._write_cb(entry, caller, reply)
 
     # -- KV ----------------------------------------------------------------------------------
 
@@ -231,6 +301,7 @@ class EtcdServer:
         validate_range(req)
         if self.needs_read_index(req.serializable):
             await self.node.wait_read_index()
+            self.gate.refresh(caller, "Range", req)
         return self.fill(self.store.range(req), self.store.current_revision)
 
     async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
@@ -271,10 +342,12 @@ class EtcdServer:
         if grant.ID == 0:
             grant.ID = new_lease_id(self.rng, exists=self.lessor.__contains__)
         result = await self._propose(caller, lease_grant=grant)
+        if self.metrics is not None:
+            self.metrics.lease_ttl.observe(grant.TTL)
         return self.fill(result.response, self.store.current_revision)
 
     async def lease_revoke(self, req: rpc_pb2.LeaseRevokeRequest, caller: Caller) -> rpc_pb2.LeaseRevokeResponse:
-        result = await self.node.propose(self._request(caller, lease_revoke=req))
+        result = await self._propose_unchecked(caller, lease_revoke=req)
         response = result.response if result.response is not None else rpc_pb2.LeaseRevokeResponse()
         return self.fill(response, result.revision)
 
@@ -318,32 +391,41 @@ class EtcdServer:
         return data
 
     def register_peer_calls(self, transport: Any) -> None:
-        async def guarded(fn: Any, payload: bytes) -> bytes:
-            try:
-                return await fn(payload)
-            except EtcdError as exc:
-                return b"\x00ERR:" + f"{exc.code}:{exc.message}".encode()
+        """Calls other members forward to this one (the leader): each passes the gate as the
+        calling member's identity (the peer transport verified its certificate)."""
+        def guarded(kind: str, fn: Any) -> Any:
+            async def handler(frm: int, payload: bytes) -> bytes:
+                try:
+                    self.gate.authorize(self.gate.peer_caller(frm), PEER + kind, payload)
+                    return await fn(payload)
+                except EtcdError as exc:
+                    return b"\x00ERR:" + f"{exc.code}:{exc.message}".encode()
+            return handler
 
-        async def keepalive(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                if not self.node.is_leader:
-                    raise err(ERR_NOT_LEADER)
-                return self.keepalive(int.from_bytes(p, "big", signed=True)).SerializeToString()
-            return await guarded(run, payload)
+        async def keepalive_run(p: bytes) -> bytes:
+            if not self.node.is_leader:
+                raise err(ERR_NOT_LEADER)
+            return self.keepalive(int.from_bytes(p, "big", signed=True)).SerializeToString()
 
-        async def ttl(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                if not self.node.is_leader:
-                    raise err(ERR_NOT_LEADER)
-                return self._time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(p)).SerializeToString()
-            return await guarded(run, payload)
+        async def ttl_run(p: bytes) -> bytes:
+            if not self.node.is_leader:
+                raise err(ERR_NOT_LEADER)
+            return self._time_to_live(rpc_pb2.LeaseTimeToLiveRequest.FromString(p)).SerializeToString()
 
-        async def promote(_frm: int, payload: bytes) -> bytes:
-            async def run(p: bytes) -> bytes:
-                req = rpc_pb2.MemberPromoteRequest.FromString(p)
-                return (await self.member_promote(req, None)).SerializeToString()
-            return await guarded(run, payload)
+        async def promote_run(p: bytes) -> bytes:
+            req = rpc_pb2.MemberPromoteRequest.FromString(p)
+            return (await self.member_promote(req, None)).SerializeToString()
 
+        keepalive = guarded("lease_keepalive", keepalive_run)
+        ttl = guarded("lease_ttl", ttl_run)
+        promote = guarded("member_promote", promote_run)
+
+        async def hashkv_run(p: bytes) -> bytes:
+            from securekv.server.corrupt import serve_hashkv
+
+            return serve_hashkv(self, p)
+
+        transport.register_call("hashkv", guarded("hashkv", hashkv_run))
         transport.register_call("lease_keepalive", keepalive)
         transport.register_call("lease_ttl", ttl)
         transport.register_call("member_promote", promote)
@@ -356,10 +438,12 @@ class EtcdServer:
 
     def keepalive(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
         ttl = self.lessor.renew(lease_id, self.clock())
+        if ttl > 0 and self.metrics is not None:
+            self.metrics.lease_renewed += 1
         return self.fill(rpc_pb2.LeaseKeepAliveResponse(ID=lease_id, TTL=ttl), self.store.current_revision)
 
     async def open_keepalive(self, _request: Any, caller: Caller) -> "KeepAliveSession":
-        return KeepAliveSession(self)
+        return KeepAliveSession(self, caller)
 
     def on_leader_change(self, old: int, new: int) -> None:
         """Only the leader's lessor keeps deadlines; a new leader extends every lease by an
@@ -379,9 +463,11 @@ class EtcdServer:
         if not self.node.is_leader:
             return
         for lease_id in self.lessor.expired(self.clock(), 1000):
-            req = raft_internal_pb2.InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+            req = self._request(SERVER_CALLER, lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
             if not self.node.propose_nowait(req):
                 break
+            if self.metrics is not None:
+                self.metrics.lease_expired += 1
 
     # -- Watch -------------------------------------------------------------------------------
 
@@ -439,7 +525,7 @@ class EtcdServer:
         for m in self.node.membership.members.values():
             if set(urls) & set(m.peer_urls):
                 raise err(ERR_PEER_URL_EXIST)
-        if not req.isLearner:
+        if not req.isLearner and self.strict_reconfig_check:
             nmembers = len(self._voters()) + 1
             nstarted = self._started_members()
             # etcd's special case: growing a one-member cluster (after --force-new-cluster).
@@ -466,7 +552,7 @@ class EtcdServer:
         m = self.node.membership.members.get(req.ID)
         if m is None:
             raise err(ERR_MEMBER_NOT_FOUND)
-        if not m.is_learner:
+        if not m.is_learner and self.strict_reconfig_check:
             voters = self._voters()
             started = self._started_members()
             if req.ID != self.member_id and self.transport is not None and self.transport.active_since(req.ID) is not None:
@@ -521,9 +607,11 @@ class EtcdServer:
         if mine is None or theirs is None or theirs.match < mine.match * 0.9:
             raise err(ERR_LEARNER_NOT_READY)
         voters = len(self._voters())
-        if self._started_members() < (voters + 1) // 2 + 1:
+        if self.strict_reconfig_check and self._started_members() < (voters + 1) // 2 + 1:
             raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
         await self.node.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, req.ID))
+        if self.metrics is not None:
+            self.metrics.promotions += 1
         resp = rpc_pb2.MemberPromoteResponse(members=self.members())
         self.header(resp.header)
         return resp
@@ -543,6 +631,7 @@ class EtcdServer:
                     and self.node.leader != 0):
                 self.published = True
                 self.published_event.set()
+                self._log_published()
                 return
             now = trio.current_time()
             if self.node.leader != 0 and m is not None and now - last >= 1.0:
@@ -550,6 +639,18 @@ class EtcdServer:
                 self.node.propose_raw(publish_entry(self.member_id, name=self.name, clientURLs=self.client_urls))
             with trio.move_on_after(0.2):
                 await self.node.wait_applied()
+
+    def _log_published(self) -> None:
+        from securekv.server.etcdlog import event
+
+        attrs_text = f"{{Name:{self.name} ClientURLs:[{' '.join(self.client_urls)}]}}"
+        event(log, logging.INFO, "published local member to cluster through raft",
+              capnslog=f"published {attrs_text} to cluster {self.cluster_id:x}", pkg="etcdserver",
+              **{"local-member-id": f"{self.member_id:x}", "local-member-attributes": attrs_text,
+                 "request-path": f"/0/members/{self.member_id:x}/attributes", "cluster-id": f"{self.cluster_id:x}",
+                 "publish-timeout": "7s"})
+        event(log, logging.INFO, "enabled capabilities for version", capnslog=f"enabled capabilities for version "
+              f"{CLUSTER_VERSION[:3]}", pkg="etcdserver/api", **{"cluster-version": CLUSTER_VERSION[:3]})
 
     async def member_list(self, req: Any, caller: Caller) -> rpc_pb2.MemberListResponse:
         resp = rpc_pb2.MemberListResponse(members=self.members())
@@ -581,11 +682,17 @@ class EtcdServer:
         return self.fill(resp, self.store.current_revision)
 
     async def hash(self, req: Any, caller: Caller) -> rpc_pb2.HashResponse:
+        started = trio.current_time()
         value = await self.node.backend_call(self.backend.content_hash)
+        if self.metrics is not None:
+            self.metrics.hash_seconds.observe(trio.current_time() - started)
         return self.fill(rpc_pb2.HashResponse(hash=value & 0xFFFFFFFF), self.store.current_revision)
 
     async def hash_kv(self, req: rpc_pb2.HashKVRequest, caller: Caller) -> rpc_pb2.HashKVResponse:
+        started = trio.current_time()
         value, compact = self.store.hash_kv(req.revision)
+        if self.metrics is not None:
+            self.metrics.hash_rev_seconds.observe(trio.current_time() - started)
         return self.fill(rpc_pb2.HashKVResponse(hash=value, compact_revision=compact), self.store.current_revision)
 
     async def alarm(self, req: rpc_pb2.AlarmRequest, caller: Caller) -> rpc_pb2.AlarmResponse:
@@ -594,12 +701,19 @@ class EtcdServer:
         ):
             resp = rpc_pb2.AlarmResponse(alarms=self.applier.alarms.list(req.alarm))
         else:
-            result = await self.node.propose(self._request(caller, alarm=req))
+            result = await self._propose_unchecked(caller, alarm=req)
             resp = result.response if result.response is not None else rpc_pb2.AlarmResponse()
         return resp  # etcd 3.4 sends Alarm answers without a header (`alarm list -w json` is `{}`)
 
     async def defragment(self, req: Any, caller: Caller) -> rpc_pb2.DefragmentResponse:
-        await self.node.backend_call(self.backend.defragment)
+        started = trio.current_time()
+        self.defragmenting = True
+        try:
+            await self.node.backend_call(self.backend.defragment)
+        finally:
+            self.defragmenting = False
+        if self.metrics is not None:
+            self.metrics.defrag_seconds.observe(trio.current_time() - started)
         return rpc_pb2.DefragmentResponse()
 
     async def move_leader(self, req: rpc_pb2.MoveLeaderRequest, caller: Caller) -> rpc_pb2.MoveLeaderResponse:
@@ -630,12 +744,15 @@ class EtcdServer:
         self._snapshots += 1
         base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}"
         copy, path = Path(f"{base}.sqlite"), Path(f"{base}.db")
+        started = trio.current_time()
         try:
             await self.node.backend_call(self.backend.backup_to, str(copy))
             revision = await trio.to_thread.run_sync(_copy_revision, str(copy))
             await trio.to_thread.run_sync(export_snapshot, str(copy), str(path), CLUSTER_VERSION)
         finally:
             copy.unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.backend_snapshot_seconds.observe(trio.current_time() - started)
         return BuiltSnapshot(path, revision, self.cluster_id, self.member_id, self.term)
 
     async def open_snapshot(self, req: Any, caller: Caller) -> "SnapshotSession":
@@ -659,11 +776,6 @@ class EtcdServer:
 
     async def open_health_watch(self, req: Any, caller: Caller) -> "HealthWatchSession":
         return HealthWatchSession(req.service)
-
-    async def authenticate(self, req: Any, caller: Caller) -> Any:
-        from securekv.rpctypes import ERR_AUTH_NOT_ENABLED
-
-        raise err(ERR_AUTH_NOT_ENABLED)
 
     async def health(self) -> tuple[bool, str]:
         if self.node.stopped:
@@ -794,20 +906,25 @@ class EtcdServer:
         return out
 
     async def open_observe(self, req: v3election_pb2.LeaderRequest, caller: Caller) -> "ObserveSession":
-        return ObserveSession(self, req.name)
+        return ObserveSession(self, req, caller)
 
 
 def _sizes(backend: Any) -> tuple[int, int]:
     return backend.size_bytes(), backend.size_in_use()
 
 
-# -- stream sessions (trio side; the bridge pulls responses with next()) --------------------
+# -- stream sessions (trio side; the dispatcher pulls responses with next()) ----------------
 
 
 ERR_TOO_MANY_WATCHERS_REASON = "securekv: too many watchers for this client identity"
 
 
 class WatchSession:
+    """One Watch stream. Each create is authorised (READ on its range) before the hub sees it;
+    a refused one is answered ``created`` + ``canceled`` with etcd's Go-formatted reason. After
+    any auth change every watcher of the stream is checked again and those no longer allowed
+    are cancelled the same way before another event is sent (etcd keeps streaming them)."""
+
     def __init__(self, server: EtcdServer, caller: Caller) -> None:
         self.server = server
         self.caller = caller
@@ -822,15 +939,41 @@ class WatchSession:
     async def handle(self, request: rpc_pb2.WatchRequest) -> None:
         if self.closed:
             return
-        if (request.WhichOneof("request_union") == "create_request"
-                and self.server.watchers_of(self.owner) >= self.server.max_watches_per_identity):
-            self.stream.reject_create(ERR_TOO_MANY_WATCHERS_REASON)
+        refused = ""
+        if request.WhichOneof("request_union") == "create_request":
+            try:
+                self._recheck()
+                self.server.gate.authorize_message(self.caller, WATCH_METHOD, request)
+            except EtcdError as exc:
+                refused = go_status(exc)
+            else:
+                if self.server.watchers_of(self.owner) >= self.server.max_watches_per_identity:
+                    refused = ERR_TOO_MANY_WATCHERS_REASON
+        if refused:
+            self.stream.reject_create(refused)
         else:
             self.stream.handle(request)
         self.wakeup.set()
         while not self.stream.accepting and not self.closed:
             self.drained = trio.Event()
             await self.drained.wait()
+
+    def _recheck(self) -> None:
+        """Re-authorise the stream's watchers if the auth state moved since they were allowed."""
+        if self.caller.auth_revision == self.server.auth_state().revision:
+            return
+        try:
+            self.caller = self.server.gate.refresh(self.caller, WATCH_METHOD, None)
+        except EtcdError as exc:  # a JWT from before the change: every watcher must re-login
+            for watch_id, _key, _end in self.stream.watch_ranges():
+                self.stream.revoke(watch_id, go_status(exc))
+            return
+        for watch_id, key, end in self.stream.watch_ranges():
+            probe = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=key, range_end=end))
+            try:
+                self.server.gate.authorize_message(self.caller, WATCH_METHOD, probe)
+            except EtcdError as exc:
+                self.stream.revoke(watch_id, go_status(exc))
 
     async def half_close(self) -> None:
         """etcd keeps a watch stream open after the client half-closes."""
@@ -840,6 +983,7 @@ class WatchSession:
             if self.closed:
                 return None
             self.wakeup = trio.Event()
+            self._recheck()
             batch = self.stream.next_responses(64)
             self.drained.set()
             if batch:
@@ -866,21 +1010,36 @@ class WatchSession:
 
 
 class KeepAliveSession:
-    def __init__(self, server: EtcdServer) -> None:
+    """A LeaseKeepAlive stream; every renewal is authorised (a revoked role stops renewing),
+    and a refusal ends the stream with the error."""
+
+    def __init__(self, server: EtcdServer, caller: Caller) -> None:
         self.server = server
+        self.caller = caller
         self.send, self.recv = trio.open_memory_channel[Any](16)
 
     async def handle(self, request: rpc_pb2.LeaseKeepAliveRequest) -> None:
-        await self.send.send(await self.server.keepalive_async(request.ID))
+        try:
+            self.caller = self.server.gate.refresh(self.caller, KEEPALIVE_METHOD, None)
+            self.server.gate.authorize_message(self.caller, KEEPALIVE_METHOD, request)
+            response: Any = await self.server.keepalive_async(request.ID)
+        except EtcdError as exc:
+            response = exc
+        await self.send.send(response)
+        if isinstance(response, EtcdError):
+            self.send.close()
 
     async def half_close(self) -> None:
         self.send.close()
 
     async def next(self) -> Any | None:
         try:
-            return await self.recv.receive()
+            item = await self.recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
+        if isinstance(item, EtcdError):
+            raise item
+        return item
 
     def close(self) -> None:
         self.send.close()
@@ -993,9 +1152,13 @@ class HealthWatchSession:
 
 
 class ObserveSession:
-    def __init__(self, server: EtcdServer, name: bytes) -> None:
+    """Election Observe: the leader key on every change; re-authorised after auth changes."""
+
+    def __init__(self, server: EtcdServer, req: v3election_pb2.LeaderRequest, caller: Caller) -> None:
         self.server = server
-        self.name = name
+        self.req = req
+        self.name = req.name
+        self.caller = caller
         self.last: tuple[bytes, int] | None = None
         self.closed = False
         self.cancel = trio.Event()
@@ -1009,6 +1172,7 @@ class ObserveSession:
     async def next(self) -> Any | None:
         while not self.closed:
             changed = self.server._changed
+            self.caller = self.server.gate.refresh(self.caller, "/v3electionpb.Election/Observe", self.req)
             kv = self.server._leader_kv(self.name)
             if kv is not None and (kv.key, kv.mod_revision) != self.last:
                 self.last = (kv.key, kv.mod_revision)

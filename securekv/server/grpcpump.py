@@ -212,7 +212,8 @@ class Call:
 class GrpcPump:
     def __init__(self, stream: trio.abc.Stream, identity: Identity, dispatcher: Dispatcher,
                  settings: GrpcSettings | None = None, preface_timeout: float = 10.0,
-                 keepalive: tuple[float, float] = (2 * 3600.0, 20.0)) -> None:
+                 keepalive: tuple[float, float] = (2 * 3600.0, 20.0),
+                 on_bytes: Callable[[int, int], None] | None = None) -> None:
         self.stream = stream
         self.identity = identity
         self.dispatcher = dispatcher
@@ -234,6 +235,8 @@ class GrpcPump:
         # etcd's --grpc-keepalive-interval / --grpc-keepalive-timeout (0 disables).
         self._keepalive = keepalive
         self._last_read = trio.current_time()
+        # (received, sent) byte counts of this connection, as they happen (the server's metrics).
+        self._on_bytes = on_bytes
 
     def kick(self) -> None:
         """Something was queued: the writer sends it (once, with whatever else this turn adds)."""
@@ -302,6 +305,8 @@ class GrpcPump:
                 return
             if not data:
                 return
+            if self._on_bytes is not None:
+                self._on_bytes(len(data), 0)
             now = self._last_read = trio.current_time()
             for ev in conn.receive_data(data, now):
                 t = type(ev)
@@ -359,6 +364,8 @@ class GrpcPump:
                     self._in_flight = len(data)
                     await send(data)
                     self._in_flight = 0
+                    if self._on_bytes is not None:
+                        self._on_bytes(0, len(data))
                     self._room.set()
                 if self._finishing and not conn.unsent:
                     return

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from securekv.api.identity import Identity
+from securekv.server.etcdlog import rejected_connection
 from securekv.server.tls import ReloadingContext, peer_common_name
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,12 @@ class ClientListener:
                         await ssl_stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                         self.stats.handshake_failures += 1
-                        log.info("TLS handshake with %s failed: %s", remote, _reason(exc))
+                        rejected_connection(log, remote, _reason(exc))  # etcd's log line
                         await trio.aclose_forcefully(tcp)
                         return
                 if scope.cancelled_caught:
                     self.stats.handshake_failures += 1
-                    log.info("TLS handshake with %s timed out", remote)
+                    rejected_connection(log, remote, "tls: handshake timed out")
                     await trio.aclose_forcefully(tcp)
                     return
                 alpn = ssl_stream.selected_alpn_protocol()

@@ -24,6 +24,7 @@ import trio
 
 from securekv.proto import raft_internal_pb2
 from securekv.raft import ConfChange, ConfChangeType, Config as RaftConfig, EntryType, RawNode, Role
+from securekv.raft.types import MessageType
 from securekv.raft.errors import ProposalDropped
 from securekv.rpctypes import (
     ERR_NO_LEADER,
@@ -35,6 +36,7 @@ from securekv.rpctypes import (
     err,
 )
 from securekv.server.cluster import PUBLISH_PREFIX, META_KEY, Membership
+from securekv.server.etcdlog import event
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class Prepared:
     data: bytes
     request: raft_internal_pb2.InternalRaftRequest
     body: Any
+    field: str = ""  # the InternalRaftRequest field the body travels in
+    payload: bytes = b""  # the body's bytes as received (to prepare it again with a new header)
 
 
 def peek_header(data: bytes) -> tuple[int, int] | None:
@@ -147,6 +151,7 @@ class Node:
         on_leader_change: Callable[[int, int], None] | None = None,
         clock: Callable[[], float] = trio.current_time,
         snapshot_count: int = 100_000,
+        pre_vote: bool = True,
     ) -> None:
         import random
 
@@ -177,9 +182,23 @@ class Node:
         self.raw = RawNode(RaftConfig(
             id=member_id, storage=self.storage, rng=rng or random.Random(),
             election_tick=election_tick, heartbeat_tick=1, applied=applied,
-            max_size_per_msg=1 << 20, max_inflight_msgs=256, check_quorum=True, pre_vote=True,
+            max_size_per_msg=1 << 20, max_inflight_msgs=256, check_quorum=True, pre_vote=pre_vote,
         ))
         self._initial_term = term
+        self.cluster_id = 0  # for log lines only (set by the server)
+        self.leader_changes = 0  # etcd_server_leader_changes_seen_total
+        self.slow_applies = 0  # etcd_server_slow_apply_total
+        self.proposals_failed = 0  # etcd_server_proposals_failed_total
+        self.read_indexes_failed = 0  # etcd_server_read_indexes_failed_total
+        self.events_notified = 0  # etcd_debugging_mvcc_events_total
+        self.compacted_keys = 0  # etcd_debugging_mvcc_db_compaction_keys_total
+        self.wal_bytes = 0  # entry bytes appended to the WAL (etcd_disk_wal_write_bytes_total)
+        self.installing_snapshot = False
+        self._heartbeats: dict[int, float] = {}  # peer -> when the unanswered heartbeat was sent
+        self.metrics: Any = None  # ServerMetrics: histograms observed where the work happens
+        self.warning_apply_duration = 0.1  # --experimental-warning-apply-duration
+        self.backend_batch_interval = BACKEND_BATCH_INTERVAL  # --backend-batch-interval
+        self.backend_batch_limit = BACKEND_BATCH_LIMIT  # --backend-batch-limit
         self.transport: Any = None
         self.committed_index = applier.applied_index  # highest index whose rows are in the backend
         self._committed = trio.Event()
@@ -263,6 +282,10 @@ class Node:
     # -- inputs from the transport (trio thread) ---------------------------------------------
 
     def deliver(self, message: Any) -> None:
+        if self._heartbeats and getattr(message, "type", None) == MessageType.HEARTBEAT_RESP:
+            sent = self._heartbeats.pop(message.frm, None)
+            if sent is not None and self.metrics is not None:  # etcd_network_peer_round_trip_time_seconds
+                self.metrics.observe_peer_rtt(message.frm, time.perf_counter() - sent)
         self._inbox.append(message)
         self._poke()
 
@@ -292,16 +315,18 @@ class Node:
             raise err(ERR_REQUEST_TOO_LARGE)
         return data
 
-    def prepare(self, field: str, payload: bytes, username: str) -> Prepared:
+    def prepare(self, field: str, payload: bytes, username: str, auth_revision: int = 0) -> Prepared:
         """A client request received as bytes (``payload``, e.g. a PutRequest) made into its
         log entry without re-encoding it, then decoded once (raises protobuf's DecodeError
-        for a malformed payload). The size limit is checked when it is submitted."""
-        head = raft_internal_pb2.RequestHeader(ID=self._next_id, username=username,
+        for a malformed payload). The header carries who asked and the auth revision they
+        were authorised at (checked again when applied). The size limit is checked when it
+        is submitted."""
+        head = raft_internal_pb2.RequestHeader(ID=self._next_id, username=username, auth_revision=auth_revision,
                                                member_id=self.member_id).SerializeToString()
         self._next_id += 1
         data = b"".join((_HEADER_TAG, _varint(len(head)), head, _ENTRY_TAGS[field], _varint(len(payload)), payload))
         req = raft_internal_pb2.InternalRaftRequest.FromString(data)
-        return Prepared(data, req, getattr(req, field))
+        return Prepared(data, req, getattr(req, field), field, payload)
 
     def submit_prepared(self, prepared: Prepared, done: Done) -> None:
         """Non-blocking propose of a prepared entry (trio thread); ``done`` gets the result."""
@@ -464,7 +489,8 @@ class Node:
         """Apply the applied batches' rows to the backend, in order, in the background.
 
         Like etcd's backend (--backend-batch-interval 100 ms, batch limit 10,000), rows are
-        gathered for up to ``BACKEND_BATCH_INTERVAL`` or ``BACKEND_BATCH_LIMIT`` entries and
+        gathered for up to ``backend_batch_interval`` or ``backend_batch_limit`` entries
+        (``--backend-batch-interval``/``--backend-batch-limit``) and
         committed by one worker-thread job: the WAL is the durable copy (a crash replays what
         the backend misses), so a put costs a share of one sqlite commit instead of a whole
         one and one thread hand-off instead of two. Whoever reads the backend waits for
@@ -479,8 +505,8 @@ class Node:
                 if item is _FLUSH:
                     continue
                 pending, last = list(item[0]), item[1]
-                with trio.move_on_after(BACKEND_BATCH_INTERVAL):
-                    while last - self.committed_index < BACKEND_BATCH_LIMIT and not self._flush_asked:
+                with trio.move_on_after(self.backend_batch_interval):
+                    while last - self.committed_index < self.backend_batch_limit and not self._flush_asked:
                         try:
                             item = await self._commit_recv.receive()
                         except trio.EndOfChannel:
@@ -492,7 +518,13 @@ class Node:
                         last = item[1]
                 with trio.CancelScope(shield=True):
                     async with self.backend_lock:
-                        await trio.to_thread.run_sync(self._commit_backend, pending)
+                        try:
+                            await trio.to_thread.run_sync(self._commit_backend, pending)
+                        except Exception as exc:  # the WAL still holds these entries: stop, replay at restart
+                            log.critical("backend commit failed, stopping: %s", exc)
+                            self.stopped = True
+                            self._fatal(exc)
+                            raise
                 self._flush_asked = False
                 self.committed_index = last
                 self._committed.set()
@@ -581,6 +613,7 @@ class Node:
                 raw.read_index(ctx)
                 self._reads_sent[ctx] = reads
             except ProposalDropped:
+                self.read_indexes_failed += len(reads)
                 for cb in reads:
                     _safe(cb, err(ERR_NO_LEADER))
         return closed
@@ -597,6 +630,7 @@ class Node:
             self.raw.propose_many([data for data, _, _ in batch])
         except ProposalDropped as exc:
             error = err(ERR_NO_LEADER) if "no leader" in str(exc) else err(ERR_TIMEOUT)
+            self.proposals_failed += len(batch)
             for _, req, done in batch:
                 self._waiters.pop(req.header.ID, None)
                 if done is not None:
@@ -606,6 +640,7 @@ class Node:
         now = self.clock()
         if self._waiters:
             late = [k for k, (_, _, d) in self._waiters.items() if d < now]
+            self.proposals_failed += len(late)
             for k in late:
                 _, done, _ = self._waiters.pop(k)
                 if done is not None:
@@ -652,12 +687,14 @@ class Node:
                 # Encoding the records is Python work: done here, so the worker thread only
                 # writes and fsyncs (C calls without the GIL) and never competes with this
                 # thread for it. Only the fsync leaves the thread.
+                self.wal_bytes += sum(len(e.data) for e in rd.entries)
                 self.wal.append(rd.entries, hard_state=rd.hard_state)
                 if rd.must_sync or rd.entries:
                     await trio.to_thread.run_sync(self.wal.sync)
             except BaseException as exc:  # the log is unusable: fail everyone, stop
                 log.critical("WAL write failed, stopping: %s", exc)
                 self.stopped = True
+                self._fatal(exc)
                 raise
             fsync_seconds = time.monotonic() - started
             if rd.entries:
@@ -666,6 +703,10 @@ class Node:
                 self.storage.set_hard_state(rd.hard_state)
         # 2. send
         if rd.messages and self.transport is not None:
+            now = time.perf_counter()
+            for m in rd.messages:
+                if m.type == MessageType.HEARTBEAT:
+                    self._heartbeats[m.to] = now
             self.transport.send(rd.messages)
         # 3. apply
         for rs in rd.read_states:
@@ -692,11 +733,18 @@ class Node:
         self.leader = soft.leader
         self.role = soft.role
         if old != soft.leader:
-            log.info("member %x: leader is now %x (term %d)", self.member_id, soft.leader, self.raw.raft.term)
+            term = self.raw.raft.term
+            if soft.leader:  # etcd's raft.node lines, which operators' leader-change alerts match
+                text = f"raft.node: {self.member_id:x} elected leader {soft.leader:x} at term {term}"
+            else:
+                text = f"raft.node: {self.member_id:x} lost leader {old:x} at term {term}"
+            event(log, logging.INFO, text, pkg="raft")
+            self.leader_changes += 1 if soft.leader else 0
             if soft.leader == 0 or self._reads_sent:
                 # Reads sent to a leader that is gone will never be answered: fail them fast.
                 pending, self._reads_sent = self._reads_sent, {}
                 for reads in pending.values():
+                    self.read_indexes_failed += len(reads)
                     for cb in reads:
                         _safe(cb, err(ERR_NO_LEADER))
             self._leader_event.set()
@@ -724,6 +772,7 @@ class Node:
                     self.membership.apply_conf_change(cc)
                     members_changed = True
                     results.append(applier.apply(index, _EMPTY, now=now))
+                    self._log_conf_change(cc)
                     if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
                         log.warning("this member (%x) was removed from the cluster", self.member_id)
                     if self.transport is not None:
@@ -768,7 +817,11 @@ class Node:
                 if req.header.member_id == self.member_id:
                     waiter = self._waiters.pop(req.header.ID, None)
             try:
+                started = time.perf_counter()
                 result = applier.apply(index, req, now=now)
+                took = time.perf_counter() - started
+                if took > self.warning_apply_duration:
+                    self._slow_apply(req, took)
             except EtcdError as exc:  # not expected from the applier, but never kill the loop
                 result = _Failed(index, exc)
                 results.append(result)
@@ -783,6 +836,7 @@ class Node:
                     self.hub.compact(req.compaction.revision)
                 if result.events:
                     self.hub.notify(result.revision, list(result.events))
+                    self.events_notified += len(result.events)
             if waiter is not None and waiter[1] is not None:
                 dones.append((waiter[1], result, None))
         if members_changed and self.transport is not None and self.member_id in self.membership.members:
@@ -795,6 +849,7 @@ class Node:
             return
         last = entries[-1].index
         writes = self.to_write_batch(results, last)
+        self.compacted_keys += sum(len(getattr(w, "deletes", ())) for w in writes)
         if members_changed and writes:
             writes[-1].meta[META_KEY] = self.membership.encode()
         # Acknowledged above: the entries are durable in the WAL and applied in memory. The
@@ -811,6 +866,35 @@ class Node:
             self.stats.last_batch = requests
         if self.on_batch is not None:
             self.on_batch(requests, fsync_seconds, last)
+
+    def _slow_apply(self, req: raft_internal_pb2.InternalRaftRequest, took: float) -> None:
+        """etcd's warnOfExpensiveRequest: the request is named by type and key, never its value."""
+        from securekv.client.gofmt import duration
+
+        self.slow_applies += 1
+        kind = req.WhichOneof("request") or "unknown"
+        inner = getattr(req, kind, None) if kind != "unknown" else None
+        key = getattr(inner, "key", b"") if inner is not None else b""
+        shown = f"{kind} key:{key.decode('utf-8', 'replace')!r}" if key else kind
+        event(log, logging.WARNING, "apply request took too long",
+              capnslog=f"apply entries took too long [{duration(took)} for 1 entries]", pkg="etcdserver",
+              took=duration(took), **{"expected-duration": duration(self.warning_apply_duration)},
+              prefix="", request=shown, response="")
+
+    def _log_conf_change(self, cc: ConfChange) -> None:
+        """etcd's membership lines (``added member`` / ``removed member``)."""
+        member = self.membership.members.get(cc.node_id)
+        urls = list(member.peer_urls) if member is not None else []
+        ids = {"cluster-id": f"{self.cluster_id:x}", "local-member-id": f"{self.member_id:x}"}
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            event(log, logging.INFO, "removed member",
+                  capnslog=f"removed member {cc.node_id:x} from cluster {self.cluster_id:x}", pkg="etcdserver/membership",
+                  **ids, **{"removed-remote-peer-id": f"{cc.node_id:x}", "removed-remote-peer-urls": urls})
+        elif cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER):
+            event(log, logging.INFO, "added member",
+                  capnslog=f"added member {cc.node_id:x} {urls} to cluster {self.cluster_id:x}".replace("'", ""),
+                  pkg="etcdserver/membership", **ids,
+                  **{"added-peer-id": f"{cc.node_id:x}", "added-peer-peer-urls": urls})
 
     def _sync_transport_peer(self, cc: ConfChange) -> None:
         t = self.transport
@@ -857,8 +941,14 @@ class Node:
         marker = SnapshotMarker(index=index, term=term, voters=cs.voters, learners=cs.learners)
 
         def work() -> list[str]:
+            started = time.perf_counter()
             self.backend.sync()
+            marked = time.perf_counter()
             self.wal.save_snapshot(marker)
+            done = time.perf_counter()
+            if self.metrics is not None:
+                self.metrics.snap_fsync_seconds.observe(done - marked)
+                self.metrics.snap_save_seconds.observe(done - started)
             return self.wal.release_before(index)
 
         async with self.backend_lock:
@@ -871,6 +961,16 @@ class Node:
 
     _nursery: Any = None
     on_install_snapshot: Any = None  # async (Snapshot) -> None, set by the server
+    #: Called once the member cannot go on (its WAL or backend failed): the process entry point
+    #: bounds how long the orderly stop may take (serve_cmd). Set by the server; None in tests.
+    on_fatal: Callable[[BaseException], None] | None = None
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(exc)
+            except Exception:
+                log.exception("fatal-error hook failed")
 
     def _request_snapshot(self) -> None:
         """The core needs snapshot data for a follower: build a backend copy off-thread."""
@@ -906,8 +1006,15 @@ class Node:
             raise RuntimeError("cannot install a snapshot: no installer")
         await self.wait_committed(self.applier.applied_index)
         meta = snap.metadata
+        started = time.perf_counter()
+        self.installing_snapshot = True
         async with self.backend_lock:
-            await self.on_install_snapshot(snap)
+            try:
+                await self.on_install_snapshot(snap)
+            finally:
+                self.installing_snapshot = False
+            if self.metrics is not None:
+                self.metrics.snap_db_save_seconds.observe(time.perf_counter() - started)
             marker = SnapshotMarker(index=meta.index, term=meta.term, voters=meta.conf_state.voters,
                                     learners=meta.conf_state.learners)
             await trio.to_thread.run_sync(self.wal.save_snapshot, marker)
@@ -917,8 +1024,11 @@ class Node:
         self._conf_history = [(meta.index, meta.conf_state)]
 
     def _commit_backend(self, writes: list[Any]) -> None:
+        started = time.perf_counter()
         for wb in writes:
             self.backend.commit(wb)
+        if self.metrics is not None:
+            self.metrics.backend_commit_seconds.observe(time.perf_counter() - started)
 
     async def backend_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking backend call in a worker, serialised with the node's commits, after

@@ -41,10 +41,11 @@ class _Acc:
         self.deletes: list[tuple[int, int]] = []
         self.leases: dict[int, Any] = {}  # id -> LeaseRow | None (deleted)
         self.meta: dict[str, Any] = {}
+        self.items: dict[tuple[str, bytes], bytes | None] = {}  # auth rows; None = delete
         self.index = 0
 
     def empty(self) -> bool:
-        return not (self.puts or self.deletes or self.leases or self.meta)
+        return not (self.puts or self.deletes or self.leases or self.meta or self.items)
 
 
 def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
@@ -67,6 +68,8 @@ def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
                 lease_puts=[Lease(r.id, r.ttl, data=encode_lease_data(r.remaining_ttl))
                             for r in acc.leases.values() if r is not None],
                 lease_deletes=[i for i, r in acc.leases.items() if r is None],
+                item_puts=[(b, k, v) for (b, k), v in acc.items.items() if v is not None],
+                item_deletes=[(b, k) for (b, k), v in acc.items.items() if v is None],
                 meta=dict(acc.meta),
                 consistent_index=index,
             )
@@ -87,6 +90,8 @@ def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
             acc.leases[row.id] = row
         for lease_id in getattr(r, "lease_deletes", ()) or ():
             acc.leases[lease_id] = None
+        for bucket, key, value in getattr(r, "auth_rows", ()) or ():
+            acc.items[(bucket, key)] = value
         alarms = getattr(r, "alarms", None)
         if alarms is not None:
             acc.meta["alarms"] = encode_alarms(alarms)

@@ -31,6 +31,7 @@ their TTL (plus an election timeout) when it is promoted, as etcd does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -43,6 +44,7 @@ import attrs
 
 from securekv.client.gourl import check_peer_urls
 from securekv.client.printer import go_quote
+from securekv.errors import DiskFullError
 from securekv.fsutil import fsync_dir
 
 DIGEST_LEN = 32
@@ -366,6 +368,9 @@ def _write_dirs(bolt: Any, data_dir: str, wal_flag: str, member_id: int, cluster
                 os.rmdir(d)
         if isinstance(exc, OSError) and exc.filename is not None:
             raise _os_error("restore", os.fspath(exc.filename), exc) from None
+        if isinstance(exc, DiskFullError) or isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RestoreError(f"restore into {go_quote(data_dir)}: no space left on device ({exc}); "
+                               "nothing was left behind") from None
         raise
     finally:
         for d in temps:

@@ -31,7 +31,9 @@ log = logging.getLogger("securekv.server")
 
 LEASE_TICK = 0.5
 DRAIN_GRACE = 2.0  # seconds gRPC calls get to finish after GOAWAY when the member stops
+TOKEN_PURGE = 10.0  # drop expired simple tokens this often (they are refused when used anyway)
 TLS_RELOAD_CHECK = 1.0
+DB_SIZE_REFRESH = 5.0
 
 
 @attrs.frozen
@@ -60,7 +62,7 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
 
         local = ensure_local_pki(Path(config.data_dir) / "pki", hosts, client_names=("root",))
         files = TLSFiles(str(local.server_cert), str(local.server_key), str(local.ca_path),
-                         config.client_crl_file, client_cert_auth=True)
+                         config.client_crl_file, client_cert_auth=True, cipher_suites=config.cipher_suites)
         return files, local
     if config.auto_tls:
         from securekv.pki.autotls import ensure_self_signed
@@ -68,11 +70,11 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "client", hosts,
                                   validity_years=config.self_signed_cert_validity)
         return TLSFiles(str(auto.cert_path), str(auto.key_path), config.trusted_ca_file,
-                        config.client_crl_file, config.client_cert_auth), None
+                        config.client_crl_file, config.client_cert_auth, config.cipher_suites), None
     if not config.cert_file:
         raise UsageError("https:// client URLs need --cert-file/--key-file or --auto-tls")
     return TLSFiles(config.cert_file, config.key_file, config.trusted_ca_file, config.client_crl_file,
-                    config.client_cert_auth), None
+                    config.client_cert_auth, config.cipher_suites), None
 
 
 def cluster_ids(config: Config) -> tuple[int, int]:
@@ -81,10 +83,21 @@ def cluster_ids(config: Config) -> tuple[int, int]:
     return ids_from(config.name, config.initial_cluster, config.initial_cluster_token)
 
 
+def _auth_store(backend: Any, tokens: Any) -> Any:
+    """The replicated auth state as the backend holds it (etcd's auth buckets)."""
+    from securekv.auth import AuthStore
+    from securekv.auth.state import BUCKET_AUTH, BUCKET_ROLES, BUCKET_USERS
+
+    return AuthStore.from_rows(backend.iter_items(BUCKET_AUTH), backend.iter_items(BUCKET_USERS),
+                               backend.iter_items(BUCKET_ROLES), tokens)
+
+
 class _State:
     """Everything restored from disk, before the network starts."""
 
-    def __init__(self, config: Config, member_id: int, cluster_id: int, clock: Callable[[], float]) -> None:
+    def __init__(self, config: Config, member_id: int, cluster_id: int, clock: Callable[[], float],
+                 tokens: Any = None) -> None:
+        self.tokens = tokens
         from securekv.apply import Applier
         from securekv.lease import LeaseRow, Lessor, min_lease_ttl
         from securekv.mvcc import MVCCStore
@@ -146,7 +159,8 @@ class _State:
             [LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], now
         )
         quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci)
+        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci,
+                               auth=_auth_store(self.backend, tokens))
         self.applier.restore_lease_attachments()
         self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
         # The WAL tail above the backend's consistent index is replayed by Raft itself: the
@@ -188,7 +202,10 @@ class _State:
         self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
         self.lessor.restore([LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], 0.0)
         quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index())
+        if self.tokens is not None:
+            self.tokens.clear()  # the auth state is replaced wholesale: nobody keeps a token
+        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index(),
+                               auth=_auth_store(self.backend, self.tokens))
         self.applier.restore_lease_attachments()
         self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
         self.membership = Membership.decode(self.backend.get_meta(META_KEY))
@@ -199,6 +216,22 @@ class _State:
                 closer()
             except Exception as exc:  # keep closing the rest
                 log.warning("error while closing storage: %s", exc)
+
+
+def _open_state(config: Config, member_id: int, cluster_id: int, **kw: Any) -> _State:
+    """Restore from disk; damage sqlite finds while reading the backend is refused with the
+    file and the byte offset (never skipped: the member must not serve a partial store)."""
+    import sqlite3
+
+    from securekv.storage.backend import corruption_error, is_corrupt
+
+    try:
+        return _State(config, member_id, cluster_id, trio.current_time, **kw)
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            path = str(Path(config.data_dir) / "member" / "db.sqlite")
+            raise corruption_error(path, exc) from exc
+        raise
 
 
 def _force_new_cluster(wal: Any, state: Any, member_id: int) -> Any:
@@ -247,10 +280,14 @@ async def serve(
     config: Config,
     *,
     announce: Callable[[Started], None] | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    from securekv.api.auth_gate import AuthGate
+    from securekv.api.auth_gate import SERVER_CALLER, AuthGate
     from securekv.api.dispatch import Dispatcher, Limits
+    from securekv.auth import LoginLimiter, parse_token_spec
+    from securekv.server.authkeys import token_provider
+    from securekv.server.authserver import effective_bcrypt_cost
     from securekv.server.grpcconn import GrpcSettings
     from securekv.server.grpcpump import GrpcPump
     from securekv.server.etcdserver import CLUSTER_VERSION, VERSION, EtcdServer
@@ -259,21 +296,60 @@ async def serve(
     from securekv.server.sdnotify import Notifier, watchdog_period
     from securekv.storage import lock_data_dir
     from securekv.watch import WatchHub
+    from securekv.watch.hub import HubConfig
 
+    from securekv.server.etcdlog import event
+
+    if config.discovery_srv:
+        config = await discover_srv(config)
+    await _convert_etcd_data_dir(config)
     data_dir = Path(config.data_dir)
+    member_initialized = (data_dir / "member").exists()
+    event(log, logging.INFO, "starting an etcd server", capnslog=f"etcd Version: {VERSION}", pkg="etcdmain",
+          **{"etcd-version": VERSION, "name": config.name, "data-dir": config.data_dir, "wal-dir": config.wal_dir,
+             "member-initialized": member_initialized, "initial-cluster-state": config.initial_cluster_state,
+             "initial-cluster-token": config.initial_cluster_token,
+             "quota-size-bytes": config.effective_quota_bytes,
+             "initial-cluster": ",".join(f"{n}={u}" for n, u in config.initial_cluster),
+             "pre-vote": config.pre_vote, "auto-compaction-mode": config.auto_compaction_mode})
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(str(data_dir))
     notifier = Notifier.from_environment()
     state: _State | None = None
+    audit: Any = None
     try:
+        tokens = token_provider(parse_token_spec(config.auth_token), config.data_dir, config.auth_token_ttl)
+        if config.audit_log:
+            from securekv.server.audit import AuditLog
+
+            audit = AuditLog(config.audit_log)
         tls_files, local_pki = resolve_tls(config)
         tls = ReloadingContext(tls_files) if tls_files is not None else None
         member_id, cluster_id = cluster_ids(config)
         cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
-        state = _State(config, member_id, cluster_id, trio.current_time)
-        metrics = ServerMetrics(state.member_id, VERSION)
-        metrics.has_leader.set(0)
-        metrics.is_leader.set(0)
+        opened = trio.current_time()
+        state = _open_state(config, member_id, cluster_id, tokens=tokens)
+        from securekv.client.gofmt import duration
+
+        event(log, logging.INFO, "opened backend db", capnslog=None, pkg="etcdserver",
+              path=str(data_dir / "member" / "db.sqlite"), took=duration(trio.current_time() - opened))
+        if state.created and config.initial_cluster_state == "new":
+            from securekv.server.sizing import advice
+
+            sizing = advice(len({name for name, _ in config.initial_cluster}))
+            if sizing:  # etcd's sizing advice; a bootstrap is not refused, only warned about
+                log.warning("cluster size: %s", sizing)
+        ids_fields = {"local-member-id": f"{state.member_id:x}", "cluster-id": f"{state.cluster_id:x}"}
+        if state.created:
+            event(log, logging.INFO, "starting local member", pkg="etcdserver",
+                  capnslog=f"starting member {state.member_id:x} in cluster {state.cluster_id:x}", **ids_fields)
+        else:
+            event(log, logging.INFO, "restarting local member", pkg="etcdserver",
+                  capnslog=f"restarting member {state.member_id:x} in cluster {state.cluster_id:x} at commit index "
+                           f"{state.raft_storage.last_index()}", **ids_fields,
+                  **{"commit-index": state.raft_storage.last_index()})
+        metrics = ServerMetrics(state.member_id, VERSION, extensive=config.metrics == "extensive",
+                                quota_bytes=config.effective_quota_bytes)
         if tls_files is not None:
             metrics.watch_certificates(lambda: [tls.files.cert_file] if tls else [])
 
@@ -283,17 +359,15 @@ async def serve(
             revision=state.store.current_revision,
             compact_revision=max(state.store.compact_revision, 0),
             wakeup=lambda sid: holder["etcd"].watch_wakeup(sid),
+            config=HubConfig(progress_interval=config.experimental_watch_progress_notify_interval),
         )
 
         def on_batch(entries: int, fsync_seconds: float, last: int) -> None:
             metrics.fsync_seconds.observe(fsync_seconds)
             metrics.batch_size.observe(entries)
-            metrics.proposals_committed.inc(entries)
             holder["etcd"].on_applied()
 
         def on_leader_change(old: int, new: int) -> None:
-            metrics.has_leader.set(1 if new else 0)
-            metrics.is_leader.set(1 if new == state.member_id else 0)
             etcd = holder.get("etcd")
             if etcd is not None:
                 etcd.on_leader_change(old, new)
@@ -306,7 +380,7 @@ async def serve(
             election_tick=max(config.election_timeout // config.heartbeat_interval, 2),
             tick_seconds=config.heartbeat_interval / 1000.0,
             request_timeout=5.0 + 2 * config.election_timeout / 1000.0,
-            term=state.term, on_leader_change=on_leader_change,
+            term=state.term, on_leader_change=on_leader_change, pre_vote=config.pre_vote,
         )
         etcd = EtcdServer(
             node=node, store=state.store, lessor=state.lessor, applier=state.applier, hub=hub,
@@ -318,6 +392,13 @@ async def serve(
         holder["etcd"] = etcd
         etcd.election_timeout = config.election_timeout / 1000.0
         etcd.cluster_token = config.initial_cluster_token
+        etcd.strict_reconfig_check = config.strict_reconfig_check
+        node.cluster_id = state.cluster_id
+        node.warning_apply_duration = config.experimental_warning_apply_duration
+        if config.backend_batch_interval > 0:
+            node.backend_batch_interval = config.backend_batch_interval
+        if config.backend_batch_limit > 0:
+            node.backend_batch_limit = config.backend_batch_limit
         async def install_snapshot(snap: Any) -> None:
             await trio.to_thread.run_sync(state.install_snapshot, config, snap.data)
             node.applier = state.applier
@@ -342,12 +423,17 @@ async def serve(
             log.info("installed the leader's snapshot at index %d", snap.metadata.index)
 
         node.on_install_snapshot = install_snapshot
+        node.on_fatal = on_fatal
         transport = _make_transport(config, state, node)
         etcd.transport = transport
         if transport is not None:
             etcd.register_peer_calls(transport)
 
-        gate = AuthGate()
+        gate = AuthGate(tokens=tokens, audit=audit)
+        gate.bind(etcd)
+        etcd.gate = gate
+        etcd.bcrypt_cost = effective_bcrypt_cost(config.bcrypt_cost)
+        etcd.login_limiter = LoginLimiter()
         etcd.max_watches_per_identity = config.max_watches_per_identity
         dispatcher = Dispatcher(etcd, gate, metrics, Limits(max_calls_per_identity=config.max_calls_per_identity),
                                 has_leader=lambda: node.leader != 0)
@@ -361,22 +447,31 @@ async def serve(
         def version() -> dict:
             return {"etcdserver": VERSION, "etcdcluster": CLUSTER_VERSION}
 
+        _metric_sources(metrics, node, etcd, hub, state)
+        if transport is not None:
+            from securekv.peer.metrics import PeerCollector
+
+            metrics.registry.register(PeerCollector(transport))
+
         def render_metrics() -> bytes:
-            metrics.revision.set(state.store.current_revision)
-            metrics.leases.set(len(state.lessor))
-            stats = hub.statistics()
-            metrics.watchers.set(getattr(stats, "watchers", 0))
-            metrics.watch_streams.set(getattr(stats, "streams", 0))
             return metrics.render()
+
+        async def health() -> tuple[bool, str]:
+            ok, reason = await etcd.health()
+            if ok:
+                metrics.health_ok += 1
+            else:
+                metrics.health_failed += 1
+            return ok, reason
 
         gateway = Gateway(etcd, gate, metrics)
         # JSON is base64 and field names on top of the protobuf request: room for both.
         # A request head gets the time a TLS handshake gets (slow clients are closed, not waited for).
-        app = HttpApp(etcd.health, version, render_metrics, CONTENT_TYPE, gateway,
+        app = HttpApp(health, version, render_metrics, CONTENT_TYPE, gateway,
                       max_body=2 * config.max_request_bytes + 64 * 1024, head_timeout=config.tls_handshake_timeout)
 
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
-            await app.serve(stream, CLIENT_PATHS, identity, gateway=True)
+            await app.serve(stream, CLIENT_PATHS, identity, gateway=config.enable_grpc_gateway)
 
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
@@ -384,7 +479,8 @@ async def serve(
         async def client_grpc(stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
             pump = GrpcPump(stream, identity, dispatcher, grpc_settings,
                             preface_timeout=config.tls_handshake_timeout,
-                            keepalive=(config.grpc_keepalive_interval, config.grpc_keepalive_timeout))
+                            keepalive=(config.grpc_keepalive_interval, config.grpc_keepalive_timeout),
+                            on_bytes=metrics.client_bytes)  # etcd_network_client_grpc_*_bytes_total
             live.drain = pump.drain
             await pump.run()
 
@@ -409,6 +505,8 @@ async def serve(
                     peer_listeners = []
                     for url in config.listen_peer_urls:
                         peer_listeners.extend(await _listen(url))
+                        event(log, logging.INFO, "serving peer traffic", pkg="embed",
+                              capnslog=f"listening for peers on {url.host}:{url.port}", address=f"{url.host}:{url.port}")
                     await nursery.start(_shielded, transport_scopes, transport.run)
                     await nursery.start(_shielded, transport_scopes, partial(transport.serve, peer_listeners))
                 # The node and the peer transport outlive a cancellation of serve() long enough to
@@ -425,27 +523,72 @@ async def serve(
                     # requests never see "no leader".
                     while node.leader == 0:
                         await node.wait_leader_change()
+                    if state.member_id in node.membership.members:
+                        # its attributes are one local proposal away (etcd publishes before serving)
+                        with trio.move_on_after(config.election_timeout / 1000.0):
+                            await etcd.published_event.wait()
+                if config.experimental_initial_corrupt_check and transport is not None:
+                    from securekv.server.corrupt import initial_check
+
+                    await initial_check(etcd)
+                if config.embedded_pki:
+                    # Secure by default: auth on, root = the generated root certificate's CN.
+                    await etcd.bootstrap_root(SERVER_CALLER)
                 # Client connections outlive a cancellation of serve() until they are drained
                 # (GOAWAY, a short grace for running calls), then they are closed explicitly.
                 connections = await nursery.start(_connection_nursery, connection_scopes)
                 client_urls = []
+                event(log, logging.INFO, "ready to serve client requests", pkg="embed")
                 for url in config.listen_client_urls:
                     listeners = await _listen(url)
                     client_urls.append(_bound_url(url, listeners))
                     door = client_listener(url)
                     client_doors.append(door)
                     await nursery.start(_accept, accept_scopes, door.handle, listeners, connections)
+                    address = client_urls[-1].split("://", 1)[1]
+                    if url.is_tls:
+                        event(log, logging.INFO, "serving client traffic securely", pkg="embed",
+                              capnslog=f"serving client requests on {address}", address=address)
+                    else:
+                        event(log, logging.INFO, "serving client traffic insecurely; this is strongly discouraged!",
+                              pkg="embed", capnslog=f"serving insecure client requests on {address}, this is "
+                              "strongly discouraged!", address=address)
                 metrics_urls = []
                 for url in config.listen_metrics_urls:
                     listeners = await _listen(url)
                     metrics_urls.append(_bound_url(url, listeners))
                     await nursery.start(_accept, accept_scopes, metrics_listener(url).handle, listeners, connections)
+                    event(log, logging.INFO, "serving metrics", pkg="embed",
+                          capnslog=f"listening for metrics on {metrics_urls[-1]}", address=metrics_urls[-1])
+                event(log, logging.INFO, "now serving peer/client/metrics", pkg="embed",
+                      **{"local-member-id": f"{state.member_id:x}",
+                         "initial-advertise-peer-urls": [str(u) for u in config.initial_advertise_peer_urls],
+                         "listen-peer-urls": [str(u) for u in config.listen_peer_urls] if transport else [],
+                         "advertise-client-urls": [str(u) for u in config.advertise_client_urls],
+                         "listen-client-urls": client_urls, "listen-metrics-urls": metrics_urls})
                 nursery.start_soon(_every, LEASE_TICK, etcd.expire_leases)
                 if config.backup.enabled:
                     from securekv.server.backup import BackupScheduler
 
                     backups = BackupScheduler(config.backup, etcd.build_snapshot, etcd.snapshot_dir, metrics.registry)
                     await nursery.start(backups.run)
+                nursery.start_soon(_every, TOKEN_PURGE, _sync(lambda: tokens.purge(gate.token_now())))
+                if audit is not None:
+                    nursery.start_soon(_every, 1.0, partial(trio.to_thread.run_sync, audit.flush))
+                nursery.start_soon(_every, DB_SIZE_REFRESH, partial(_refresh_db_size, node, etcd))
+                if config.experimental_corrupt_check_time > 0 and transport is not None:
+                    from securekv.server.corrupt import periodic_check
+
+                    event(log, logging.INFO, "enabled corruption checking", pkg="etcdserver",
+                          **{"local-member-id": f"{state.member_id:x}",
+                             "interval": f"{config.experimental_corrupt_check_time:g}s"})
+                    nursery.start_soon(_every, config.experimental_corrupt_check_time, partial(periodic_check, etcd))
+                if config.auto_compaction_retention > 0:
+                    from securekv.server.autocompact import AutoCompactor
+
+                    compactor = AutoCompactor(config.auto_compaction_mode, config.auto_compaction_retention,
+                                              started=trio.current_time())
+                    nursery.start_soon(_every, compactor.interval, partial(_auto_compact, compactor, node, etcd))
                 nursery.start_soon(_every, 1.0, _sync(lambda: hub.tick_progress(trio.current_time())))
                 if tls is not None:
                     nursery.start_soon(_every, TLS_RELOAD_CHECK, _sync(tls.check))
@@ -462,6 +605,10 @@ async def serve(
                 try:
                     await trio.sleep_forever()
                 finally:
+                    event(log, logging.INFO, "closing etcd server", pkg="embed", capnslog="stopping the member",
+                          name=config.name, **{"data-dir": config.data_dir,
+                                               "advertise-peer-urls": [str(u) for u in config.initial_advertise_peer_urls],
+                                               "advertise-client-urls": [str(u) for u in config.advertise_client_urls]})
                     notifier.stopping()
                     with trio.CancelScope(shield=True) as stop_scope:
                         # Stop accepting; GOAWAY to gRPC clients, whose running calls get a
@@ -489,7 +636,130 @@ async def serve(
         if state is not None:
             with trio.CancelScope(shield=True):
                 state.close()
+        if audit is not None:
+            audit.close()
         lock.release()
+        event(log, logging.INFO, "closed etcd server", pkg="embed", capnslog="stopped the member", name=config.name,
+              **{"data-dir": config.data_dir})
+
+
+def _metric_sources(metrics: ServerMetrics, node: Any, etcd: Any, hub: Any, state: Any) -> None:
+    """What /metrics reads at scrape time (server/metrics.py Sources); all cheap, trio thread."""
+    s = metrics.sources
+    s.has_leader = lambda: node.leader != 0
+    s.is_leader = lambda: node.is_leader
+    s.is_learner = node.is_learner
+    s.committed_index = lambda: node.commit_index
+    s.applied_index = lambda: node.applier.applied_index
+    s.pending_proposals = lambda: len(node._waiters)
+    s.leader_changes = lambda: node.leader_changes
+    s.proposals_failed = lambda: node.proposals_failed
+    s.slow_applies = lambda: node.slow_applies
+    s.read_indexes_failed = lambda: node.read_indexes_failed
+    s.snapshot_applying = lambda: node.installing_snapshot
+    s.db_size = lambda: etcd.db_sizes[0]
+    s.db_size_in_use = lambda: etcd.db_sizes[1]
+    s.keys = lambda: len(etcd.store)
+    s.revision = lambda: etcd.store.current_revision
+    s.compact_revision = lambda: etcd.store.compact_revision
+    s.watchers = lambda: hub.statistics().watchers
+    s.watch_streams = lambda: hub.statistics().streams
+    s.slow_watchers = lambda: hub.statistics().unsynced
+    s.pending_events = lambda: hub.statistics().pending_responses
+    s.leases = lambda: len(etcd.lessor)
+    s.wal_bytes = lambda: node.wal_bytes
+    s.defrag_inflight = lambda: etcd.defragmenting
+    s.events_sent = lambda: node.events_notified
+    s.compacted_keys = lambda: node.compacted_keys
+    node.metrics = metrics
+    etcd.metrics = metrics
+
+
+async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
+    """One compactor step on the leader (followers' compactors stay idle, as etcd's pause)."""
+    from securekv.api.auth_gate import SERVER_CALLER
+    from securekv.proto import rpc_pb2
+    from securekv.rpctypes import EtcdError
+    from securekv.server.etcdlog import event
+
+    if not node.is_leader:
+        return
+    now = trio.current_time()
+    target = compactor.tick(now, etcd.store.current_revision)
+    if target is None:
+        return
+    mode = compactor.mode
+    event(log, logging.INFO, f"starting auto {mode} compaction", pkg="compactor",
+          capnslog=f"Starting auto-compaction at revision {target}", revision=target)
+    try:
+        await etcd.compact(rpc_pb2.CompactionRequest(revision=target), SERVER_CALLER)  # the server itself
+    except EtcdError as exc:
+        if "compacted" not in exc.message:  # already compacted past it: nothing to do
+            log.warning("auto %s compaction to %d failed: %s (retrying)", mode, target, exc.message)
+            return
+    compactor.done(now, target)
+    event(log, logging.INFO, f"completed auto {mode} compaction", pkg="compactor",
+          capnslog=f"Finished auto-compaction at revision {target}", revision=target)
+
+
+async def _refresh_db_size(node: Any, etcd: Any) -> None:
+    """The backend's size for /metrics and the gauges (a backend call: worker thread, in order)."""
+    from securekv.server.etcdserver import _sizes
+
+    etcd.db_sizes = await node.backend_call(_sizes, etcd.backend)
+
+
+async def _convert_etcd_data_dir(config: Config) -> None:
+    """A data dir written by etcd 3.4 becomes securekv's on first start (server/etcddatadir.py)."""
+    from securekv.server.etcddatadir import convert_on_start
+    from securekv.server.etcdlog import event
+
+    started = trio.current_time()
+    done = await trio.to_thread.run_sync(convert_on_start, config.data_dir, config.wal_dir)
+    if done is None:
+        return
+    from securekv.client.gofmt import duration
+
+    event(log, logging.WARNING, "converted an etcd 3.4 data dir", pkg="etcdserver",
+          capnslog=f"converted the etcd 3.4 data dir {done.data_dir} (original kept in {done.original})",
+          **{"data-dir": done.data_dir, "original-kept-in": done.original, "local-member-id": f"{done.member_id:x}",
+             "cluster-id": f"{done.cluster_id:x}", "revisions": done.revisions, "leases": done.leases,
+             "consistent-index": done.consistent_index, "snapshot-index": done.snapshot_index,
+             "last-index": done.last_index, "commit-index": done.commit,
+             "took": duration(trio.current_time() - started)})
+
+
+async def discover_srv(config: Config) -> Config:
+    """--discovery-srv: the initial cluster from DNS SRV records (client/srv.py, etcd's rules).
+
+    Every member gets the same ``name=scheme://target:port`` entries, so member IDs agree; this
+    member's own entry (found by resolving the targets and its advertised peer URLs) becomes
+    its advertised peer URL, as etcd's membership records it. With $SECUREKV_DNS_RESOLVER the
+    same resolver answers trio's lookups, so peers are dialled by those names.
+    """
+    from securekv.client.srv import DiscoveryError, Resolver, TrioResolver, discover_cluster
+    from securekv.config.model import parse_url
+    from securekv.server.etcdlog import event
+
+    resolver = Resolver.from_env()
+    if resolver.nameserver is not None:
+        trio.socket.set_custom_hostname_resolver(TrioResolver(resolver))
+    advertised = [str(u) for u in config.initial_advertise_peer_urls]
+    try:
+        entries = await trio.to_thread.run_sync(discover_cluster, config.name, config.discovery_srv,
+                                                config.discovery_srv_name, advertised, resolver)
+    except DiscoveryError as exc:
+        event(log, logging.WARNING, "failed to resolve during SRV discovery", pkg="embed", error=str(exc),
+              capnslog=f"couldn't resolve during SRV discovery ({exc})")
+        raise UsageError(f"--discovery-srv {config.discovery_srv}: {exc}") from None
+    pairs = []
+    for entry in entries:
+        event(log, logging.INFO, "got bootstrap from DNS for etcd-server", pkg="embed", node=entry,
+              capnslog=f"got bootstrap from DNS for etcd-server at {entry}")
+        name, _, url = entry.partition("=")
+        pairs.append((name, url))
+    own = tuple(parse_url(u, "--discovery-srv") for n, u in pairs if n == config.name)
+    return attrs.evolve(config, initial_cluster=tuple(pairs), initial_advertise_peer_urls=own)
 
 
 async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -> int:
@@ -561,7 +831,8 @@ def _peer_tls(config: Config) -> Any:
                                   crl_file=config.peer_crl_file or None,
                                   client_cert_auth=config.peer_client_cert_auth,
                                   allowed_cn=config.peer_cert_allowed_cn or None,
-                                  allowed_hostname=config.peer_cert_allowed_hostname or None)
+                                  allowed_hostname=config.peer_cert_allowed_hostname or None,
+                                  cipher_suites=config.cipher_suites)
     if config.peer_auto_tls:
         from securekv.pki.autotls import ensure_self_signed
 
@@ -569,7 +840,8 @@ def _peer_tls(config: Config) -> Any:
                         *(u.host for u in config.initial_advertise_peer_urls)} - {"0.0.0.0", "::"})
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "peer", hosts,
                                   validity_years=config.self_signed_cert_validity)
-        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False)
+        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False,
+                                  cipher_suites=config.cipher_suites)
     raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file or --peer-auto-tls")
 
 

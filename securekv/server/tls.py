@@ -19,7 +19,8 @@ from securekv.errors import UsageError
 log = logging.getLogger(__name__)
 
 # TLS 1.2 suites allowed: forward-secret AEAD only. TLS 1.3 suites are all AEAD already.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384:!CBC"
+# --cipher-suites narrows them (server/ciphers.py maps etcd's Go names).
+from securekv.server.ciphers import DEFAULT as TLS12_CIPHERS, cipher_string  # noqa: E402
 # HTTP/1.1 first: a client that offers both (curl, browsers, requests) is not a gRPC client
 # (gRPC offers h2 only), and HTTP/1.1 is where /health, /version, /metrics and the JSON gateway
 # are served; gRPC clients still get h2.
@@ -33,6 +34,7 @@ class TLSFiles:
     trusted_ca_file: str = ""
     crl_file: str = ""
     client_cert_auth: bool = False
+    cipher_suites: tuple[str, ...] = ()  # --cipher-suites (Go names); () = TLS12_CIPHERS
 
     def paths(self) -> tuple[str, ...]:
         return tuple(p for p in (self.cert_file, self.key_file, self.trusted_ca_file, self.crl_file) if p)
@@ -42,7 +44,7 @@ def server_context(files: TLSFiles) -> ssl.SSLContext:
     """Build a hardened server context; raises UsageError naming the bad file."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.set_ciphers(cipher_string(files.cipher_suites))
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
     ctx.options |= ssl.OP_NO_TICKET
     try:

@@ -8,18 +8,88 @@ and writes each batch of applied entries as ONE transaction that also carries th
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import sqlite3
 import zlib
 from typing import Iterator
 
 import attrs
 
-from ..errors import CorruptionError, UsageError
+from ..errors import CorruptionError, DiskFullError, UsageError
 from ..fsutil import fsync_dir
 
 SCHEMA_VERSION = 1
 CONSISTENT_INDEX = "consistent_index"
+TABLES = frozenset({"revision", "lease", "item", "meta"})
+_PAGE_RE = re.compile(r"\bpage (\d+)", re.IGNORECASE)
+
+
+def _code(exc: BaseException) -> int | None:
+    """sqlite's primary result code of an error it raised (None for anything else)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_disk_full(exc: BaseException, directory: str | None = None) -> bool:
+    """SQLITE_FULL; or an I/O error while the file system of ``directory`` has no room (sqlite
+    reports a failed creation of its -shm/-wal files on a full disk as a disk I/O error)."""
+    code = _code(exc)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if directory is None or code not in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return False
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    return _code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def locate_corruption(path: str, limit: int = 8) -> str:
+    """Where sqlite's own check finds damage in the database at ``path``: byte offsets, pages.
+
+    sqlite has no per-page checksums; what it can find is structural damage (a btree page that
+    is not one, a cell past the page, a broken free list, a bad header). Its check names pages;
+    the byte offset of page N is (N - 1) x page size.
+    """
+    try:
+        check = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return f"byte offset 0 (the file header): {exc}"
+    try:
+        try:
+            page_size = int(check.execute("PRAGMA page_size").fetchone()[0])
+            rows = [r[0] for r in check.execute(f"PRAGMA quick_check({int(limit)})")]
+        except sqlite3.DatabaseError as exc:
+            return f"byte offset 0 (the file header or schema page 1): {exc}"
+    finally:
+        check.close()
+    lines = [line for r in rows for line in str(r).splitlines()
+             if line and line != "ok" and not line.startswith("*** in database")]
+    if not lines:
+        return "no damage found by sqlite's check (the error came from a read it retried)"
+    # Pages "never used" are the consequence (the damaged page's children became unreachable).
+    problems = [line for line in lines if "never used" not in line] or lines
+    pages = list(dict.fromkeys(int(m) for r in problems for m in _PAGE_RE.findall(r)))
+    where = ", ".join(f"byte offset {(p - 1) * page_size} (page {p})" for p in pages[:limit]) \
+        or "an unknown page"
+    return f"{where}: " + "; ".join(problems[:3])
+
+
+def corruption_error(path: str, exc: BaseException) -> CorruptionError:
+    return CorruptionError(f"backend database {path} is corrupt at {locate_corruption(path)} "
+                           f"(sqlite: {exc})")
+
+
+def disk_full_error(path: str, exc: BaseException, what: str) -> DiskFullError:
+    return DiskFullError(f"backend database {path}: disk full while {what} ({exc}); nothing "
+                         "acknowledged is lost (the WAL holds it): free space and restart")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revision (
@@ -117,11 +187,20 @@ class Backend:
             conn.execute("PRAGMA foreign_keys=OFF")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                raise CorruptionError(f"backend database {path} has schema version {version}, "
-                                      f"this securekv understands {SCHEMA_VERSION}")
-            conn.executescript("BEGIN;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+                raise UsageError(f"backend database {path} has schema version {version}; this securekv "
+                                 f"reads version {SCHEMA_VERSION} (was it written by a newer release?). "
+                                 "Nothing was changed.")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if version != SCHEMA_VERSION or not TABLES <= tables:
+                # Only a new (or half-created) database is written here; opening a current one
+                # writes nothing beyond sqlite's own -wal/-shm files.
+                conn.executescript("BEGIN;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if is_disk_full(exc, os.path.dirname(path)):
+                raise disk_full_error(path, exc, "opening it") from None
+            if is_corrupt(exc):
+                raise corruption_error(path, exc) from None
             raise CorruptionError(f"backend database {path} is unreadable: {exc}") from None
         except BaseException:
             conn.close()
@@ -172,9 +251,13 @@ class Backend:
                 conn.executemany("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)",
                                  list(meta.items()))
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:  # sqlite may already have rolled back (e.g. disk full)
                 conn.execute("ROLLBACK")
+            if is_disk_full(exc, os.path.dirname(self.path)):
+                raise disk_full_error(self.path, exc, "committing") from exc
+            if is_corrupt(exc):
+                raise corruption_error(self.path, exc) from exc
             raise
 
     @contextlib.contextmanager
@@ -186,7 +269,14 @@ class Backend:
 
     def sync(self) -> None:
         """Make every committed transaction durable (checkpoint the sqlite WAL, with fsyncs)."""
-        busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        try:
+            busy, _log, _done = self.conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc, os.path.dirname(self.path)):
+                raise disk_full_error(self.path, exc, "checkpointing") from exc
+            if is_corrupt(exc):
+                raise corruption_error(self.path, exc) from exc
+            raise
         if busy:
             raise UsageError(f"backend {self.path}: checkpoint blocked by another connection")
 
@@ -259,9 +349,12 @@ class Backend:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if is_disk_full(exc, os.path.dirname(path)) or (
+                    isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+                raise DiskFullError(f"cannot copy the backend to {path}: no space left on device") from exc
             raise
         fsync_dir(os.path.dirname(path))
 
@@ -282,23 +375,34 @@ class Backend:
             finally:
                 check.close()
         except sqlite3.DatabaseError as exc:
-            raise CorruptionError(f"snapshot database {source} is unreadable: {exc}") from None
-        if ok != "ok" or version != SCHEMA_VERSION or not {"revision", "meta"} <= tables:
+            raise CorruptionError(f"snapshot database {source} is unreadable at "
+                                  f"{locate_corruption(source)}") from exc
+        if ok != "ok":
+            raise CorruptionError(f"snapshot database {source} is corrupt at {locate_corruption(source)}")
+        if version != SCHEMA_VERSION or not {"revision", "meta"} <= tables:
             raise CorruptionError(f"snapshot database {source} failed its check "
-                                  f"(integrity {ok!r}, schema version {version})")
+                                  f"(schema version {version}, tables {sorted(tables)})")
         tmp = f"{path}.tmp-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        with open(source, "rb") as src:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                while chunk := src.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        try:
+            with open(source, "rb") as src:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    while chunk := src.read(1 << 20):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # the old database at `path` is untouched
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"cannot install snapshot {source} as {path}: no space left on "
+                                    "device; the current database is unchanged") from exc
+            raise
         for suffix in ("-wal", "-shm"):  # the old database's sqlite WAL must not be replayed
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path + suffix)

@@ -114,13 +114,30 @@ def decode_snapshot(data: bytes) -> SnapshotMarker:
     return SnapshotMarker(index, term, ids[:nv], ids[nv:])
 
 
-def encode_seed(seq: int) -> bytes:
-    return _U64.pack(seq)
+#: The WAL's format version, written in the first frame of every segment (the crc seed), so a
+#: reader knows what it is reading before it judges anything else in the segment. Version 1 is
+#: this layout; a seed of only 8 bytes (logs written before the version was recorded) is 1 too.
+#: A reader refuses a version newer than its own before reading further — never guessing that
+#: an unknown record is a torn write and cutting it.
+WAL_FORMAT_VERSION = 1
+_SEED = struct.Struct("<QI")
 
 
-def decode_seed(data: bytes) -> int:
-    _need(data, _U64.size, "crc seed", exact=True)
-    return _U64.unpack(data)[0]
+@attrs.frozen(slots=True)
+class Seed:
+    seq: int
+    version: int
+
+
+def encode_seed(seq: int, version: int = WAL_FORMAT_VERSION) -> bytes:
+    return _SEED.pack(seq, version)
+
+
+def decode_seed(data: bytes) -> Seed:
+    if len(data) == _U64.size:  # written before the format version was recorded
+        return Seed(_U64.unpack(data)[0], 1)
+    _need(data, _SEED.size, "crc seed", exact=True)
+    return Seed(*_SEED.unpack(data))
 
 
 def _need(data: bytes, size: int, what: str, exact: bool = False) -> None:

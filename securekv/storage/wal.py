@@ -15,6 +15,8 @@ segment is a valid starting point once older ones are released.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -25,7 +27,7 @@ from typing import Any, Iterable, NamedTuple
 
 import attrs
 
-from ..errors import CorruptionError, UsageError
+from ..errors import CorruptionError, DiskFullError, UsageError
 from ..fsutil import fsync_dir
 from . import records as rec
 from .lock import DirLock, lock_data_dir
@@ -45,6 +47,17 @@ HEADER_SIZE = _HEAD.size  # 16
 ALIGN = 8
 _SEGMENT_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _TYPES = frozenset(int(t) for t in RecordType)
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full(exc: BaseException, path: str, what: str) -> DiskFullError | None:
+    """An ENOSPC/EDQUOT as the typed error that says what could not be written where."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return DiskFullError(f"WAL {path}: no space left on device while {what} "
+                             f"({exc.strerror}); nothing acknowledged is lost: free space and restart")
+    return None
 
 
 def segment_name(seq: int, first_index: int) -> str:
@@ -229,10 +242,16 @@ class WAL:
         os.makedirs(parent, mode=0o700, exist_ok=True)
         tmpdir = directory + ".tmp"
         shutil.rmtree(tmpdir, ignore_errors=True)
-        os.mkdir(tmpdir, 0o700)
         first, crc = cls._segment_header(1, 0, metadata, HardState(), None)
-        path = os.path.join(tmpdir, segment_name(1, 1))
-        _write_file_durably(path, first)
+        try:
+            os.mkdir(tmpdir, 0o700)
+            _write_file_durably(os.path.join(tmpdir, segment_name(1, 1)), first)
+        except OSError as exc:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            full = _disk_full(exc, directory, "creating it")
+            if full is not None:
+                raise full from exc
+            raise
         if os.path.isdir(directory):
             os.rmdir(directory)  # empty (checked above); rename cannot replace it
         os.rename(tmpdir, directory)
@@ -347,6 +366,9 @@ class WAL:
             os.fdatasync(self._fd)
         except BaseException as exc:
             self._failed = exc
+            full = _disk_full(exc, self._segments[-1].path, "syncing")
+            if full is not None:
+                raise full from exc
             raise
 
     def release_before(self, index: int) -> list[str]:
@@ -410,6 +432,9 @@ class WAL:
                 self._offset += n
         except BaseException as exc:
             self._failed = exc  # the file now ends mid-frame: only a reopen may repair it
+            full = _disk_full(exc, self._segments[-1].path, "appending")
+            if full is not None:
+                raise full from exc
             raise
         finally:
             view.release()
@@ -428,6 +453,11 @@ class WAL:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         except BaseException as exc:
             self._failed = exc
+            with contextlib.suppress(OSError):  # a segment that was never completed
+                os.unlink(path + ".tmp")
+            full = _disk_full(exc, path, "creating the next segment")
+            if full is not None:
+                raise full from exc
             raise
         assert self._fd is not None
         os.close(self._fd)
@@ -481,6 +511,8 @@ class _Reader:
             with open(seg.path, "rb") as f:
                 buf = f.read()
             frames, bad = scan_frames(buf, crc)
+            if frames:
+                self._check_version(seg.path, frames[0])
             if bad is not None and bad.chain and bad.offset == 0:
                 prev = self.segments[i - 1].path
                 raise CorruptionError(
@@ -530,12 +562,26 @@ class _Reader:
             raise CorruptionError(f"{where} (an intact record follows at offset {later}, so "
                                   "this is damage inside the log, not a torn write)")
 
+    @staticmethod
+    def _check_version(path: str, first: Frame) -> None:
+        """Before anything in a segment is judged: is it in a format this reader knows?"""
+        if first.type != RecordType.CRC_SEED:
+            return  # _check_header reports it
+        try:
+            version = rec.decode_seed(first.data).version
+        except CorruptionError:
+            return
+        if version > rec.WAL_FORMAT_VERSION or version < 1:
+            raise UsageError(f"WAL segment {path} is in format version {version}; this securekv reads "
+                             f"versions 1 to {rec.WAL_FORMAT_VERSION} (was it written by a newer release?). "
+                             "Nothing was changed.")
+
     def _check_header(self, seg: _Segment, frames: list[Frame]) -> None:
         if len(frames) < 2 or frames[0].type != RecordType.CRC_SEED \
                 or frames[1].type != RecordType.METADATA:
             raise CorruptionError(f"WAL corruption in {seg.path} at byte offset 0: the segment "
                                   "does not start with a crc seed and metadata record")
-        seq = rec.decode_seed(frames[0].data)
+        seq = rec.decode_seed(frames[0].data).seq
         if seq != seg.seq:
             raise CorruptionError(f"WAL corruption in {seg.path} at byte offset 0: segment "
                                   f"says it is number {seq}, its name says {seg.seq}")

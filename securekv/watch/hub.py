@@ -235,6 +235,33 @@ class WatchStream:
         self._check_open()
         self._reject(cancel_reason)
 
+    def watch_ranges(self) -> list[tuple[int, bytes, bytes]]:
+        """(watch id, key, range_end) of every watcher: for re-checking them after an auth change."""
+        return [(w.id, w.key, w.range_end) for w in self._watchers.values()]
+
+    def revoke(self, watch_id: int, cancel_reason: str) -> None:
+        """Cancel a watcher the server no longer allows (its permission was revoked): queued,
+        unsent events of it are dropped, then ``canceled`` with the reason is sent."""
+        self._check_open()
+        watcher = self._watchers.get(watch_id)
+        if watcher is None:
+            return
+        self._remove(watcher)
+        kept: deque[tuple[rpc_pb2.WatchResponse | _Lazy, int, bool]] = deque()
+        for item in self._outbox:
+            resp, size, counted = item
+            if counted and resp.watch_id == watch_id:
+                self._event_count -= 1
+                self._event_bytes -= size
+                continue
+            kept.append(item)
+        self._outbox = kept
+        resp = rpc_pb2.WatchResponse(watch_id=watch_id, canceled=True, cancel_reason=cancel_reason)
+        resp.header.revision = self._hub.revision
+        self._push_control(resp)
+        self._maybe_send_progress()
+        self._after_change()
+
     def cancel(self, watch_id: int) -> None:
         self._check_open()
         watcher = self._watchers.get(watch_id)

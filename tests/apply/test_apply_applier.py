@@ -7,7 +7,6 @@ import pytest
 
 from mvcc_support import IRR, Node, cmp, del_req, entry, put_req, range_req, txn_req
 from securekv.apply import Applier
-from securekv.errors import UsageError
 from securekv.lease import Lessor, LeaseRow
 from securekv.mvcc import MVCCStore
 from securekv.proto import kv_pb2, rpc_pb2
@@ -111,12 +110,11 @@ def test_an_empty_entry_only_moves_the_index() -> None:
     assert n.applier.applied_index == 2 and n.store.current_revision == 2
 
 
-def test_auth_requests_are_refused_loudly() -> None:
+def test_auth_enable_without_root_is_refused_like_etcd() -> None:
     n = Node()
-    req = IRR(auth_enable=rpc_pb2.AuthEnableRequest())
-    with pytest.raises(UsageError):
-        n.applier.apply(1, req)
-    assert n.applier.applied_index == 0
+    r = n.applier.apply(1, IRR(auth_enable=rpc_pb2.AuthEnableRequest()))
+    assert r.error.message == "etcdserver: root user does not exist"
+    assert n.applier.applied_index == 1 and not n.applier.auth.state.enabled and not r.auth_rows
 
 
 # ------------------------------------------------------------------------------ leases

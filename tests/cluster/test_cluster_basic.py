@@ -188,3 +188,106 @@ def test_cluster_minority_partition_then_heal(shared: Cluster) -> None:
     assert minority.get("part/minority", serializable=True).stdout.strip() == ""
     for n in shared.running():
         assert n.healthy()
+
+
+# Peer metrics under etcd's names and labels (the single-member diff against etcd is
+# tests/server/test_metrics_etcd.py; these exist only in a cluster). The real etcd proves the list.
+PEER_METRICS = {
+    "etcd_network_peer_sent_bytes_total": {"To"},
+    "etcd_network_peer_received_bytes_total": {"From"},
+    "etcd_network_peer_round_trip_time_seconds_bucket": {"To", "le"},
+    "etcd_network_active_peers": {"Local", "Remote"},
+}
+
+
+def _scrape(node) -> str:
+    pki = node.cluster.pki
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection(("127.0.0.1", node.client_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while data := tls.recv(65536):
+                chunks.append(data)
+    return b"".join(chunks).decode()
+
+
+def test_cluster_peer_metrics_have_etcds_names(shared: Cluster) -> None:
+    import re
+
+    leader = shared.leader()
+
+    def labels_of(text: str, name: str) -> set[str]:
+        found = re.findall(rf"^{name}\{{([^}}]*)\}}", text, flags=re.M)
+        return set(re.findall(r'(\w+)="', found[0])) if found else set()
+
+    def scraped() -> str | None:
+        text = _scrape(leader)
+        return text if "etcd_network_peer_round_trip_time_seconds_bucket" in text else None
+
+    text = poll(scraped, 30, "round trip times on the leader", interval=1.0)
+    for name, labels in PEER_METRICS.items():
+        assert labels_of(text, name) == labels, (shared.kind, name, labels_of(text, name))
+    assert re.search(r"^etcd_server_has_leader 1", text, flags=re.M)
+    assert re.search(r"^etcd_server_is_leader 1", text, flags=re.M)
+    assert re.search(r"^etcd_server_leader_changes_seen_total [1-9]", text, flags=re.M)
+
+
+def _securekv_ctl(cluster: Cluster, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    from cluster_harness import REPO
+
+    p = cluster.pki
+    argv = [sys.executable, "-m", "securekv", "ctl", "--endpoints", cluster.endpoints(), "--cacert", str(p.ca),
+            "--cert", str(p.client_cert), "--key", str(p.client_key), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def _accepted(cluster: Cluster, *args: str):
+    """securekv ctl, retried while etcd refuses reconfiguration of a young cluster."""
+    def run():
+        r = _securekv_ctl(cluster, *args)
+        if r.returncode != 0 and "unhealthy cluster" in r.stderr:
+            return None
+        return r
+
+    return poll(run, 30, f"ctl {' '.join(args)} to be accepted", interval=0.5)
+
+
+def test_cluster_sizing_guard_on_member_add(shared: Cluster) -> None:
+    """A fourth voter is refused with the quorum arithmetic unless --force; learners pass."""
+    from cluster_harness import free_port
+
+    url = f"https://127.0.0.1:{free_port()}"
+    before = shared.members()
+    r = _securekv_ctl(shared, "member", "add", "m4", f"--peer-urls={url}")
+    assert r.returncode == 1, r.stdout
+    assert "4 voting members need 3 for a quorum and tolerate 1 failure, the same as 3 voters" in r.stderr
+    assert "--force" in r.stderr
+    assert shared.members() == before  # nothing was proposed
+    r = _accepted(shared, "member", "add", "m4", f"--peer-urls={url}", "--learner")
+    assert r.returncode == 0, r.stderr
+    learner = next(m for m in shared.members() if m.get("isLearner"))
+    r = _securekv_ctl(shared, "member", "promote", f"{int(learner['ID']):x}")
+    assert r.returncode == 1 and "4 voting members" in r.stderr, r.stderr
+    assert shared.ctl("member", "remove", f"{int(learner['ID']):x}").returncode == 0
+    r = _accepted(shared, "member", "add", "m4", f"--peer-urls={url}", "--force")
+    assert r.returncode == 0 and "warning: 4 voting members" in r.stderr, r.stderr
+    added = next(m for m in shared.members() if m["peerURLs"] == [url])
+    poll(lambda: shared.ctl("member", "remove", f"{int(added['ID']):x}", check=False).returncode == 0, 30,
+         "the unstarted fourth voter to be removed", interval=0.5)
+    assert len(shared.members()) == 3
+
+
+def test_sizing_arithmetic() -> None:
+    from securekv.server.sizing import advice
+
+    assert advice(1) is None and advice(3) is None and advice(5) is None and advice(7) is None
+    assert advice(2, growing=True) is None  # back from --force-new-cluster
+    assert "2 voting members need 2 for a quorum and tolerate 0 failures" in advice(2)
+    assert "more than 7 voters" in advice(9) and "8 voting members need 5" in advice(8)

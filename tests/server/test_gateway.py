@@ -296,9 +296,9 @@ def _metric(m: Member, name: str) -> float:
 
 def test_watch_stream_ends_when_client_leaves_and_calls_are_counted(member: Member) -> None:
     m = member
-    before = _metric(m, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range"}')
+    before = _metric(m, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range",')
     post(m, "/v3/kv/range", b'{"key":"' + b64("a").encode() + b'"}')
-    assert _metric(m, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range"}') == before + 1
+    assert _metric(m, 'grpc_server_handled_total{grpc_code="OK",grpc_method="Range",') == before + 1
     s = tls_socket(m)
     body = b'{"create_request":{"key":"' + b64("w").encode() + b'"}}'
     s.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))

@@ -256,3 +256,4 @@ async def test_leases_live_on_the_leader_and_survive_a_leader_change(tmp_path: P
 
 class _Caller:
     username = ""
+    auth_revision = 1

@@ -166,7 +166,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=99")
     conn.close()
-    with pytest.raises(CorruptionError, match="schema version 99"):
+    with pytest.raises(UsageError, match="schema version 99"):
         Backend.open(path)
 
 
