@@ -195,11 +195,17 @@ class Dispatcher:
                 async with trio.open_nursery() as nursery:
                     if call.inbox is not None:
                         nursery.start_soon(self._feed, call, bound.rpc, session, nursery.cancel_scope, errors)
-                    while True:
-                        message = await session.next()
-                        if message is None:
-                            break
-                        await call.send(message.SerializeToString())
+                    try:
+                        while True:
+                            message = await session.next()
+                            if message is None:
+                                break
+                            await call.send(message.SerializeToString())
+                    except Exception as exc:
+                        # Kept out of the nursery, which would wrap it in an ExceptionGroup: a
+                        # session ending with an EtcdError (a keepalive the gate refuses) must
+                        # answer that error's status, and CallEnded must stay CallEnded.
+                        errors.append(exc)
                     nursery.cancel_scope.cancel()
                 if errors:
                     raise errors[0]

@@ -279,6 +279,60 @@ def test_lease_revoke_needs_write_on_every_attached_key(member: Member, pki: PKI
     ctl(member, pki, "lease", "revoke", lease)
 
 
+def test_an_open_keepalive_stream_is_checked_per_message(member: Member, pki: PKI) -> None:
+    """The stream was allowed when it opened; the renewal after the role went, on the same
+    stream, is refused and ends the stream with the gate's error."""
+    import queue
+    import threading
+
+    ctl(member, pki, "role", "add", "ka2")
+    ctl(member, pki, "role", "grant-permission", "ka2", "read", "ka2")
+    ctl(member, pki, "user", "add", "ka2:ka2-pw-6")
+    ctl(member, pki, "user", "grant-role", "ka2", "ka2")
+    lease = int(ctl(member, pki, "lease", "grant", "300").stdout.split()[1], 16)
+    tok = token(member, pki, "ka2", "ka2-pw-6")
+    requests: queue.Queue = queue.Queue()
+    responses: queue.Queue = queue.Queue()
+
+    def gen():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    with channel(member, pki, "mallory") as ch:
+        stream = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive",
+                                  request_serializer=rpc_pb2.LeaseKeepAliveRequest.SerializeToString,
+                                  response_deserializer=rpc_pb2.LeaseKeepAliveResponse.FromString)
+        call_ = stream(gen(), metadata=(("token", tok),), timeout=30)
+
+        def reader() -> None:
+            try:
+                for r in call_:
+                    responses.put(r)
+            except grpc.RpcError as exc:
+                responses.put(exc)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        try:
+            requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+            first = responses.get(timeout=10)
+            assert isinstance(first, rpc_pb2.LeaseKeepAliveResponse) and first.TTL == 300
+            ctl(member, pki, "user", "revoke-role", "ka2", "ka2")
+            requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+            refused = responses.get(timeout=10)
+            assert isinstance(refused, grpc.RpcError), refused
+            assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert refused.details() == "etcdserver: permission denied"
+        finally:
+            requests.put(None)
+            call_.cancel()
+            t.join(timeout=10)
+    ctl(member, pki, "lease", "revoke", hex(lease)[2:])
+
+
 def test_keepalive_stops_when_the_role_goes(member: Member, pki: PKI) -> None:
     ctl(member, pki, "role", "add", "ka")
     ctl(member, pki, "role", "grant-permission", "ka", "read", "ka")
