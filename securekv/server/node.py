@@ -219,6 +219,7 @@ class Node:
         self._reads_ready: list[tuple[int, list[Callable[[BaseException | None], None]]]] = []
         self._read_seq = 0
         self._conf_waiters: dict[bytes, tuple[Done, float]] = {}
+        self._conf_applied: list[Done] = []  # conf-change waiters to wake once Raft advanced
         self._conf_history: list[tuple[int, Any]] = []  # (index, ConfState) of applied conf changes
         self._snap_building = False
         self._applied_event = trio.Event()
@@ -667,6 +668,9 @@ class Node:
         for done, _ in self._conf_waiters.values():
             _safe2(done, None, err(ERR_STOPPED))
         self._conf_waiters = {}
+        applied, self._conf_applied = self._conf_applied, []
+        for done in applied:  # applied before the loop stopped: they succeeded
+            _safe2(done, None, None)
         for reads in list(self._reads_sent.values()) + [cbs for _, cbs in self._reads_ready] + [self._reads_new]:
             for cb in reads:
                 _safe(cb, err(ERR_STOPPED))
@@ -727,6 +731,10 @@ class Node:
             self._reads_ready = keep
         # 4. advance
         raw.advance()
+        if self._conf_applied:
+            applied, self._conf_applied = self._conf_applied, []
+            for done in applied:
+                _safe2(done, None, None)
 
     def _on_soft_state(self, soft: Any) -> None:
         old = self.leader
@@ -781,7 +789,10 @@ class Node:
                     self.raw.campaign()  # now the only voter (e.g. --force-new-cluster)
                 waiter = self._conf_waiters.pop(bytes(entry.data), None)
                 if waiter is not None:
-                    dones.append((waiter[0], None, None))
+                    # Woken after raw.advance(): until Raft knows the change is applied it drops
+                    # the next conf change ("already pending"), and the waiter's task may run at
+                    # any checkpoint of this batch (the committer hand-off below is one).
+                    self._conf_applied.append(waiter[0])
                 continue
             if index <= applier.applied_index:
                 continue  # replay of an entry the backend already holds
