@@ -201,31 +201,38 @@ PEER_METRICS = {
 
 
 def _scrape(node) -> str:
+    """GET /metrics over mutual TLS, with the HTTP framing decoded.
+
+    etcd answers chunked: reading the raw bytes would let a chunk boundary split a
+    metric line, so http.client removes the framing."""
+    import http.client
+
     pki = node.cluster.pki
     ctx = ssl.create_default_context(cafile=str(pki.ca))
     ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
     ctx.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", node.client_port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            chunks = []
-            while data := tls.recv(65536):
-                chunks.append(data)
-    return b"".join(chunks).decode()
+    conn = http.client.HTTPSConnection("127.0.0.1", node.client_port, timeout=10, context=ctx)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200, response.status
+        return response.read().decode()
+    finally:
+        conn.close()
 
 
 def test_cluster_peer_metrics_have_etcds_names(shared: Cluster) -> None:
     import re
-
-    leader = shared.leader()
 
     def labels_of(text: str, name: str) -> set[str]:
         found = re.findall(rf"^{name}\{{([^}}]*)\}}", text, flags=re.M)
         return set(re.findall(r'(\w+)="', found[0])) if found else set()
 
     def scraped() -> str | None:
-        text = _scrape(leader)
-        return text if "etcd_network_peer_round_trip_time_seconds_bucket" in text else None
+        # Ask for the leader on each try: an earlier test may have moved leadership.
+        text = _scrape(shared.leader())
+        ready = "etcd_network_peer_round_trip_time_seconds_bucket" in text
+        return text if ready and re.search(r"^etcd_server_is_leader 1", text, flags=re.M) else None
 
     text = poll(scraped, 30, "round trip times on the leader", interval=1.0)
     for name, labels in PEER_METRICS.items():
