@@ -186,6 +186,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-token-ttl", INT, 300, "Lifetime of a simple token in seconds, renewed on use."),
     Option("bcrypt-cost", INT, 10, "bcrypt cost of password hashes (4-31)."),
     Option("audit-log", STR, "", "Write every authorisation decision to this file as JSON lines (rotated)."),
+    # securekv's hardening opt-outs (issue 12): off by default, warned about at every start,
+    # refused by `securekv install`.
+    Option("insecure-skip-client-cert-auth", BOOL, False,
+           "DANGEROUS: serve https:// client (and metrics) URLs to clients without a certificate."),
+    Option("peer-insecure-skip-client-cert-auth", BOOL, False,
+           "DANGEROUS: accept peer connections without a member certificate (and --peer-auto-tls without a CA)."),
 )
 
 BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}

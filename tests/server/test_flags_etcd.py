@@ -144,7 +144,7 @@ def test_bad_values_are_one_clear_error(flags: dict, message: str) -> None:
 
 
 def test_cipher_suite_names_map_to_openssl() -> None:
-    from securekv.server.ciphers import DEFAULT, select
+    from securekv.tlspolicy.ciphers import DEFAULT, select
 
     assert select([]) == (DEFAULT, ())
     assert select(["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"]) == (
