@@ -22,13 +22,14 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import zlib
 from typing import Any, Iterable, NamedTuple
 
 import attrs
 
 from ..errors import CorruptionError, DiskFullError, UsageError
-from ..fsutil import fsync_dir
+from ..fsutil import create_temp, fsync_dir
 from . import records as rec
 from .lock import DirLock, lock_data_dir
 from .records import HardState, Metadata, RecordType, SnapshotMarker, WalEntry
@@ -185,16 +186,25 @@ def _list_segments(directory: str) -> list[_Segment]:
 def _write_file_durably(path: str, data: bytes) -> None:
     """Create ``path`` via a temp file + fsync + rename + directory fsync."""
     directory = os.path.dirname(path)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    stem = os.path.basename(path).removesuffix(".wal")
+    # "<stem>.<random>.wal.tmp": random (O_EXCL|O_NOFOLLOW), and still matched by the ".wal.tmp"
+    # clean-up of WAL.open after a crash.
+    fd, tmp = create_temp(directory, f"{stem}.", ".wal.tmp")
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     fsync_dir(directory)
 
 
@@ -240,8 +250,11 @@ class WAL:
             raise UsageError(f"cannot create a WAL in {directory}: the directory is not empty")
         parent = os.path.dirname(directory)
         os.makedirs(parent, mode=0o700, exist_ok=True)
-        tmpdir = directory + ".tmp"
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        base = os.path.basename(directory)
+        for stale in os.listdir(parent):  # a create cut short by a crash
+            if stale.startswith(base + ".tmp-") and os.path.isdir(os.path.join(parent, stale)):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+        tmpdir = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)  # random name, 0700
         first, crc = cls._segment_header(1, 0, metadata, HardState(), None)
         try:
             os.mkdir(tmpdir, 0o700)
