@@ -285,7 +285,7 @@ class EtcdServer(AuthHandlers):
         from securekv.mvcc import is_txn_readonly, validate_txn
 
         req = entry.body
-        validate_txn(req, self.max_txn_ops)
+        validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
             if self.needs_read_index(False):
                 def ready(error: BaseException | None) -> None:
@@ -332,7 +332,7 @@ class EtcdServer(AuthHandlers):
     async def txn(self, req: rpc_pb2.TxnRequest, caller: Caller) -> rpc_pb2.TxnResponse:
         from securekv.mvcc import is_txn_readonly, validate_txn
 
-        validate_txn(req, self.max_txn_ops)
+        validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
             return self.fill(self.store.txn_readonly(req), self.store.current_revision)
         result = await self._propose(caller, txn=req)
