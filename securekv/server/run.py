@@ -835,12 +835,14 @@ def _peer_tls(config: Config) -> Any:
     if not any(u.is_tls for u in config.listen_peer_urls):
         return None  # http:// peers: only reachable with --insecure-allow-plaintext (checked by config)
     if config.peer_cert_file:
-        return PeerTLS.from_files(config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file or None,
-                                  crl_file=config.peer_crl_file or None,
-                                  allowed_cn=config.peer_cert_allowed_cn or None,
-                                  allowed_hostname=config.peer_cert_allowed_hostname or None,
-                                  insecure_skip_client_cert_auth=config.peer_insecure_skip_client_cert_auth,
-                                  cipher_suites=config.cipher_suites)
+        tls = PeerTLS.from_files(config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file or None,
+                                 crl_file=config.peer_crl_file or None,
+                                 allowed_cn=config.peer_cert_allowed_cn or None,
+                                 allowed_hostname=config.peer_cert_allowed_hostname or None,
+                                 insecure_skip_client_cert_auth=config.peer_insecure_skip_client_cert_auth,
+                                 cipher_suites=config.cipher_suites)
+        _check_own_member_name(config, tls)
+        return tls
     if config.peer_auto_tls:
         hosts = sorted({"127.0.0.1", "localhost", "::1", *(u.host for u in config.listen_peer_urls),
                         *(u.host for u in config.initial_advertise_peer_urls)} - {"0.0.0.0", "::"})
@@ -862,6 +864,20 @@ def _peer_tls(config: Config) -> Any:
                                   cipher_suites=config.cipher_suites)
     raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file/--peer-trusted-ca-file "
                      "(or --peer-auto-tls with the embedded default)")
+
+
+def _check_own_member_name(config: Config, tls: Any) -> None:
+    """The other members bind our certificate to our name: say so at start, not as refusals."""
+    from securekv.pki.verify import load_cert_chain
+    from securekv.tlspolicy import VerifiedPeer
+
+    if not tls.authenticated or config.peer_cert_allowed_cn or config.peer_cert_allowed_hostname:
+        return
+    named = VerifiedPeer((load_cert_chain(config.peer_cert_file)[0],)).member_name
+    if named != config.name:
+        raise UsageError(f"--peer-cert-file {config.peer_cert_file} names member {named!r}, but this member is "
+                         f"--name {config.name!r}: the other members would refuse it. Issue it with `securekv pki "
+                         f"issue peer {config.name}`, or accept a shared certificate with --peer-cert-allowed-cn")
 
 
 def _member_names(config: Config, node: Any) -> Callable[[], dict[int, str]]:
