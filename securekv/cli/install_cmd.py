@@ -53,7 +53,6 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
                                     load_credentials)
         from securekv.deploy.config import STATE_DIR, load_config_file
 
-        install.check_data_dirs([STATE_DIR, *load_config_file(config_file).writable_paths()], root)
         if backup_timer is not None:
             import attrs
 
@@ -64,6 +63,8 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
                                      backup_client_cert or "", backup_client_key or "", backup_retain)
             plan = attrs.evolve(plan, files=plan.files + timer,
                                 actions=(*plan.actions, f"create directory {backup_dir} (mode 0700, owner {user}:{user})"))
+        install.check_data_dirs([STATE_DIR, *load_config_file(config_file).writable_paths(),
+                                 *([backup_dir] if backup_timer is not None and backup_dir else [])], root)
         if dry_run:
             click.echo(install.describe(plan, root), nl=False)
             return

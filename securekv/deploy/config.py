@@ -42,7 +42,7 @@ def _install_kind(option: Option) -> str:
         return NUMBER
     if key == "initial-cluster":
         return CLUSTER
-    if key.endswith("-file") or key in ("data-dir", "wal-dir"):
+    if key.endswith("-file") or key.endswith("-dir"):  # data-dir, wal-dir, backup-dir: reach the unit
         return PATH
     return STR
 

@@ -37,6 +37,8 @@ HOSTILE = [
     ("data-dir control", SINGLE, "data-dir", "/srv/a\x1bb", "control character (U+001B)"),
     ("data-dir quote", SINGLE, "data-dir", '/srv/a"b', "must not contain quotes or backslashes"),
     ("wal-dir newline", SINGLE, "wal-dir", "/srv/wal\n[Service]", "must not contain whitespace"),
+    ("backup-dir space", SINGLE, "backup-dir", "/srv/backups /", "must not contain whitespace"),
+    ("backup-dir relative", SINGLE, "backup-dir", "backups", "must be an absolute path"),
     ("key-file newline", SINGLE, "client-transport-security.key-file", "/etc/k.pem\nExecStartPre=+/x",
      "must not contain whitespace"),
     ("key-file relative", SINGLE, "client-transport-security.key-file", "etc/k.pem", "must be an absolute path"),
