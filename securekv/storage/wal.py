@@ -240,7 +240,7 @@ class WAL:
                segment_size: int = DEFAULT_SEGMENT_SIZE) -> WAL:
         """A new, empty log in ``directory`` (which must not hold one already).
 
-        The first segment is built in ``<dir>.tmp`` and the directory renamed into place, so
+        The first segment is built in ``<dir>.tmp-<random>`` and the directory renamed into place, so
         a crash leaves either no WAL or a complete one.
         """
         directory = os.path.abspath(os.fspath(directory))
@@ -254,13 +254,14 @@ class WAL:
         for stale in os.listdir(parent):  # a create cut short by a crash
             if stale.startswith(base + ".tmp-") and os.path.isdir(os.path.join(parent, stale)):
                 shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
-        tmpdir = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)  # random name, 0700
         first, crc = cls._segment_header(1, 0, metadata, HardState(), None)
+        tmpdir = ""
         try:
-            os.mkdir(tmpdir, 0o700)
+            tmpdir = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)  # random name, 0700
             _write_file_durably(os.path.join(tmpdir, segment_name(1, 1)), first)
         except OSError as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            if tmpdir:
+                shutil.rmtree(tmpdir, ignore_errors=True)
             full = _disk_full(exc, directory, "creating it")
             if full is not None:
                 raise full from exc
