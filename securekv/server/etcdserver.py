@@ -43,8 +43,15 @@ SNAPSHOT_CHUNK = 32 * 1024
 MAX_CONCURRENT_SNAPSHOTS = 2
 #: A snapshot needs about this many times the backend's size on disk (copy + bbolt file) ...
 SNAPSHOT_SPACE_FACTOR = 3
-#: ... and leaves at least this much free on the data dir's file system for the WAL and backend.
+#: ... and leaves free on the data dir's file system, for the WAL and the backend, at least 5 %
+#: of its size, capped at 64 MiB (a small test disk still takes snapshots; a big one keeps 64 MiB).
 SNAPSHOT_FREE_RESERVE = 64 << 20
+SNAPSHOT_FREE_FRACTION = 0.05
+
+
+def snapshot_free_reserve(total_bytes: int) -> int:
+    """Bytes a snapshot must leave free on a file system of ``total_bytes``."""
+    return min(SNAPSHOT_FREE_RESERVE, int(total_bytes * SNAPSHOT_FREE_FRACTION))
 LOCK_SESSION_TTL = 60
 ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
 ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
@@ -798,13 +805,14 @@ class EtcdServer(AuthHandlers):
 
         try:
             size = os.path.getsize(self.backend.path)
-            free = shutil.disk_usage(self.snapshot_dir).free
+            usage = shutil.disk_usage(self.snapshot_dir)
         except OSError:
             return
+        reserve = snapshot_free_reserve(usage.total)
         running = MAX_CONCURRENT_SNAPSHOTS - self._snapshot_slots.value  # including this one
-        if free - running * SNAPSHOT_SPACE_FACTOR * size < SNAPSHOT_FREE_RESERVE:
+        if usage.free - running * SNAPSHOT_SPACE_FACTOR * size < reserve:
             log.warning("refusing a snapshot: %d bytes free in %s, a snapshot needs about %d and %d must stay free",
-                        free, self.snapshot_dir, SNAPSHOT_SPACE_FACTOR * size, SNAPSHOT_FREE_RESERVE)
+                        usage.free, self.snapshot_dir, SNAPSHOT_SPACE_FACTOR * size, reserve)
             raise err(ERR_SNAPSHOT_NO_SPACE)
 
     async def health_check(self, req: Any, caller: Caller) -> Any:

@@ -42,7 +42,7 @@ def channel(m, certs: Certs) -> grpc.Channel:
 
 def test_ten_concurrent_snapshots_do_not_fill_a_small_disk(small_disk: Path, make_member, certs: Certs) -> None:
     from securekv.proto import rpc_pb2, rpc_pb2_grpc
-    from securekv.server.etcdserver import MAX_CONCURRENT_SNAPSHOTS, SNAPSHOT_FREE_RESERVE
+    from securekv.server.etcdserver import MAX_CONCURRENT_SNAPSHOTS, snapshot_free_reserve
 
     m = make_member(name="disk/data")
     try:
@@ -65,7 +65,8 @@ def test_ten_concurrent_snapshots_do_not_fill_a_small_disk(small_disk: Path, mak
                                 "etcdserver: too many snapshots in progress, retry later")] * 8
             member_dir = small_disk / "data" / "member"
             assert len(list(member_dir.glob(".snapshot-*.db"))) == MAX_CONCURRENT_SNAPSHOTS
-            assert shutil.disk_usage(small_disk).free > SNAPSHOT_FREE_RESERVE
+            reserve = snapshot_free_reserve(shutil.disk_usage(small_disk).total)
+            assert shutil.disk_usage(small_disk).free > reserve
             for it, first in streams:  # the admitted ones complete
                 total = len(first.blob) + sum(len(r.blob) for r in it)
                 assert total > 12 << 20
@@ -79,7 +80,7 @@ def test_ten_concurrent_snapshots_do_not_fill_a_small_disk(small_disk: Path, mak
             free = shutil.disk_usage(small_disk).free
             with open(filler, "wb") as fh:
                 fh.truncate(0)
-                fh.write(b"\0" * max(0, free - SNAPSHOT_FREE_RESERVE - (4 << 20)))
+                fh.write(b"\0" * max(0, free - reserve - (4 << 20)))
             with pytest.raises(grpc.RpcError) as info:
                 list(maint.Snapshot(rpc_pb2.SnapshotRequest(), timeout=60))
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
