@@ -312,8 +312,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
         raise UsageError("--peer-cert-file and --peer-key-file must be given together")
     _check_auth(values)
-    client_cert_auth = _client_cert_auth(values, sources or {}, listen_client, metrics)
-    _check_peer_auth(values, sources or {}, listen_client)
+    client_cert_auth = _client_cert_auth(values, sources or {}, listen_client, metrics, warnings)
+    _check_peer_auth(values, sources or {}, listen_client, warnings)
     return Config(
         name=name,
         data_dir=data_dir,
@@ -383,6 +383,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         audit_log=values.get("audit_log", ""),
         insecure_skip_client_cert_auth=bool(values["insecure_skip_client_cert_auth"]),
         peer_insecure_skip_client_cert_auth=bool(values["peer_insecure_skip_client_cert_auth"]),
+        experimental_peer_skip_client_san_verification=bool(values["experimental_peer_skip_client_san_verification"]),
         sources=dict(sources or {}),
     )
 
@@ -477,7 +478,7 @@ def _explicit(sources: Mapping[str, str], field: str) -> bool:
 
 
 def _client_cert_auth(values: Mapping[str, Any], sources: Mapping[str, str], listen_client: tuple[URL, ...],
-                      metrics: tuple[URL, ...]) -> bool:
+                      metrics: tuple[URL, ...], warnings: list[str]) -> bool:
     """https:// client (and metrics) URLs require client certificates unless explicitly opted out.
 
     etcd's default is --client-cert-auth=false, which serves anonymous clients with full access
@@ -498,9 +499,10 @@ def _client_cert_auth(values: Mapping[str, Any], sources: Mapping[str, str], lis
                                values["trusted_ca_file"]):
         return True
     if not values["client_cert_auth"] and _explicit(sources, "client_cert_auth"):
-        raise UsageError("--client-cert-auth=false does not turn client certificates off in securekv: https:// "
-                         "client URLs always require them. To serve TLS to clients without a certificate, pass "
-                         "--insecure-skip-client-cert-auth (warned about at every start)")
+        # etcd's sample config writes the default out; securekv keeps certificates required.
+        warnings.append(f"--client-cert-auth=false (from {sources.get('client_cert_auth')}) is ignored: https:// "
+                        "client URLs always require client certificates in securekv; the opt-out is "
+                        "--insecure-skip-client-cert-auth")
     if not values["trusted_ca_file"]:
         raise UsageError("https:// client URLs require client certificates: give --trusted-ca-file (the CA that "
                          "issues client certificates) and --client-cert-auth, or pass "
@@ -508,13 +510,14 @@ def _client_cert_auth(values: Mapping[str, Any], sources: Mapping[str, str], lis
     return True
 
 
-def _check_peer_auth(values: Mapping[str, Any], sources: Mapping[str, str], listen_client: tuple[URL, ...]) -> None:
+def _check_peer_auth(values: Mapping[str, Any], sources: Mapping[str, str], listen_client: tuple[URL, ...],
+                     warnings: list[str]) -> None:
     """The peer port always requires a member certificate; see securekv/tlspolicy/peer.py."""
     skip = bool(values["peer_insecure_skip_client_cert_auth"])
     if not values["peer_client_cert_auth"] and _explicit(sources, "peer_client_cert_auth") and not skip:
-        raise UsageError("--peer-client-cert-auth=false does not turn member certificates off in securekv: the "
-                         "peer port always requires them. The only opt-out is "
-                         "--peer-insecure-skip-client-cert-auth (warned about at every start)")
+        warnings.append(f"--peer-client-cert-auth=false (from {sources.get('peer_client_cert_auth')}) is ignored: "
+                        "the peer port always requires member certificates in securekv; the only opt-out is "
+                        "--peer-insecure-skip-client-cert-auth")
     if values["peer_cert_allowed_cn"] and values["peer_cert_allowed_hostname"]:
         raise UsageError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (as in etcd)")
     if values["peer_auto_tls"]:

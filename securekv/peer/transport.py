@@ -718,6 +718,11 @@ class PeerTransport:
             stream = ssl_stream
             try:
                 identity = self.tls.admit(ssl_stream, remote)
+                # etcd's client SAN check (DNS lookups: a worker thread, within the handshake timeout)
+                san = await trio.to_thread.run_sync(self.tls.client_san_refusal, identity, host.strip("[]"),
+                                                    abandon_on_cancel=True)
+                if san:
+                    raise PeerError(san)
             except PeerError as exc:
                 self.handshake_failures += 1
                 self._log_limited(logging.WARNING, ("tls", host, str(exc)),

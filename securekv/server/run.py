@@ -840,7 +840,8 @@ def _peer_tls(config: Config) -> Any:
                                  allowed_cn=config.peer_cert_allowed_cn or None,
                                  allowed_hostname=config.peer_cert_allowed_hostname or None,
                                  insecure_skip_client_cert_auth=config.peer_insecure_skip_client_cert_auth,
-                                 cipher_suites=config.cipher_suites)
+                                 cipher_suites=config.cipher_suites,
+                                 skip_client_san_verification=config.experimental_peer_skip_client_san_verification)
         _check_own_member_name(config, tls)
         return tls
     if config.peer_auto_tls:
@@ -853,7 +854,8 @@ def _peer_tls(config: Config) -> Any:
 
             cert, key, ca = ensure_peer_cert(Path(config.data_dir) / "pki", config.name, hosts)
             return PeerTLS.from_files(str(cert), str(key), str(ca), crl_file=config.peer_crl_file or None,
-                                      cipher_suites=config.cipher_suites)
+                                      cipher_suites=config.cipher_suites,
+                                      skip_client_san_verification=config.experimental_peer_skip_client_san_verification)
         from securekv.pki.autotls import ensure_self_signed
 
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "peer", hosts,

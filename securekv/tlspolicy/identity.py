@@ -14,8 +14,9 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote, unquote
 
 import attrs
@@ -205,6 +206,55 @@ def _match_hostnames(pattern: str, host: str) -> bool:
         if p != h:
             return False
     return True
+
+
+def client_san_refusal(cert: x509.Certificate, remote_host: str, *,
+                       reverse: Callable[[str], Any] = socket.gethostbyaddr,
+                       forward: Callable[..., Any] = socket.getaddrinfo) -> str:
+    """etcd's peer-listener check (``checkCertSAN``, skipped by
+    ``--experimental-peer-skip-client-san-verification``): a client certificate with SANs must
+    cover the address it connects from — by an IP SAN, or by a DNS SAN that the address
+    reverse-resolves to or that forward-resolves to the address. "" = it does (or has no SANs).
+
+    Blocking (DNS lookups): call it from a worker thread.
+    """
+    sans = _sans(cert)
+    if sans is None:
+        return ""
+    ips = sans.get_values_for_type(x509.IPAddress)
+    names = sans.get_values_for_type(x509.DNSName)
+    if not ips and not names:
+        return ""
+    if ips:
+        if hostname_matches(cert, remote_host):
+            return ""
+        if not names:
+            return (f"tls: the certificate is valid for {', '.join(str(ip) for ip in ips)}, not for {remote_host}, "
+                    "the address the connection comes from")
+    if _host_in_dns(remote_host, names, reverse, forward):
+        return ""
+    return f'tls: "{remote_host}" does not match any of DNSNames {names}'
+
+
+def _host_in_dns(host: str, names: list[str], reverse: Callable[[str], Any], forward: Callable[..., Any]) -> bool:
+    wildcards = [n[1:] for n in names if n.startswith("*.")]
+    exact = [n for n in names if not n.startswith("*.")]
+    try:
+        primary, aliases, _ = reverse(host)
+        for name in [primary, *aliases]:
+            name = name[:-1] if name.endswith(".") else name
+            if any(name.endswith(w) for w in wildcards) or name in exact:
+                return True
+    except OSError:
+        pass
+    for name in exact:
+        try:
+            infos = forward(name, None)
+        except OSError:
+            continue
+        if any(info[4][0] == host for info in infos):
+            return True
+    return False
 
 
 def binding_refusal(cert_name: str | None, claimed: int, names: Mapping[int, str]) -> str:

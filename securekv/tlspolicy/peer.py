@@ -23,6 +23,7 @@ from securekv.tlspolicy.endpoint import ReloadingContext, crl_watcher
 from securekv.tlspolicy.identity import (
     VerifiedPeer,
     binding_refusal,
+    client_san_refusal,
     cn_matches,
     hostname_matches,
     verified_chain,
@@ -37,7 +38,8 @@ class PeerTLS:
 
     def __init__(self, server: ReloadingContext | ssl.SSLContext, client: ReloadingContext | ssl.SSLContext, *,
                  allowed_cn: str | None = None, allowed_hostname: str | None = None, crl: CRLWatcher | None = None,
-                 require_client_cert: bool = True, authenticated: bool = True) -> None:
+                 require_client_cert: bool = True, authenticated: bool = True,
+                 skip_client_san_verification: bool = False) -> None:
         if allowed_cn and allowed_hostname:
             raise UsageError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (as in etcd)")
         self._server = server
@@ -47,12 +49,14 @@ class PeerTLS:
         self.crl = crl
         self.require_client_cert = require_client_cert
         self.authenticated = authenticated
+        self.skip_client_san_verification = skip_client_san_verification
         self.live = LiveConnections()
 
     @classmethod
     def from_files(cls, cert_file: str, key_file: str, trusted_ca_file: str | None, crl_file: str | None = None, *,
                    allowed_cn: str | None = None, allowed_hostname: str | None = None,
-                   insecure_skip_client_cert_auth: bool = False, cipher_suites: tuple[str, ...] = ()) -> PeerTLS:
+                   insecure_skip_client_cert_auth: bool = False, cipher_suites: tuple[str, ...] = (),
+                   skip_client_san_verification: bool = False) -> PeerTLS:
         """Build (and later hot-reload) the contexts from ``--peer-*`` files; UsageError names a bad one."""
         if allowed_cn and allowed_hostname:
             raise UsageError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (as in etcd)")
@@ -76,7 +80,7 @@ class PeerTLS:
                         "" if trusted_ca_file else " and members are not authenticated at all (no peer CA)")
         return cls(server, client, allowed_cn=allowed_cn, allowed_hostname=allowed_hostname,
                    crl=crl_watcher(files), require_client_cert=not insecure_skip_client_cert_auth,
-                   authenticated=bool(trusted_ca_file))
+                   authenticated=bool(trusted_ca_file), skip_client_san_verification=skip_client_san_verification)
 
     @classmethod
     def from_contexts(cls, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, allowed_cn: str | None = None,
@@ -136,6 +140,14 @@ class PeerTLS:
             raise PeerError(f"certificate (CN {peer.common_name!r}) has no SAN matching the allowed hostname "
                             f"{self.allowed_hostname!r}")
         return peer
+
+    def client_san_refusal(self, peer: VerifiedPeer, remote_host: str) -> str:
+        """Listening side, as etcd's peer listener: the client certificate's SANs must cover the
+        address it connects from, unless ``--experimental-peer-skip-client-san-verification``.
+        May resolve names: run it in a worker thread. "" = fine."""
+        if self.skip_client_san_verification or not self.authenticated or peer.leaf is None:
+            return ""
+        return client_san_refusal(peer.leaf, remote_host)
 
     def bind(self, peer: VerifiedPeer, claimed: int, names: Mapping[int, str]) -> str:
         """Why ``peer`` may not speak for member ``claimed`` ("" = it may). ``names``: the applied

@@ -46,6 +46,8 @@ def build_certs(base: Path) -> PeerCerts:
     issue_cert(ca_dir, "client", "clientonly")  # client auth only: not a peer certificate
     issue_cert(ca_dir, "server", "serveronly", hosts=["127.0.0.1"])  # server auth only
     issue_cert(ca_dir, "peer", "shared", cn="shared-peer", hosts=["127.0.0.1", "localhost"])  # names no member
+    issue_cert(ca_dir, "peer", "farip", hosts=["192.0.2.7"])  # its only SAN is not the loopback address
+    issue_cert(ca_dir, "peer", "localname", hosts=["localhost"])  # a DNS SAN only, resolving to 127.0.0.1
     revoke(ca_dir, "gone")
     write_crl(ca_dir)
     init_ca(foreign_dir, cn="foreign CA")

@@ -208,3 +208,25 @@ async def test_second_connection_does_not_displace_the_live_one(peer_certs, nurs
     await a.wait_delivered(1)
     assert b.transport.stats()["peers"][1]["connects"] == 1
     await second.close()
+
+
+async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs, listener) -> None:
+    """etcd's peer-listener SAN check: an IP SAN equal to the address the member connects from,
+    or a DNS SAN resolving to it; skipped by --experimental-peer-skip-client-san-verification."""
+    far = await probe(listener.port, context(peer_certs.ca, peer_certs.cert("farip")), sender=5)
+    assert far.outcome == "refused", far.text
+    assert far.text == ("tls: the certificate is valid for 192.0.2.7, not for 127.0.0.1, the address the "
+                        "connection comes from")
+    elsewhere = await probe(listener.port, context(peer_certs.ca, peer_certs.cert("elsewhere")), sender=5)
+    assert elsewhere.outcome == "refused" and 'does not match any of DNSNames' in elsewhere.text, elsewhere.text
+    local = await probe(listener.port, context(peer_certs.ca, peer_certs.cert("localname")), sender=5)
+    assert local.outcome == "ok", local.text  # localhost -> 127.0.0.1 by forward lookup
+
+
+async def test_client_san_check_can_be_skipped_as_in_etcd(peer_certs, nursery) -> None:
+    a = Member(1, make_tls(peer_certs, "m1", skip_client_san_verification=True))
+    await a.listen()
+    a.transport.add_peer(5, ["https://127.0.0.1:1"])
+    await a.start(nursery)
+    p = await probe(a.port, context(peer_certs.ca, peer_certs.cert("farip")), sender=5)
+    assert p.outcome == "ok", p.text

@@ -65,10 +65,11 @@ def test_client_certificates_required_on_https_unless_opted_out(tmp_path: Path) 
         resolve({"auto_tls": "true"}, {})
     # a CA is enough: certificates are then required whether --client-cert-auth is given or not
     assert resolve({**tls, "trusted_ca_file": str(ca)}, {}).client_cert_auth
-    with pytest.raises(UsageError, match="--client-cert-auth=false does not turn client certificates off"):
-        resolve({**tls, "trusted_ca_file": str(ca), "client_cert_auth": "false"}, {})
-    with pytest.raises(UsageError, match="does not turn client certificates off"):
-        resolve({**tls, "trusted_ca_file": str(ca)}, {"ETCD_CLIENT_CERT_AUTH": "false"})
+    # an explicit false (etcd's sample config writes the default out) is ignored, with a warning
+    c = resolve({**tls, "trusted_ca_file": str(ca), "client_cert_auth": "false"}, {})
+    assert c.client_cert_auth and any("--client-cert-auth=false (from flag) is ignored" in w for w in c.warnings)
+    c = resolve({**tls, "trusted_ca_file": str(ca)}, {"ETCD_CLIENT_CERT_AUTH": "false"})
+    assert c.client_cert_auth and any("from ETCD_CLIENT_CERT_AUTH" in w or "from env" in w for w in c.warnings)
     # the explicit opt-out
     c = resolve({**tls, "insecure_skip_client_cert_auth": "true"}, {})
     assert not c.client_cert_auth and c.insecure_skip_client_cert_auth
@@ -90,8 +91,8 @@ def test_peer_certificates_always_required(tmp_path: Path) -> None:
         p.write_text("x")
     peer = {"peer_cert_file": str(cert), "peer_key_file": str(key), "peer_trusted_ca_file": str(ca)}
     assert resolve(peer, {}).sources  # --peer-client-cert-auth not needed: always on
-    with pytest.raises(UsageError, match="--peer-client-cert-auth=false does not turn member certificates off"):
-        resolve({**peer, "peer_client_cert_auth": "false"}, {})
+    c = resolve({**peer, "peer_client_cert_auth": "false"}, {})
+    assert any("--peer-client-cert-auth=false (from flag) is ignored" in w for w in c.warnings)
     resolve({**peer, "peer_client_cert_auth": "false", "peer_insecure_skip_client_cert_auth": "true"}, {})
     with pytest.raises(UsageError, match="--peer-auto-tls makes self-signed peer certificates"):
         resolve({"cert_file": str(cert), "key_file": str(key), "trusted_ca_file": str(ca), "peer_auto_tls": "true"}, {})
