@@ -4,8 +4,10 @@ port, the peer port and the PKI's checks.
 Every listener and dialer builds its ``ssl.SSLContext`` here and, after each handshake, asks
 this package who the remote is and whether it may stay. The pieces:
 
-``TLSFiles(cert_file, key_file, trusted_ca_file="", crl_file="", client_cert_auth=True, role="client")``
-    the operator's files for one endpoint (``role`` "client"/"peer" names the flags in errors).
+``TLSFiles(cert_file, key_file, trusted_ca_file="", crl_file="", client_cert_auth=True, role="client",
+cipher_suites=())``
+    the operator's files for one endpoint (``role`` "client"/"peer" names the flags in errors;
+    ``cipher_suites``: etcd's ``--cipher-suites`` Go names, mapped by ``ciphers.py``).
 
 ``ServerTLS(files)`` — a client-port (or metrics) listener::
 
@@ -19,9 +21,12 @@ this package who the remote is and whether it may stay. The pieces:
                                            # log an expired CRL every minute
 
 ``PeerTLS.from_files(cert, key, ca, crl, allowed_cn=, allowed_hostname=,
-insecure_skip_client_cert_auth=False)`` — the peer port, both directions: ``server_context`` /
-``client_context``; ``admit(conn, remote)`` after the handshake (certificate required, not
-revoked, peer profile = server auth + client auth, etcd's allowed CN / hostname);
+insecure_skip_client_cert_auth=False, cipher_suites=(), skip_client_san_verification=False)`` —
+the peer port, both directions: ``server_context`` / ``client_context``; ``admit(conn, remote)``
+after the handshake (certificate required, not revoked, peer profile = server auth + client
+auth, etcd's allowed CN / hostname); ``client_san_refusal(peer, remote_host)`` on the listening
+side (etcd's check that a client certificate's SANs cover its address; DNS lookups, so call it
+from a worker thread);
 ``bind(peer, claimed_member_id, names)`` after the HELLO (the certificate names that member);
 ``live`` and ``maybe_reload()`` as above.
 
