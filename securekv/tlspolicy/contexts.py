@@ -16,7 +16,7 @@ from typing import Sequence
 import attrs
 
 from securekv.errors import UsageError
-from securekv.tlspolicy.ciphers import DEFAULT as TLS12_CIPHERS, cipher_string
+from securekv.tlspolicy.ciphers import DEFAULT as TLS12_CIPHERS, cipher_string  # noqa: F401 (TLS12_CIPHERS: API)
 
 # TLS 1.2 suites allowed: forward-secret AEAD only (TLS 1.3 suites are all AEAD already);
 # --cipher-suites narrows them (tlspolicy/ciphers.py maps etcd's Go names).
