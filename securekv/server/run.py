@@ -782,7 +782,9 @@ async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -
     if not others:
         raise UsageError("--initial-cluster-state existing needs the other members in --initial-cluster")
     tls = _peer_tls(config)
-    named = [(n, u) for n, u in config.initial_cluster if n != config.name and u not in mine]
+    # (with --discovery-srv the other members' names are placeholders: not checked)
+    named = [("" if config.discovery_srv else n, u) for n, u in config.initial_cluster
+             if n != config.name and u not in mine]
     with trio.move_on_after(30):
         while True:
             found = await discover_cluster_id(tls, member_id, named, timeout=config.tls_handshake_timeout)
@@ -885,16 +887,22 @@ def _check_own_member_name(config: Config, tls: Any) -> None:
 def _member_names(config: Config, node: Any) -> Callable[[], dict[int, str]]:
     """Member ID -> name for binding peer certificates: the applied membership, with the names
     --initial-cluster gives for members the membership has not named yet (a joining member
-    knows nobody before the leader's log reaches it)."""
+    knows nobody before the leader's log reaches it). With --discovery-srv the other members'
+    bootstrap names are etcd's placeholders ("0", "1", ...) until they publish their own: they
+    count as not named yet."""
     from securekv.server.cluster import initial_members
 
-    initial = {m.id: m.name for m in initial_members(config.initial_cluster, config.initial_cluster_token)}
+    placeholders = ({n for n, _ in config.initial_cluster if n != config.name} if config.discovery_srv
+                    else set())
+    initial = {m.id: ("" if m.name in placeholders else m.name)
+               for m in initial_members(config.initial_cluster, config.initial_cluster_token)}
 
     def names() -> dict[int, str]:
         out = dict(initial)
         for m in node.membership.members.values():
-            if m.name or m.id not in out:
-                out[m.id] = m.name
+            name = "" if m.name in placeholders else m.name
+            if name or m.id not in out:
+                out[m.id] = name
         return out
 
     return names
