@@ -46,8 +46,8 @@ class Started:
     cluster_id: int
     tls_files: TLSFiles | None
     embedded: Any  # LocalPKI or None
-    # The live-connection registries of the client listeners (e.g. to close the connections of
-    # a certificate that was just revoked: ``LiveConnections.close_serials``).
+    # The live-connection registries of the client listeners (revocation itself closes
+    # connections through ``ServerTLS.live``, securekv/tlspolicy).
     connections: tuple[Any, ...] = ()
 
 
