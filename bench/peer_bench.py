@@ -35,7 +35,8 @@ class End:
         self.wake = trio.Event()
         self.target = 0
         self.t = PeerTransport(mid, 7, tls, self.deliver, lambda i: None,
-                               lambda i, failed: self.snaps.append(failed), queue_size=8192)
+                               lambda i, failed: self.snaps.append(failed), queue_size=8192,
+                               member_names=lambda: {1: "m1", 2: "m2"})
 
     def deliver(self, m: Message) -> None:
         self.count += 1

@@ -1,14 +1,57 @@
 """Crash-safe file writes: temp file + fsync + rename + directory fsync.
 
 Every file securekv writes goes through here so a crash or power cut leaves either the old
-file or the new one, never a torn mix.
+file or the new one, never a torn mix. Temp files get random names and are created with
+``O_EXCL | O_NOFOLLOW``: a name another user guessed in advance (or planted as a symlink to a
+file of ours) makes the create fail instead of writing through it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Iterable
+
+#: Flags of every temp file: new (never an existing file), never through a symlink.
+TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create_temp(directory: str | os.PathLike[str], prefix: str, suffix: str = "", mode: int = 0o600) -> tuple[int, Path]:
+    """A new file ``directory/<prefix><random><suffix>`` opened for writing: (fd, path).
+
+    The mode is applied from the first byte (also ``fchmod``, so the umask cannot widen or
+    narrow it).
+    """
+    for _ in range(64):
+        path = Path(directory) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            fd = os.open(path, TEMP_FLAGS, mode)
+        except FileExistsError:
+            continue
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            _unlink(path)
+            raise
+        return fd, path
+    raise FileExistsError(f"could not create a temp file in {directory}")
+
+
+def _random_link(target: Path, prefix: str) -> Path | None:
+    """Hard-link ``target`` (the entry itself, never what a symlink points to) to a fresh random
+    name beside it; None when ``target`` does not exist."""
+    for _ in range(64):
+        backup = target.parent / f"{prefix}{secrets.token_hex(8)}"
+        try:
+            os.link(target, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+    raise FileExistsError(f"could not create a backup link beside {target}")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -25,10 +68,8 @@ def _write_temp(target: Path, data: bytes | str, mode: int) -> Path:
     fsynced; removed again if anything fails."""
     if isinstance(data, str):
         data = data.encode()
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd, tmp = create_temp(target.parent, f".{target.name}.tmp-", mode=mode)
     try:
-        os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -84,12 +125,8 @@ def atomic_write_many(files: Iterable[tuple[str | os.PathLike[str], bytes | str,
     done: list[tuple[Path, Path | None]] = []  # (target, backup of its old contents or None)
     try:
         for tmp, target in staged:
-            backup: Path | None = target.parent / f".{target.name}.old-{os.getpid()}"
-            try:
-                _unlink(backup)
-                os.link(target, backup)
-            except FileNotFoundError:
-                backup = None  # no old file: undo means remove the new one
+            # None: no old file, so undo means removing the new one
+            backup = _random_link(target, f".{target.name}.old-")
             done.append((target, backup))
             os.replace(tmp, target)
     except BaseException:

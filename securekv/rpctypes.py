@@ -68,6 +68,9 @@ ERR_TOO_MANY_LEARNERS = _e("FAILED_PRECONDITION", "etcdserver: too many learner 
 
 ERR_REQUEST_TOO_LARGE = _e("INVALID_ARGUMENT", "etcdserver: request is too large")
 ERR_TOO_MANY_REQUESTS = _e("RESOURCE_EXHAUSTED", "etcdserver: too many requests")
+# securekv's own (etcd has no such limits): concurrent Snapshot RPCs, and the disk they need.
+ERR_SNAPSHOT_BUSY = _e("RESOURCE_EXHAUSTED", "etcdserver: too many snapshots in progress, retry later")
+ERR_SNAPSHOT_NO_SPACE = _e("RESOURCE_EXHAUSTED", "etcdserver: not enough free disk space for a snapshot")
 
 ERR_ROOT_USER_NOT_EXIST = _e("FAILED_PRECONDITION", "etcdserver: root user does not exist")
 ERR_ROOT_ROLE_NOT_EXIST = _e("FAILED_PRECONDITION", "etcdserver: root user does not have root role")

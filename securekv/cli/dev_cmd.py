@@ -53,9 +53,12 @@ def _check_free(ports: list[tuple[int, int]]) -> None:
 
 
 def _pki(directory: Path, names: list[str]) -> dict[str, Path]:
-    """A CA and server/peer certificates per member plus a client certificate (CN root)."""
+    """A CA and server/peer certificates per member plus a client certificate (CN root). Each
+    peer certificate names its member (CN and URI SAN): the members bind it to that member."""
     from securekv.pki.ca import init_ca
     from securekv.pki.issue import issue_cert
+    from securekv.pki.verify import load_cert_chain
+    from securekv.tlspolicy import VerifiedPeer
 
     ca = directory / "pki"
     if not (ca / "ca.pem").exists():
@@ -64,8 +67,9 @@ def _pki(directory: Path, names: list[str]) -> dict[str, Path]:
     for name in names:
         if not (ca / f"{name}.pem").exists():
             issue_cert(ca, "server", name, hosts=hosts)
-        if not (ca / f"{name}-peer.pem").exists():
-            issue_cert(ca, "peer", f"{name}-peer", cn="securekv-dev-peer", hosts=hosts)
+        peer = ca / f"{name}-peer.pem"
+        if not peer.exists() or VerifiedPeer((load_cert_chain(peer)[0],)).member_name != name:
+            issue_cert(ca, "peer", f"{name}-peer", cn=name, hosts=hosts)
     if not (ca / "root.pem").exists():
         issue_cert(ca, "client", "root")
     return {"dir": ca, "ca": ca / "ca.pem", "cert": ca / "root.pem", "key": ca / "root-key.pem"}
@@ -82,7 +86,7 @@ def _member_argv(name: str, directory: Path, pki: Path, client: int, peer: int, 
         "--trusted-ca-file", str(pki / "ca.pem"), "--client-cert-auth",
         "--peer-cert-file", str(pki / f"{name}-peer.pem"), "--peer-key-file", str(pki / f"{name}-peer-key.pem"),
         "--peer-trusted-ca-file", str(pki / "ca.pem"), "--peer-client-cert-auth",
-        "--peer-cert-allowed-cn", "securekv-dev-peer", "--logger", "capnslog", *extra,
+        "--logger", "capnslog", *extra,
     ]
 
 

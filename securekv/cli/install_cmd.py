@@ -18,6 +18,17 @@ def cli() -> None:
     """Render and install the systemd unit, member config and firewall rules."""
 
 
+def _split_exec(text: str) -> list[str]:
+    """--exec is words separated by spaces; a newline or another control character is refused
+    (it would otherwise end the ExecStart= line of the unit)."""
+    from securekv.deploy.values import check_text
+
+    for word in text.split(" "):
+        if word:
+            check_text("--exec", word, limit=4096)
+    return text.split()
+
+
 @cli.command("systemd")
 @click.option("--config", "config_file", required=True, metavar="FILE", help="Member config (etcd config-file keys) to validate and install.")
 @click.option("--root", metavar="DIR", help="Write under DIR (DESTDIR convention for packagers); create no user or directory.")
@@ -38,17 +49,22 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
     from securekv.deploy import install
 
     try:
-        plan = install.plan_systemd(config_file, user, exec_path.split() if exec_path is not None else None, load_credentials)
+        plan = install.plan_systemd(config_file, user, _split_exec(exec_path) if exec_path is not None else None,
+                                    load_credentials)
+        from securekv.deploy.config import STATE_DIR, load_config_file
+
         if backup_timer is not None:
             import attrs
 
             from securekv.deploy.backup_timer import TIMER_NAME, plan_timer_files
 
-            argv = exec_path.split() if exec_path is not None else install.default_exec_start()
+            argv = _split_exec(exec_path) if exec_path is not None else install.default_exec_start()
             timer = plan_timer_files(config_file, argv, user, backup_timer, backup_dir or "", backup_key_file or "",
                                      backup_client_cert or "", backup_client_key or "", backup_retain)
             plan = attrs.evolve(plan, files=plan.files + timer,
                                 actions=(*plan.actions, f"create directory {backup_dir} (mode 0700, owner {user}:{user})"))
+        install.check_data_dirs([STATE_DIR, *load_config_file(config_file).writable_paths(),
+                                 *([backup_dir] if backup_timer is not None and backup_dir else [])], root)
         if dry_run:
             click.echo(install.describe(plan, root), nl=False)
             return
@@ -56,8 +72,6 @@ def systemd_cmd(config_file: str, root: str | None, user: str, dry_run: bool, ex
             for path in install.write_files(plan.files, root):
                 click.echo(f"wrote {path}")
             return
-        from securekv.deploy.config import STATE_DIR, load_config_file
-
         config = load_config_file(config_file)
         install.require_root()
         for path in install.write_files(plan.files, "/"):

@@ -25,6 +25,7 @@ import grpc
 
 from securekv.client.errors import SnapshotError, from_rpc_error
 from securekv.errors import UsageError
+from securekv.fsutil import create_temp
 from securekv.fsutil import fsync_dir
 from securekv.proto import rpc_pb2
 
@@ -89,14 +90,13 @@ def save_snapshot(stub, path: str | os.PathLike[str], progress: Callable[[int, i
                   timeout: float | None = None, encryption: Encryption | None = None) -> int:
     """Returns the number of snapshot (plaintext) bytes received."""
     target = Path(path)
-    tmp = target.parent / f".{target.name}.part-{os.getpid()}"
     status = None
     if encryption is not None:
         try:
             status = stub.Status(rpc_pb2.StatusRequest(), timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd, tmp = create_temp(target.parent, f".{target.name}.part-")
     ok = False
     try:
         sealer = _Sealer(encryption, status) if encryption is not None else None

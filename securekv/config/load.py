@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import attrs
 import yaml
 
-from securekv.config.model import URL, BackupSettings, Config, parse_url
+from securekv.config.model import URL, BackupSettings, Config, embedded_pki, parse_url
 from securekv.config.options import (
     BOOL, DURATION, FLOAT, IGNORED, INT, LIST, OPTIONS, REFUSED, STR, Option,
 )
@@ -268,7 +268,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         raise UsageError("--backend-batch-interval and --backend-batch-limit must not be negative")
     if values["experimental_watch_progress_notify_interval"] <= 0:
         raise UsageError("--experimental-watch-progress-notify-interval must be positive")
-    from securekv.server.ciphers import select as select_ciphers
+    from securekv.tlspolicy.ciphers import select as select_ciphers
 
     try:
         _, weak = select_ciphers(values["cipher_suites"])  # unknown names are refused here, before start
@@ -312,6 +312,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
         raise UsageError("--peer-cert-file and --peer-key-file must be given together")
     _check_auth(values)
+    client_cert_auth = _client_cert_auth(values, sources or {}, listen_client, metrics, warnings)
+    _check_peer_auth(values, sources or {}, listen_client, warnings)
     return Config(
         name=name,
         data_dir=data_dir,
@@ -324,7 +326,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         initial_cluster_state=state,
         initial_cluster_token=values["initial_cluster_token"],
         listen_metrics_urls=metrics,
-        client_cert_auth=bool(values["client_cert_auth"]),
+        client_cert_auth=client_cert_auth,
         trusted_ca_file=values["trusted_ca_file"],
         cert_file=cert,
         key_file=key,
@@ -379,6 +381,9 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         auth_token_ttl=values.get("auth_token_ttl", 300),
         bcrypt_cost=values.get("bcrypt_cost", 10),
         audit_log=values.get("audit_log", ""),
+        insecure_skip_client_cert_auth=bool(values["insecure_skip_client_cert_auth"]),
+        peer_insecure_skip_client_cert_auth=bool(values["peer_insecure_skip_client_cert_auth"]),
+        experimental_peer_skip_client_san_verification=bool(values["experimental_peer_skip_client_san_verification"]),
         sources=dict(sources or {}),
     )
 
@@ -466,6 +471,69 @@ def _auto_compaction(mode: str, retention: str) -> tuple[str, float]:
     if seconds < 0:
         raise UsageError("--auto-compaction-retention must not be negative")
     return mode, seconds
+
+
+def _explicit(sources: Mapping[str, str], field: str) -> bool:
+    return sources.get(field, "default") != "default"
+
+
+def _client_cert_auth(values: Mapping[str, Any], sources: Mapping[str, str], listen_client: tuple[URL, ...],
+                      metrics: tuple[URL, ...], warnings: list[str]) -> bool:
+    """https:// client (and metrics) URLs require client certificates unless explicitly opted out.
+
+    etcd's default is --client-cert-auth=false, which serves anonymous clients with full access
+    once TLS is on; securekv refuses that silently-open door. The embedded default (no
+    certificate material at all) has its own CA and always requires client certificates.
+    """
+    skip = bool(values["insecure_skip_client_cert_auth"])
+    tls = any(u.is_tls for u in (*listen_client, *metrics))
+    if skip:
+        if values["client_cert_auth"] and _explicit(sources, "client_cert_auth"):
+            raise UsageError("--client-cert-auth and --insecure-skip-client-cert-auth contradict each other")
+        if embedded_pki(listen_client, bool(values["auto_tls"]), values["cert_file"], values["key_file"],
+                        values["trusted_ca_file"]):
+            raise UsageError("--insecure-skip-client-cert-auth needs --cert-file/--key-file or --auto-tls: the "
+                             "embedded default always requires client certificates")
+        return False
+    if not tls or embedded_pki(listen_client, bool(values["auto_tls"]), values["cert_file"], values["key_file"],
+                               values["trusted_ca_file"]):
+        return True
+    if not values["client_cert_auth"] and _explicit(sources, "client_cert_auth"):
+        # etcd's sample config writes the default out; securekv keeps certificates required.
+        warnings.append(f"--client-cert-auth=false (from {sources.get('client_cert_auth')}) is ignored: https:// "
+                        "client URLs always require client certificates in securekv; the opt-out is "
+                        "--insecure-skip-client-cert-auth")
+    if not values["trusted_ca_file"]:
+        raise UsageError("https:// client URLs require client certificates: give --trusted-ca-file (the CA that "
+                         "issues client certificates) and --client-cert-auth, or pass "
+                         "--insecure-skip-client-cert-auth to serve TLS to clients without a certificate")
+    return True
+
+
+def _check_peer_auth(values: Mapping[str, Any], sources: Mapping[str, str], listen_client: tuple[URL, ...],
+                     warnings: list[str]) -> None:
+    """The peer port always requires a member certificate; see securekv/tlspolicy/peer.py."""
+    skip = bool(values["peer_insecure_skip_client_cert_auth"])
+    if not values["peer_client_cert_auth"] and _explicit(sources, "peer_client_cert_auth") and not skip:
+        warnings.append(f"--peer-client-cert-auth=false (from {sources.get('peer_client_cert_auth')}) is ignored: "
+                        "the peer port always requires member certificates in securekv; the only opt-out is "
+                        "--peer-insecure-skip-client-cert-auth")
+    if values["peer_cert_allowed_cn"] and values["peer_cert_allowed_hostname"]:
+        raise UsageError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive (as in etcd)")
+    if values["peer_auto_tls"]:
+        if values["peer_cert_file"] or values["peer_trusted_ca_file"]:
+            raise UsageError("--peer-auto-tls and --peer-cert-file/--peer-trusted-ca-file are mutually exclusive")
+        embedded = embedded_pki(listen_client, bool(values["auto_tls"]), values["cert_file"], values["key_file"],
+                                values["trusted_ca_file"])
+        if not embedded and not skip:
+            raise UsageError("--peer-auto-tls makes self-signed peer certificates that no member can verify, so "
+                             "anyone reaching the peer port could join the cluster. Issue peer certificates from "
+                             "one CA (securekv pki issue peer NAME) and pass --peer-cert-file/--peer-key-file/"
+                             "--peer-trusted-ca-file, or opt out with --peer-insecure-skip-client-cert-auth")
+    for field in ("peer_cert_file", "peer_key_file", "peer_trusted_ca_file", "peer_crl_file"):
+        path = values[field]
+        if path and not Path(path).is_file():
+            raise UsageError(f"--{field.replace('_', '-')} {path}: no such file")
 
 
 def _parse_initial_cluster(text: str, name: str, adv_peer: tuple[URL, ...]) -> tuple[tuple[str, str], ...]:

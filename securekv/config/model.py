@@ -56,6 +56,11 @@ def parse_url(text: str, what: str) -> URL:
     return URL(parts.scheme, parts.hostname, port)
 
 
+def embedded_pki(client_urls: tuple[URL, ...], auto_tls: bool, cert_file: str, key_file: str,
+                 trusted_ca_file: str) -> bool:
+    return any(u.is_tls for u in client_urls) and not (auto_tls or cert_file or key_file or trusted_ca_file)
+
+
 @attrs.frozen
 class BackupSettings:
     """Scheduled encrypted backups (``--backup-*``); ``dir`` empty = off."""
@@ -140,19 +145,17 @@ class Config:
     auth_token_ttl: int = 300
     bcrypt_cost: int = 10
     audit_log: str = ""
+    insecure_skip_client_cert_auth: bool = False
+    peer_insecure_skip_client_cert_auth: bool = False
+    experimental_peer_skip_client_san_verification: bool = False
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
     sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def embedded_pki(self) -> bool:
         """No certificate material given: run the embedded default (local CA under the data dir)."""
-        return (
-            any(u.is_tls for u in self.listen_client_urls)
-            and not self.auto_tls
-            and not self.cert_file
-            and not self.key_file
-            and not self.trusted_ca_file
-        )
+        return embedded_pki(self.listen_client_urls, self.auto_tls, self.cert_file, self.key_file,
+                            self.trusted_ca_file)
 
     @property
     def effective_quota_bytes(self) -> int:

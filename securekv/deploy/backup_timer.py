@@ -76,9 +76,10 @@ def check_calendar(expr: str) -> str:
 
 
 def _absolute(path: str, what: str) -> str:
-    if not path.startswith("/") or _CONTROL_RE.search(path):
-        raise UsageError(f"{what} {path!r} must be an absolute path")
-    return path
+    """The same path grammar as every other value install writes (securekv/deploy/values.py)."""
+    from securekv.deploy.values import check_path
+
+    return check_path(what, path)
 
 
 @attrs.frozen

@@ -12,7 +12,6 @@ The supported keys are serve's own option table; ``configs/README.md`` documents
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -20,6 +19,7 @@ import attrs
 import yaml
 
 from securekv.config.options import BOOL as OPT_BOOL, FLOAT, IMPLEMENTED, INT as OPT_INT, LIST, OPTIONS, Option
+from securekv.deploy.values import check_name, check_path, check_text
 from securekv.errors import UsageError
 
 # --------------------------------------------------------------------------- key table
@@ -42,7 +42,7 @@ def _install_kind(option: Option) -> str:
         return NUMBER
     if key == "initial-cluster":
         return CLUSTER
-    if key.endswith("-file") or key in ("data-dir", "wal-dir"):
+    if key.endswith("-file") or key.endswith("-dir"):  # data-dir, wal-dir, backup-dir: reach the unit
         return PATH
     return STR
 
@@ -144,6 +144,10 @@ def validate_config(data: Any) -> MemberConfig:
 
     if data.get("insecure-allow-plaintext"):
         raise UsageError("insecure-allow-plaintext is refused by securekv install: the installed member serves TLS on every port")
+    for key in ("insecure-skip-client-cert-auth", "peer-insecure-skip-client-cert-auth"):
+        if data.get(key):
+            raise UsageError(f"{key} is refused by securekv install: an installed member requires client "
+                             "certificates on the client port and member certificates on the peer port")
     for key in ("name", "data-dir", "listen-client-urls", "advertise-client-urls", "client-transport-security"):
         if key not in data:
             raise UsageError(f"required key {key!r} is missing")
@@ -154,8 +158,11 @@ def validate_config(data: Any) -> MemberConfig:
             raise UsageError(f"{section}: cert-file and key-file must be given together")
         if sec.get("auto-tls") and sec.get("cert-file"):
             raise UsageError(f"{section}: auto-tls and cert-file/key-file are mutually exclusive")
-        if sec.get("client-cert-auth") and not sec.get("trusted-ca-file") and not sec.get("auto-tls"):
+        if sec.get("client-cert-auth") and not sec.get("trusted-ca-file"):
             raise UsageError(f"{section}: client-cert-auth needs trusted-ca-file")
+    if (data.get("peer-transport-security") or {}).get("auto-tls"):
+        raise UsageError("peer-transport-security: auto-tls is refused by securekv install: self-signed peer "
+                         "certificates authenticate no member; issue them with `securekv pki issue peer NAME`")
     for key, section in TLS_LISTENERS.items():
         for url in _urls(data.get(key)):
             if urlsplit(url).scheme != "https":
@@ -248,21 +255,26 @@ def _check_value(key: str, kind: str, value: Any) -> None:
         raise UsageError(f"{key} must be {_EXPECTED[kind]}, got {_type_name(value)} {value!r}")
     short = key.rsplit(".", 1)[-1]
     if kind == PATH:
-        if not value.startswith("/") or "\0" in value:
-            raise UsageError(f"{key} must be an absolute path, got {value!r}")
-        if posixpath.normpath(value) != value.rstrip("/") or value.rstrip("/") == "":
-            raise UsageError(f"{key} must be a normalised absolute path, got {value!r}")
+        check_path(key, value)
     elif kind == URLS:
         for url in _urls(value):
             _check_url(key, url)
+    elif kind == STR:
+        if key == "name":
+            check_name(key, value)
+        elif short == "allowed-hostname":
+            _check_host(key, value)
+        else:
+            check_text(key, value)
+    elif kind == STRLIST:
+        for item in value:
+            check_text(key, item)
     elif kind == INT and short in INT_RANGES:
         low, high = INT_RANGES[short]
         if not low <= value <= high:
             raise UsageError(f"{key} must be between {low} and {high}, got {value}")
     if short in CHOICES and value not in CHOICES[short]:
         raise UsageError(f"{key} must be one of {', '.join(CHOICES[short])}, got {value!r}")
-    if key == "name" and any(c in value for c in "=,\n\t "):
-        raise UsageError(f"name must not contain '=', ',' or whitespace, got {value!r}")
 
 
 def _urls(value: Any) -> list[str]:
@@ -273,9 +285,22 @@ def _urls(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",")]
 
 
+def _check_host(key: str, host: str) -> str:
+    from securekv.pki.names import parse_ip, validate_dns_name
+
+    check_text(key, host)
+    if parse_ip(host) is None:
+        try:
+            validate_dns_name(host)
+        except UsageError as exc:
+            raise UsageError(f"{key}: {exc}") from None
+    return host
+
+
 def _check_url(key: str, url: str) -> tuple[str, int]:
     if not url:
         raise UsageError(f"{key} has an empty entry")
+    check_text(key, url)  # urlsplit silently drops tabs and newlines: refuse them first
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -297,6 +322,7 @@ def _check_url(key: str, url: str) -> tuple[str, int]:
             raise UsageError(f"{key}: listen URL {url!r} must use an IP address (etcd binds IPs, not names)") from None
     if port == 0:
         raise UsageError(f"{key}: URL {url!r} has port 0")
+    _check_host(key, host)
     return host, port
 
 
@@ -324,6 +350,7 @@ def _check_cluster(data: Mapping[str, Any]) -> None:
         name, sep, url = entry.strip().partition("=")
         if not sep or not name or not url:
             raise UsageError(f"initial-cluster: entry {entry.strip()!r} is not name=url")
+        check_name("initial-cluster member name", name)
         _check_url("initial-cluster", url)
         if urlsplit(url).scheme != "https":
             raise UsageError(f"initial-cluster: {url} is not https:// (peer traffic is TLS)")

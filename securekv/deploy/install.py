@@ -99,13 +99,54 @@ def under_root(root: str, path: str) -> Path:
     return Path(root) / path.lstrip("/")
 
 
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def resolve_under_root(root: str, path: str) -> Path:
+    """Where ``path`` of the target system lands under ``root``, following symlinks that stay
+    inside ``root`` and refusing any that leave it (``root/etc -> /etc`` would make a staged
+    install overwrite the build machine's own files)."""
+    root_real = Path(os.path.realpath(root))
+    current = root_real
+    for part in Path(path.lstrip("/")).parts:
+        candidate = current / part
+        if candidate.is_symlink():
+            resolved = Path(os.path.realpath(candidate))
+            if not _inside(resolved, root_real):
+                raise UsageError(f"cannot write {under_root(root, path)}: {candidate} is a symlink to {resolved}, "
+                                 f"outside --root {root}")
+            current = resolved
+        else:
+            current = candidate
+    return current
+
+
+def check_data_dirs(paths: Sequence[str], root: str | None) -> None:
+    """The unit makes ``paths`` writable and a live install chowns them: none may hide a symlink
+    (``data-dir: /srv/data`` with ``/srv/data -> /`` would make ReadWritePaths= cover ``/``)."""
+    for path in paths:
+        if root is not None:
+            resolve_under_root(root, path)
+            continue
+        probe = Path("/")
+        for part in Path(path.lstrip("/")).parts:
+            probe = probe / part
+            if probe.is_symlink():
+                raise UsageError(f"data directory {path}: {probe} is a symlink (to {os.readlink(probe)}); "
+                                 "name the real directory")
+            if not probe.exists():
+                break
+
+
 def write_files(files: Sequence[fw.RenderedFile], root: str) -> list[Path]:
     """Write every file under ``root`` (DESTDIR convention) all-or-nothing.
 
     Directories this call creates are removed again if writing fails, so a failed run leaves
-    the tree exactly as it found it.
+    the tree exactly as it found it. Symlinks that lead out of ``root`` are refused before
+    anything is written.
     """
-    targets = [(under_root(root, f.path), f.content, f.mode) for f in files]
+    targets = [(resolve_under_root(root, f.path), f.content, f.mode) for f in files]
     for target, _, _ in targets:
         if target.exists() and not target.is_file():
             raise UsageError(f"cannot write {target}: it exists and is not a regular file")
@@ -199,9 +240,10 @@ def apply_systemd(plan: Plan, user: str, data_dirs: Sequence[str]) -> None:
     import pwd
 
     entry = pwd.getpwnam(user)
+    check_data_dirs(data_dirs, None)
     for directory in data_dirs:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chown(directory, entry.pw_uid, entry.pw_gid)
-        os.chmod(directory, 0o700)
+        os.chown(directory, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        os.chmod(directory, 0o700, follow_symlinks=False)
     if shutil.which("systemctl"):
         _run(["systemctl", "daemon-reload"], check=False)

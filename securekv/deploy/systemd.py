@@ -12,6 +12,7 @@ import attrs
 import yaml
 
 from securekv.deploy.config import CONFIG_DIR, MemberConfig, validate_config
+from securekv.deploy.values import check_path, systemd_path_value, systemd_word
 from securekv.errors import UsageError
 from securekv.resources import template_file
 
@@ -59,7 +60,7 @@ def check_exec_start(argv: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 def _escape(arg: str) -> str:
     # systemd expands %-specifiers and $VARIABLES in ExecStart; the operator's path means neither.
-    return arg.replace("%", "%%").replace("$", "$$")
+    return systemd_word(arg, exec_line=True)
 
 
 @attrs.frozen
@@ -76,9 +77,9 @@ def render_unit(options: UnitOptions) -> str:
     argv = check_exec_start(options.exec_start)
     extra: list[str] = []
     for path in options.writable_paths:
-        extra.append(f"ReadWritePaths={_escape(path)}")
+        extra.append(f"ReadWritePaths={systemd_word(check_path('ReadWritePaths', path))}")
     for name, source in options.credentials:
-        extra.append(f"LoadCredential={name}:{_escape(source)}")
+        extra.append(f"LoadCredential={name}:{systemd_path_value(source)}")
     values = {
         "@USER@": user,
         "@GROUP@": user,

@@ -8,6 +8,8 @@ side detect a dead link by itself (keepalive pings + an idle read timeout).
 
 Per connection, after TLS: the dialer sends HELLO (protocol version, cluster ID, its member ID,
 the member ID it meant to reach); the listener answers HELLO_OK or REFUSE(reason) and closes.
+Both sides check that the remote certificate names the member the connection speaks for
+(:meth:`PeerTLS.bind`); a refusal says what is wrong without naming cluster or member IDs.
 See docs/peer.md for the rules and the reasons behind them.
 """
 
@@ -17,7 +19,7 @@ import logging
 import math
 import random
 import ssl
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import attrs
@@ -26,8 +28,9 @@ import trio
 from securekv.errors import PeerError, UsageError
 from securekv.peer import codec
 from securekv.peer.codec import FrameKind
-from securekv.peer.tls import PeerTLS
 from securekv.raft.types import LOCAL_MESSAGES, Message, MessageType
+from securekv.tlspolicy.identity import VerifiedPeer
+from securekv.tlspolicy.peer import PeerTLS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,12 @@ MAX_CONCURRENT_CALLS = 64
 MAX_TRANSFERS = 4
 #: Repeated identical log lines (refusals, dial failures) are written at most this often.
 LOG_EVERY = 30.0
+#: Live incoming connections one member may hold at once. A newer connection never displaces a
+#: live one (an impostor must not cut the real member's link); two leave room for a member that
+#: reconnects before its old, silently dead link hits the idle timeout.
+MAX_INCOMING_PER_PEER = 2
+
+MemberNames = Callable[[], Mapping[int, str]]
 
 
 class _ConnClosed(Exception):
@@ -146,6 +155,7 @@ class _Conn:
         self.call_send, self.call_recv = trio.open_memory_channel[tuple[int, str, bytes]](256)
         self.scope: trio.CancelScope | None = None
         self.reason = ""
+        self.identity: VerifiedPeer | None = None
 
     def _count_in(self, n: int) -> None:
         self.peer.stats.bytes_received += n
@@ -245,9 +255,14 @@ class PeerTransport:
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
         rng: random.Random | None = None,
+        member_names: MemberNames | None = None,
+        tls_reload_interval: float = 1.0,
+        max_incoming_per_peer: int = MAX_INCOMING_PER_PEER,
     ) -> None:
         if member_id <= 0 or cluster_id < 0:
             raise UsageError("peer transport needs a positive member ID and a cluster ID")
+        if tls is not None and tls.authenticated and member_names is None:
+            raise UsageError("a TLS peer transport needs member_names to bind certificates to members")
         self.member_id = member_id
         self.cluster_id = cluster_id
         self.tls = tls
@@ -263,6 +278,9 @@ class PeerTransport:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._rng = rng if rng is not None else random.Random()
+        self._member_names: MemberNames = member_names or (lambda: {})
+        self.tls_reload_interval = tls_reload_interval
+        self.max_incoming_per_peer = max_incoming_per_peer
         self._peers: dict[int, _Peer] = {}
         self._handlers: dict[str, CallHandler] = {}
         self._nursery: trio.Nursery | None = None
@@ -436,10 +454,30 @@ class PeerTransport:
                 self._nursery = nursery
                 for peer in list(self._peers.values()):
                     self._start_dialer(peer)
+                if self.tls is not None:
+                    nursery.start_soon(self._reload_loop)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+
+    async def _reload_loop(self) -> None:
+        """Reload changed certificate/CA/CRL files; a reloaded CRL closes revoked members' links."""
+        assert self.tls is not None
+        while True:
+            await trio.sleep(self.tls_reload_interval)
+            try:
+                self.tls.maybe_reload()
+            except Exception:  # a reload problem must not take the transport down
+                log.exception("peer TLS reload failed")
+
+    def names(self) -> Mapping[int, str]:
+        """Member ID -> name as the applied membership knows it ("" = added, not started yet)."""
+        try:
+            return self._member_names()
+        except Exception:
+            log.exception("reading member names failed")
+            return {}
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.backoff_max, self.backoff_min * math.pow(2, max(0, attempt - 1)))
@@ -488,13 +526,19 @@ class PeerTransport:
                     self.tls.maybe_reload()
                     ctx = self.tls.client_context
                     ssl_stream = trio.SSLStream(tcp, ctx, server_hostname=host)
+                    stream = ssl_stream
                     await ssl_stream.do_handshake()
                     try:
-                        self.tls.check_remote(ssl_stream.getpeercert(binary_form=True))
+                        identity = self.tls.admit(ssl_stream, url)
+                        reason = self.tls.bind(identity, peer.id, self.names())
+                        if reason:
+                            raise PeerError(reason)
                     except PeerError as exc:
                         raise PeerError(f"refusing the certificate of peer {peer.id:x}: {exc}") from None
-                    stream = ssl_stream
+                else:
+                    identity = None
                 conn = _Conn(stream, peer, True, url)
+                conn.identity = identity
                 await conn.send_frame(codec.frame(FrameKind.HELLO,
                                                   codec.encode_hello(self.cluster_id, self.member_id, peer.id)))
                 kind, payload = await conn.reader.read()
@@ -517,15 +561,19 @@ class PeerTransport:
         peer.active_since = trio.current_time()
         peer.stats.connects += 1
         peer.connected.set()
+        token = self._track(conn)
         try:
             async with trio.open_nursery() as nursery:
                 conn.scope = nursery.cancel_scope
+                if conn.reason:  # closed (e.g. revoked) before its tasks started
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._guard, conn, self._read_loop, conn, nursery)
                 nursery.start_soon(self._guard, conn, self._pinger, conn)
                 nursery.start_soon(self._guard, conn, self._msg_writer, conn)
                 nursery.start_soon(self._guard, conn, self._snap_writer, conn)
                 nursery.start_soon(self._guard, conn, self._call_writer, conn)
         finally:
+            self._untrack(token)
             peer.out = None
             peer.active_since = None
             peer.connected = trio.Event()
@@ -654,19 +702,33 @@ class PeerTransport:
 
     async def _accept(self, tcp: trio.SocketStream, remote: str) -> _Conn | None:
         stream: trio.abc.Stream = tcp
+        identity: VerifiedPeer | None = None
+        host = remote.rsplit(":", 1)[0]
         if self.tls is not None:
             self.tls.maybe_reload()
             ssl_stream = trio.SSLStream(tcp, self.tls.server_context, server_side=True)
             try:
                 await ssl_stream.do_handshake()
-                self.tls.check_remote(ssl_stream.getpeercert(binary_form=True))
-            except (trio.BrokenResourceError, ssl.SSLError, OSError, PeerError) as exc:
+            except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
                 self.handshake_failures += 1
-                self._log_limited(logging.WARNING, ("tls", remote.rsplit(":", 1)[0], _reason(exc)),
+                self._log_limited(logging.WARNING, ("tls", host, _reason(exc)),
                                   "refusing peer connection from %s: TLS: %s", remote, _reason(exc))
                 await trio.aclose_forcefully(ssl_stream)
                 return None
             stream = ssl_stream
+            try:
+                identity = self.tls.admit(ssl_stream, remote)
+                # etcd's client SAN check (DNS lookups: a worker thread, within the handshake timeout)
+                san = await trio.to_thread.run_sync(self.tls.client_san_refusal, identity, host.strip("[]"),
+                                                    abandon_on_cancel=True)
+                if san:
+                    raise PeerError(san)
+            except PeerError as exc:
+                self.handshake_failures += 1
+                self._log_limited(logging.WARNING, ("tls", host, str(exc)),
+                                  "refusing peer connection from %s: TLS: %s", remote, exc)
+                await self._send_refusal(stream, str(exc))
+                return None
         reader = _FrameReader(stream, lambda n: None)
         try:
             kind, payload = await reader.read()
@@ -675,55 +737,105 @@ class PeerTransport:
             version, cluster, sender, receiver = codec.decode_hello(payload)
         except (_ConnClosed, PeerError, trio.BrokenResourceError, OSError) as exc:
             self.handshake_failures += 1
-            self._log_limited(logging.WARNING, ("hello", remote.rsplit(":", 1)[0], _reason(exc)),
+            self._log_limited(logging.WARNING, ("hello", host, _reason(exc)),
                               "refusing peer connection from %s: %s", remote, _reason(exc))
             return None
-        reason = self._refusal(version, cluster, sender, receiver)
+        who = identity.describe() if identity is not None else "no certificate"
+        if cluster == 0 and receiver == 0 and version == codec.PROTOCOL_VERSION:
+            # A member joining an existing cluster asks for the cluster ID (server/discovery.py):
+            # answered only to a member of the applied membership whose certificate names it.
+            reason = self._refusal_for(sender, identity)
+            if reason:
+                self.refused += 1
+                self._log_limited(logging.WARNING, ("discover", sender, who),
+                                  "refusing cluster ID discovery from %s (%s, claims member %x): %s",
+                                  remote, who, sender, reason)
+                await self._send_refusal(stream, reason)
+            else:
+                log.info("told the cluster ID to joining member %x at %s (%s)", sender, remote, who)
+                try:
+                    await stream.send_all(codec.frame(FrameKind.HELLO_OK,
+                                                      codec.encode_hello_ok(self.cluster_id, self.member_id)))
+                except (trio.BrokenResourceError, OSError):
+                    pass
+            return None
+        reason = self._refusal(version, cluster, sender, receiver, identity)
         if reason:
             self.refused += 1
-            self._log_limited(logging.WARNING, ("refuse", sender, cluster, receiver),
-                              "refusing peer connection from %s: %s", remote, reason)
-            try:
-                await stream.send_all(codec.frame(FrameKind.REFUSE, reason.encode()))
-            except (trio.BrokenResourceError, OSError):
-                pass
+            self._log_limited(logging.WARNING, ("refuse", sender, cluster, receiver, reason),
+                              "refusing peer connection from %s (%s, claims member %x of cluster %x, to reach "
+                              "%x; this is member %x of cluster %x): %s", remote, who, sender, cluster, receiver,
+                              self.member_id, self.cluster_id, reason)
+            await self._send_refusal(stream, reason)
             return None
         peer = self._peers[sender]
         conn = _Conn(stream, peer, False, remote)
+        conn.identity = identity
         conn.reader = reader
         reader.on_bytes = conn._count_in
         await conn.send_frame(codec.frame(FrameKind.HELLO_OK, codec.encode_hello_ok(self.cluster_id, self.member_id)))
         return conn
 
-    def _refusal(self, version: int, cluster: int, sender: int, receiver: int) -> str:
-        me = self.member_id
+    async def _send_refusal(self, stream: trio.abc.Stream, reason: str) -> None:
+        """Tell the dialer why (best effort, bounded): the text names no cluster or member ID."""
+        with trio.move_on_after(1.0):
+            try:
+                await stream.send_all(codec.frame(FrameKind.REFUSE, reason.encode()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+                pass
+
+    def _refusal(self, version: int, cluster: int, sender: int, receiver: int,
+                 identity: VerifiedPeer | None) -> str:
+        """Why this HELLO is refused ("" = accepted). Sent to the dialer: no IDs in the text."""
         if version != codec.PROTOCOL_VERSION:
-            return (f"member {sender:x} speaks peer protocol version {version}; member {me:x} speaks "
-                    f"{codec.PROTOCOL_VERSION}")
+            return f"peer protocol version {version} is not supported (this member speaks {codec.PROTOCOL_VERSION})"
         if cluster != self.cluster_id:
-            return (f"cluster ID mismatch: member {sender:x} belongs to cluster {cluster:x}, member {me:x} "
-                    f"to cluster {self.cluster_id:x}")
-        if receiver != me:
-            return f"member {sender:x} wanted to reach member {receiver:x}, but this is member {me:x}"
-        if sender not in self._peers:
-            return f"member {sender:x} is not a member of cluster {cluster:x} known to member {me:x} (unknown or removed)"
+            return "cluster ID mismatch: the dialing member belongs to another cluster"
+        if receiver != self.member_id:
+            return "this is not the member the dialer wanted to reach (a stale or swapped peer URL?)"
+        return self._refusal_for(sender, identity)
+
+    def _refusal_for(self, sender: int, identity: VerifiedPeer | None) -> str:
+        peer = self._peers.get(sender)
+        if peer is None or sender == self.member_id:
+            return "the dialing member is not a member of this cluster (unknown or removed)"
+        if self.tls is not None and identity is not None:
+            reason = self.tls.bind(identity, sender, self.names())
+            if reason:
+                return reason
+        live = [c for c in peer.incoming if c.scope is None or not c.scope.cancel_called]
+        if len(live) >= self.max_incoming_per_peer:
+            return ("the member already has as many live connections here as allowed; a new one does not "
+                    "replace them (they end when the remote closes them or after the idle timeout)")
         return ""
 
     async def _run_incoming(self, conn: _Conn) -> None:
         peer = conn.peer
-        for old in list(peer.incoming):  # the remote reconnected: its old stream is dead or dying
-            old.close("replaced by a newer connection")
-        peer.incoming.add(conn)
+        peer.incoming.add(conn)  # a newer connection never displaces a live one: see MAX_INCOMING_PER_PEER
+        token = self._track(conn)
         try:
             async with trio.open_nursery() as nursery:
                 conn.scope = nursery.cancel_scope
+                if conn.reason:  # closed (e.g. revoked) before its tasks started
+                    nursery.cancel_scope.cancel()
                 if peer.removed:
                     conn.close("member removed")
                 nursery.start_soon(self._guard, conn, self._read_loop, conn, nursery)
                 nursery.start_soon(self._guard, conn, self._pinger, conn)
         finally:
             peer.incoming.discard(conn)
+            self._untrack(token)
             log.debug("incoming connection from peer %x ended: %s", peer.id, conn.reason)
+
+    def _track(self, conn: _Conn) -> int | None:
+        """Register an authenticated link so that revoking its certificate closes it."""
+        if self.tls is None or conn.identity is None or not conn.identity.chain:
+            return None
+        return self.tls.live.register(conn.identity, conn.close)
+
+    def _untrack(self, token: int | None) -> None:
+        if token is not None and self.tls is not None:
+            self.tls.live.unregister(token)
 
     # ---- reading (both directions) ---------------------------------------------------------
 

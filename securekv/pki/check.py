@@ -20,6 +20,9 @@ from securekv.pki.verify import is_ca, load_cert_chain, utcnow, verify_chain
 
 ERROR = "error"
 WARNING = "warning"
+#: A CRL whose nextUpdate is this close is reported (servers keep enforcing an expired CRL, but
+#: certificates revoked after it are not refused until a fresh one is published).
+CRL_WARN = timedelta(hours=48)
 
 
 @attrs.frozen
@@ -123,7 +126,38 @@ def check_dir(
             missing = [h for h in host_list if not sans_cover(sans, h)]
             if missing:
                 add(path, ERROR, f"SANs ({', '.join(sans.as_strings()) or 'none'}) do not cover {', '.join(missing)}")
+    crl_path = directory / CRL_FILE
+    if crl_path.exists():
+        checked.append(crl_path.name)
+        for severity, message in _check_crl(crl_path, anchors + [ca_cert], set(revoked), moment):
+            add(crl_path, severity, message)
     return CheckReport(directory, tuple(checked), tuple(problems))
+
+
+def _check_crl(path: Path, issuers: list[x509.Certificate], recorded: set[int],
+               moment: datetime) -> list[tuple[str, str]]:
+    """What a server loading this CRL would refuse, and how soon it expires."""
+    from securekv.tlspolicy.crl import build_revocation_list, split_crl_file
+
+    try:
+        crls = split_crl_file(path.read_bytes(), path.name)
+        revocations = build_revocation_list(crls, issuers, path.name, str(path))
+    except UsageError as exc:
+        return [(ERROR, f"servers would refuse to start with it: {exc}")]
+    out: list[tuple[str, str]] = []
+    nxt = revocations.next_update
+    if nxt is not None and moment > nxt:
+        out.append((ERROR, f"expired {_short(moment - nxt)} ago (nextUpdate {nxt:%Y-%m-%d %H:%M:%SZ}); servers "
+                           "keep enforcing it but log an error every minute; run `securekv pki crl`"))
+    elif nxt is not None and nxt - moment <= CRL_WARN:
+        out.append((WARNING, f"expires in {_short(nxt - moment)} (nextUpdate {nxt:%Y-%m-%d %H:%M:%SZ}); "
+                             "run `securekv pki crl` before then"))
+    listed = {serial for _issuer, serial in revocations.revoked}
+    missing = recorded - listed
+    if missing:
+        out.append((WARNING, f"{len(missing)} revoked certificate(s) in revoked.json are not in the CRL yet; "
+                             "run `securekv pki crl`"))
+    return out
 
 
 def _server_auth(cert: x509.Certificate) -> bool:

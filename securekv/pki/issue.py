@@ -100,6 +100,9 @@ def issue_cert(
 
     CN defaults to the CSR's CN, then to NAME (a client cert's CN is its RBAC identity).
     ``hosts`` replaces the CSR's hosts when given. Profiles with "server auth" need a host.
+    The ``peer`` profile also names the member: CN = the member name, plus the URI SAN
+    ``securekv://member/<name>`` (``securekv.tlspolicy.member_uri``) that the peer port binds to
+    the member ID a connection claims (docs/peer.md).
     Everything is validated before any file is written.
     """
     directory = Path(dir)
@@ -113,12 +116,19 @@ def issue_cert(
     if prof.is_ca:
         raise UsageError(f"profile {profile!r} issues CA certificates; use `securekv pki init --intermediate`")
     host_list = list(hosts) if hosts is not None else list(spec.hosts)
-    sans = parse_hosts(host_list, uris)
+    subject_cn = cn or spec.cn or name
+    uri_list = list(uris)
+    if profile == "peer":
+        from securekv.tlspolicy.identity import MEMBER_URI_PREFIX, member_uri
+
+        if not any(u.strip().startswith(MEMBER_URI_PREFIX) for u in [*uri_list, *host_list]):
+            uri_list.append(member_uri(subject_cn))
+    sans = parse_hosts(host_list, uri_list)
     if prof.server_auth and not (sans.dns or sans.ips):
         raise UsageError(f"profile {profile!r} includes server auth and needs at least one host (--hosts name,ip,...)")
     check_name_constraints(ca, sans)
     key_spec = keys.key_spec(key_algo or spec.key_algo, key_size or spec.key_size)
-    subject = build_subject(cn or spec.cn or name, spec.names)
+    subject = build_subject(subject_cn, spec.names)
     if not target.is_dir():
         raise UsageError(f"output directory {target} does not exist")
     check_targets((target / f"{name}.pem", target / f"{name}-key.pem"))

@@ -2,8 +2,9 @@
 certificates under the data dir, created on first start and reused while they still fit.
 
 Layout under ``dir``: the CA files (see ``securekv.pki.ca``), ``server.pem``/``server-key.pem``
-(profile ``peer``: serverAuth + clientAuth, so it also works for peer links) and one
-``NAME.pem``/``NAME-key.pem`` per client name (profile ``client``; CN = NAME = RBAC user).
+(profile ``etcd``: serverAuth + clientAuth), one ``NAME.pem``/``NAME-key.pem`` per client name
+(profile ``client``; CN = NAME = RBAC user) and, with ``--peer-auto-tls``, ``peer.pem`` (profile
+``peer``, named after the member) for the peer port.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def ensure_local_pki(
         created.append("ca")
     ca = load_ca(directory)
     if not _fits(directory / f"{server_name}.pem", directory / f"{server_name}-key.pem", ca.cert, moment, names):
-        issue_cert(directory, "peer", server_name, hosts=names, ca=ca, now=moment)
+        issue_cert(directory, "etcd", server_name, hosts=names, ca=ca, now=moment)
         created.append(server_name)
     clients = {}
     for name in client_names:
@@ -86,3 +87,25 @@ def _fits(cert_path: Path, key_path: Path, ca_cert, moment: datetime, hosts) -> 
         return False
     sans = cert_sans(cert)
     return all(sans_cover(sans, h) for h in hosts)
+
+
+def ensure_peer_cert(dir: str | os.PathLike, member: str, hosts: Iterable[str], *,
+                     now: datetime | None = None) -> tuple[Path, Path, Path]:
+    """``--peer-auto-tls`` with the embedded default: ``peer.pem`` from the local CA, named after
+    ``member`` (CN and URI SAN) and covering ``hosts``; re-issued when it does not fit.
+    Returns (cert, key, CA)."""
+    from securekv.tlspolicy.identity import VerifiedPeer
+
+    directory = Path(dir)
+    names = [split_host_port(h.strip()) for h in hosts if h and h.strip()]
+    moment = utcnow(now)
+    if not (directory / CA_CERT).exists():
+        init_ca(directory, cn="securekv local CA", now=moment)
+    ca = load_ca(directory)
+    cert, key = directory / "peer.pem", directory / "peer-key.pem"
+    fits = _fits(cert, key, ca.cert, moment, names)
+    if fits:
+        fits = VerifiedPeer((load_cert_chain(cert)[0],)).member_name == member
+    if not fits:
+        issue_cert(directory, "peer", "peer", cn=member, hosts=names, ca=ca, now=moment)
+    return cert, key, directory / CA_CERT

@@ -1,10 +1,17 @@
-"""TLS contexts from securekv PKI files: mutual TLS by default, TLS 1.2+ only."""
+"""TLS contexts from securekv PKI files (tests, embedders): mutual TLS by default, TLS 1.2+ only.
+
+Thin helpers over :mod:`securekv.tlspolicy`, which owns the cipher suites and options for every
+securekv endpoint. Revocation is enforced by ``securekv.tlspolicy.ServerTLS`` after the
+handshake (CRLs are never loaded into OpenSSL: see ``securekv/tlspolicy/crl.py``).
+"""
 
 from __future__ import annotations
 
 import os
 import ssl
 from pathlib import Path
+
+from securekv.tlspolicy.contexts import simple_client_context, simple_server_context
 
 
 def server_context(
@@ -13,19 +20,9 @@ def server_context(
     ca: str | os.PathLike | None,
     *,
     require_client_cert: bool = True,
-    crl: str | os.PathLike | None = None,
 ) -> ssl.SSLContext:
     """Server side: present cert/key; with ``ca``, verify clients (required unless told not to)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
-    if ca is not None:
-        ctx.load_verify_locations(cafile=os.fspath(ca))
-        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-        if crl is not None:
-            ctx.load_verify_locations(cafile=os.fspath(crl))
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return ctx
+    return simple_server_context(cert, key, ca, require_client_cert=require_client_cert)
 
 
 def client_context(
@@ -36,13 +33,7 @@ def client_context(
     check_hostname: bool = True,
 ) -> ssl.SSLContext:
     """Client side: trust ``ca``; present cert/key when given (mutual TLS)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cafile=os.fspath(ca))
-    ctx.check_hostname = check_hostname
-    if cert is not None:
-        ctx.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None)
-    return ctx
+    return simple_client_context(ca, cert, key, check_hostname=check_hostname)
 
 
 def read_pem(path: str | os.PathLike) -> bytes:

@@ -2,30 +2,32 @@
 
 A joining member cannot derive the cluster ID: it was fixed when the cluster was founded from
 the founders' IDs, and ``--initial-cluster`` now lists a different set. etcd asks a peer over
-HTTP; we ask the peer transport itself: a handshake with cluster ID 0 is refused, and the
-refusal names the listener's cluster. The peer's certificate is verified as for any peer
-connection, so only a member of our PKI can tell us the ID.
+HTTP; we ask the peer transport itself with a HELLO whose cluster and receiver IDs are 0. The
+listener answers ``HELLO_OK(cluster ID, its member ID)`` only to a member of its applied
+membership (added with ``member add``) whose certificate names it; and we accept the answer only
+from a listener whose certificate names the member ``--initial-cluster`` lists at that URL.
+A refusal never carries the ID.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Iterable
 
 import trio
 
 log = logging.getLogger(__name__)
 
-_CLUSTER = re.compile(r"to cluster ([0-9a-f]+)\s*$")
 
-
-async def discover_cluster_id(tls: Any, member_id: int, urls: Iterable[str], timeout: float = 5.0) -> int | None:
+async def discover_cluster_id(tls: Any, member_id: int, members: Iterable[tuple[str, str]],
+                              timeout: float = 5.0) -> int | None:
+    """Ask each ``(name, peer URL)`` in turn; the first cluster ID a member tells us, or None."""
     from urllib.parse import urlsplit
 
+    from securekv.errors import PeerError
     from securekv.peer import codec
 
-    for url in urls:
+    for name, url in members:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 2380
         try:
@@ -34,30 +36,44 @@ async def discover_cluster_id(tls: Any, member_id: int, urls: Iterable[str], tim
                 try:
                     if tls is not None:
                         ssl_stream = trio.SSLStream(stream, tls.client_context, server_hostname=host)
-                        await ssl_stream.do_handshake()
-                        tls.check_remote(ssl_stream.getpeercert(binary_form=True))
                         stream = ssl_stream
+                        await ssl_stream.do_handshake()
+                        identity = tls.admit(ssl_stream, url)
+                        reason = tls.bind(identity, 1, {1: name})
+                        if reason:
+                            raise PeerError(f"refusing the certificate of {name} at {url}: {reason}")
                     await stream.send_all(codec.frame(codec.FrameKind.HELLO, codec.encode_hello(0, member_id, 0)))
-                    buf = b""
-                    while len(buf) < codec.FRAME_HEAD.size:
-                        chunk = await stream.receive_some(65536)
-                        if not chunk:
-                            raise EOFError
-                        buf += chunk
-                    size, kind = codec.FRAME_HEAD.unpack_from(buf)
-                    while len(buf) < codec.FRAME_HEAD.size + size:
-                        chunk = await stream.receive_some(65536)
-                        if not chunk:
-                            raise EOFError
-                        buf += chunk
-                    payload = buf[codec.FRAME_HEAD.size:codec.FRAME_HEAD.size + size]
+                    kind, payload = await _read_frame(stream)
                 finally:
                     await trio.aclose_forcefully(stream)
         except Exception as exc:
-            log.info("cluster ID discovery via %s failed: %s", url, exc)
+            log.info("cluster ID discovery via %s (%s) failed: %s", url, name, exc)
             continue
-        if kind == codec.FrameKind.REFUSE:
-            match = _CLUSTER.search(payload.decode(errors="replace"))
-            if match:
-                return int(match.group(1), 16)
+        if kind == codec.FrameKind.HELLO_OK:
+            _version, cluster, _member = codec.decode_hello_ok(payload)
+            if cluster:
+                return cluster
+        elif kind == codec.FrameKind.REFUSE:
+            log.info("cluster ID discovery via %s (%s) refused: %s", url, name, payload.decode(errors="replace"))
     return None
+
+
+async def _read_frame(stream: Any) -> tuple[int, bytes]:
+    from securekv.errors import PeerError
+    from securekv.peer import codec
+
+    buf = b""
+    while len(buf) < codec.FRAME_HEAD.size:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    size, kind = codec.FRAME_HEAD.unpack_from(buf)
+    if size > codec.MAX_FRAME:
+        raise PeerError(f"answer of {size} bytes is too large")
+    while len(buf) < codec.FRAME_HEAD.size + size:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        buf += chunk
+    return kind, buf[codec.FRAME_HEAD.size:codec.FRAME_HEAD.size + size]

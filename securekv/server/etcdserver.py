@@ -14,6 +14,8 @@ import hashlib
 import logging
 import os
 import random
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,21 @@ log = logging.getLogger(__name__)
 VERSION = "3.4.23"
 CLUSTER_VERSION = "3.4.0"
 SNAPSHOT_CHUNK = 32 * 1024
+#: Snapshot RPCs served at once: each keeps a sqlite copy and a bbolt file of the whole store
+#: in the data dir while it streams, so unbounded concurrency could fill the disk and stop
+#: the member. More are refused at once (RESOURCE_EXHAUSTED), never queued.
+MAX_CONCURRENT_SNAPSHOTS = 2
+#: A snapshot needs about this many times the backend's size on disk (copy + bbolt file) ...
+SNAPSHOT_SPACE_FACTOR = 3
+#: ... and leaves free on the data dir's file system, for the WAL and the backend, at least 5 %
+#: of its size, capped at 64 MiB (a small test disk still takes snapshots; a big one keeps 64 MiB).
+SNAPSHOT_FREE_RESERVE = 64 << 20
+SNAPSHOT_FREE_FRACTION = 0.05
+
+
+def snapshot_free_reserve(total_bytes: int) -> int:
+    """Bytes a snapshot must leave free on a file system of ``total_bytes``."""
+    return min(SNAPSHOT_FREE_RESERVE, int(total_bytes * SNAPSHOT_FREE_FRACTION))
 LOCK_SESSION_TTL = 60
 ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
 ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
@@ -101,6 +118,7 @@ class EtcdServer(AuthHandlers):
         self.max_txn_ops = max_txn_ops
         self.snapshot_dir = snapshot_dir
         self._snapshots = 0
+        self._snapshot_slots = trio.Semaphore(MAX_CONCURRENT_SNAPSHOTS)
         self.clock = clock
         self.rng = random.SystemRandom()
         self._changed = trio.Event()  # set (and replaced) whenever the store's revision moves
@@ -274,7 +292,7 @@ class EtcdServer(AuthHandlers):
         from securekv.mvcc import is_txn_readonly, validate_txn
 
         req = entry.body
-        validate_txn(req, self.max_txn_ops)
+        validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
             if self.needs_read_index(False):
                 def ready(error: BaseException | None) -> None:
@@ -321,7 +339,7 @@ class EtcdServer(AuthHandlers):
     async def txn(self, req: rpc_pb2.TxnRequest, caller: Caller) -> rpc_pb2.TxnResponse:
         from securekv.mvcc import is_txn_readonly, validate_txn
 
-        validate_txn(req, self.max_txn_ops)
+        validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
             return self.fill(self.store.txn_readonly(req), self.store.current_revision)
         result = await self._propose(caller, txn=req)
@@ -738,11 +756,12 @@ class EtcdServer(AuthHandlers):
 
         The backend's consistent copy is taken under the backend lock (fast, sqlite's backup
         API); the conversion to etcd's buckets then runs in a worker thread on that copy, so
-        commits go on meanwhile. Both temp files match the ``.snapshot-*`` glob that start-up
-        removes after a crash. Used by the Snapshot RPC and the scheduled backups.
+        commits go on meanwhile. Both temp files (random names, created with O_EXCL|O_NOFOLLOW)
+        match the ``.snapshot-*`` glob that start-up removes after a crash. Used by the Snapshot
+        RPC and the scheduled backups.
         """
         self._snapshots += 1
-        base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}"
+        base = Path(self.snapshot_dir) / f".snapshot-{os.getpid()}-{self._snapshots}-{secrets.token_hex(6)}"
         copy, path = Path(f"{base}.sqlite"), Path(f"{base}.db")
         started = trio.current_time()
         try:
@@ -759,11 +778,42 @@ class EtcdServer(AuthHandlers):
         """The Snapshot RPC: a built snapshot, streamed (and deleted) by the session. The first
         response carries the header (cluster, member, the snapshot's revision), which
         ``securekv ctl snapshot save`` records in an encrypted file's header; etcd 3.4 leaves it
-        empty and its clients ignore it."""
-        built = await self.build_snapshot()
-        first = rpc_pb2.ResponseHeader(cluster_id=built.cluster_id, member_id=built.member_id,
-                                       revision=built.revision, raft_term=built.raft_term)
-        return SnapshotSession(built.path, first)
+        empty and its clients ignore it.
+
+        At most MAX_CONCURRENT_SNAPSHOTS run at once (a slot is held until the session ends),
+        and none starts when it would leave the data dir short of free space."""
+        from securekv.rpctypes import ERR_SNAPSHOT_BUSY
+
+        try:
+            self._snapshot_slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise err(ERR_SNAPSHOT_BUSY) from None
+        try:
+            self._check_snapshot_space()
+            built = await self.build_snapshot()
+            first = rpc_pb2.ResponseHeader(cluster_id=built.cluster_id, member_id=built.member_id,
+                                           revision=built.revision, raft_term=built.raft_term)
+            return SnapshotSession(built.path, first, release=self._snapshot_slots.release)
+        except BaseException:
+            self._snapshot_slots.release()
+            raise
+
+    def _check_snapshot_space(self) -> None:
+        """Refuse a snapshot that would leave less than SNAPSHOT_FREE_RESERVE free (counting the
+        snapshots already in progress as if they still needed their full share)."""
+        from securekv.rpctypes import ERR_SNAPSHOT_NO_SPACE
+
+        try:
+            size = os.path.getsize(self.backend.path)
+            usage = shutil.disk_usage(self.snapshot_dir)
+        except OSError:
+            return
+        reserve = snapshot_free_reserve(usage.total)
+        running = MAX_CONCURRENT_SNAPSHOTS - self._snapshot_slots.value  # including this one
+        if usage.free - running * SNAPSHOT_SPACE_FACTOR * size < reserve:
+            log.warning("refusing a snapshot: %d bytes free in %s, a snapshot needs about %d and %d must stay free",
+                        usage.free, self.snapshot_dir, SNAPSHOT_SPACE_FACTOR * size, reserve)
+            raise err(ERR_SNAPSHOT_NO_SPACE)
 
     async def health_check(self, req: Any, caller: Caller) -> Any:
         """grpc.health.v1 as etcd registers it: the server ("") is SERVING; any other service
@@ -1074,9 +1124,10 @@ class SnapshotSession:
     file already is), then one final message whose blob is the SHA-256 of everything sent
     (etcd's format, §8: ``etcdctl snapshot save`` checks the length, ``restore`` the digest)."""
 
-    def __init__(self, path: Path, first_header: rpc_pb2.ResponseHeader | None = None) -> None:
+    def __init__(self, path: Path, first_header: rpc_pb2.ResponseHeader | None = None, release: Any = None) -> None:
         self.path = path
         self.first_header = first_header
+        self._release = release  # frees the server's snapshot slot, once
         self.size = path.stat().st_size
         self.total = self.size + (-self.size) % 512
         self.sent = 0
@@ -1119,6 +1170,9 @@ class SnapshotSession:
             self.path.unlink()
         except FileNotFoundError:
             pass
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class HealthWatchSession:

@@ -162,7 +162,7 @@ def export_snapshot(sqlite_copy: str | os.PathLike[str], out_path: str | os.Path
     out_path = os.fspath(out_path)
     backend = _open_copy(os.fspath(sqlite_copy))
     try:
-        fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w+b", buffering=1 << 20) as out:
                 return write_bolt(out, etcd_buckets(backend, cluster_version))

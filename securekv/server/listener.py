@@ -1,15 +1,17 @@
 """One client URL: a trio listener that terminates TLS and serves gRPC and HTTP/1.1 itself.
 
-Each connection is TLS-handshaken in bounded time (CRL-checked, client certificate required
-when configured), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over the sans-IO
+Each connection is TLS-handshaken in bounded time (client certificate required unless the
+operator opted out) and admitted by the one TLS policy (``securekv.tlspolicy.ServerTLS``: a
+certificate a CRL revokes, leaf or intermediate, is refused; the connection is registered in
+``ServerTLS.live`` so that a reloaded CRL that revokes it closes it), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over the sans-IO
 ``server/grpcconn.py``), ``http/1.1`` is the h11 app (``/health``, ``/version``, ``/metrics``,
 the JSON gateway); without ALPN the first bytes decide (the HTTP/2 preface means gRPC). There is
 no relay and no second port: everything runs in the trio thread that owns the state.
 
 The listener keeps a registry of its live connections with their peer certificate's identity
-(:class:`LiveConnections`): the cap on connections per listener, the graceful GOAWAY drain on
-shutdown and -- for the TLS-policy work -- closing the connections of a revoked certificate
-(:meth:`LiveConnections.close_serials`) all use it.
+(:class:`LiveConnections`): the cap on connections per listener and the graceful GOAWAY drain on
+shutdown use it; :meth:`LiveConnections.close_serials` closes a certificate's connections by leaf
+serial (revocation itself goes through ``ServerTLS.live``, which also matches intermediates).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import attrs
 import trio
 
 from securekv.api.identity import Identity
+from securekv.errors import PeerError
 from securekv.server.etcdlog import rejected_connection
-from securekv.server.tls import ReloadingContext, peer_common_name
+from securekv.tlspolicy import ServerTLS, VerifiedPeer
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ class ListenerStats:
 class ClientListener:
     def __init__(
         self,
-        tls: ReloadingContext | None,
+        tls: ServerTLS | None,
         http_handler: HttpHandler,
         grpc_handler: GrpcHandler | None,
         handshake_timeout: float,
@@ -178,6 +181,7 @@ class ClientListener:
         stream: trio.abc.Stream = tcp
         identity = live.identity
         alpn: str | None = None
+        token: int | None = None
         try:
             if self.tls is not None:
                 ssl_stream = trio.SSLStream(tcp, self.tls.current, server_side=True)
@@ -194,9 +198,17 @@ class ClientListener:
                     rejected_connection(log, remote, "tls: handshake timed out")
                     await trio.aclose_forcefully(tcp)
                     return
-                alpn = ssl_stream.selected_alpn_protocol()
-                identity = live.identity = _identity(ssl_stream, remote)
                 stream = ssl_stream
+                try:
+                    peer = self.tls.admit(ssl_stream, remote)
+                except PeerError as exc:  # e.g. a certificate a CRL revokes
+                    self.stats.handshake_failures += 1
+                    rejected_connection(log, remote, f"tls: {exc}")
+                    return
+                # A reloaded CRL that revokes this certificate (or an issuer) ends the connection.
+                token = self.tls.live.register(peer, lambda reason: live.scope.cancel())
+                alpn = ssl_stream.selected_alpn_protocol()
+                identity = live.identity = _identity(peer, remote)
             if alpn == "h2":
                 await self._grpc(stream, identity, live)
                 return
@@ -220,6 +232,8 @@ class ClientListener:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             log.debug("client connection %s ended: %s", remote, _reason(exc))
         finally:
+            if token is not None and self.tls is not None:
+                self.tls.live.unregister(token)
             await _close(stream)
 
     async def _grpc(self, stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
@@ -235,11 +249,11 @@ class ClientListener:
         await self.http_handler(stream, identity)
 
 
-def _identity(ssl_stream: trio.SSLStream, remote: str) -> Identity:
-    """The one place the listener reads the verified client certificate."""
-    cert = ssl_stream.getpeercert()
-    return Identity(common_name=peer_common_name(cert), remote=remote,
-                    serial=str(cert.get("serialNumber", "")) if cert else "")
+def _identity(peer: VerifiedPeer, remote: str) -> Identity:
+    """The one place the listener turns the verified client certificate into an identity."""
+    leaf = peer.leaf
+    return Identity(common_name=peer.common_name, remote=remote,
+                    serial=f"{leaf.serial_number:X}" if leaf is not None else "")
 
 
 async def _close(stream: trio.abc.Stream) -> None:

@@ -23,6 +23,7 @@ import bisect
 import os
 import resource
 import time
+from datetime import datetime
 from typing import Callable, Iterable, Iterator
 
 import attrs
@@ -145,6 +146,8 @@ class Sources:
     compacted_keys: Callable[[], int] = lambda: 0
     defrag_inflight: Callable[[], bool] = lambda: False
     cert_files: Callable[[], Iterable[str]] = lambda: ()
+    # (port, file, nextUpdate) of each CRL in force (securekv.tlspolicy; an expired one stays in force)
+    crls: Callable[[], Iterable[tuple[str, str, datetime | None]]] = lambda: ()
     # (received, sent) bytes of gRPC client connections, from the transport that carries them
     client_bytes: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
@@ -238,6 +241,10 @@ class ServerMetrics:
 
     def watch_certificates(self, files: Callable[[], Iterable[str]]) -> None:
         self.sources.cert_files = files
+
+    def watch_crls(self, crls: Callable[[], Iterable[tuple[str, str, datetime | None]]]) -> None:
+        """``crls()`` gives (port, file, nextUpdate) of each CRL in force, read at scrape time."""
+        self.sources.crls = crls
 
     def render(self) -> bytes:
         text = generate_latest(self.registry)
@@ -438,6 +445,7 @@ class _Collector:
                         "commit).", [({}, m.batch_size)])
         yield _gauge("securekv_server_leases", "Live leases.", s.leases())
         yield _cert_expiry(s.cert_files())
+        yield from _crl_next_update(s.crls())
 
 
 def _cert_expiry(files: Iterable[str]) -> GaugeMetricFamily:
@@ -454,6 +462,24 @@ def _cert_expiry(files: Iterable[str]) -> GaugeMetricFamily:
             continue
         family.add_metric([path, cert.subject.rfc4514_string()], cert.not_valid_after_utc.timestamp() - now)
     return family
+
+
+def _crl_next_update(crls: Iterable[tuple[str, str, datetime | None]]) -> Iterator[GaugeMetricFamily]:
+    """nextUpdate of each CRL in force (alert before it passes; an expired CRL stays enforced)."""
+    family = GaugeMetricFamily(
+        "securekv_tls_crl_next_update_timestamp_seconds",
+        "nextUpdate of the CRL in force, as a Unix time (alert when it is near or past; 0 = none given).",
+        labels=["port", "file"])
+    expired = GaugeMetricFamily(
+        "securekv_tls_crl_expired", "1 if the CRL in force is past its nextUpdate (its revocations stay enforced).",
+        labels=["port", "file"])
+    now = time.time()
+    for port, path, next_update in crls:
+        ts = next_update.timestamp() if next_update is not None else 0.0
+        family.add_metric([port, path], ts)
+        expired.add_metric([port, path], 1.0 if next_update is not None and ts < now else 0.0)
+    yield family
+    yield expired
 
 
 __all__ = ["CONTENT_TYPE", "METHODS", "ServerMetrics", "Sources", "code_name", "counter", "histogram"]

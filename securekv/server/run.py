@@ -25,7 +25,7 @@ from securekv.api.identity import Identity
 from securekv.server.http import CLIENT_PATHS, METRICS_PATHS, HttpApp
 from securekv.server.listener import ClientListener, LiveConnection
 from securekv.server.metrics import CONTENT_TYPE, ServerMetrics
-from securekv.server.tls import ReloadingContext, TLSFiles
+from securekv.tlspolicy import ServerTLS, TLSFiles
 
 log = logging.getLogger("securekv.server")
 
@@ -46,8 +46,8 @@ class Started:
     cluster_id: int
     tls_files: TLSFiles | None
     embedded: Any  # LocalPKI or None
-    # The live-connection registries of the client listeners (e.g. to close the connections of
-    # a certificate that was just revoked: ``LiveConnections.close_serials``).
+    # The live-connection registries of the client listeners (revocation itself closes
+    # connections through ``ServerTLS.live``, securekv/tlspolicy).
     connections: tuple[Any, ...] = ()
 
 
@@ -70,11 +70,12 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "client", hosts,
                                   validity_years=config.self_signed_cert_validity)
         return TLSFiles(str(auto.cert_path), str(auto.key_path), config.trusted_ca_file,
-                        config.client_crl_file, config.client_cert_auth, config.cipher_suites), None
+                        config.client_crl_file, config.client_cert_auth and bool(config.trusted_ca_file),
+                        cipher_suites=config.cipher_suites), None
     if not config.cert_file:
         raise UsageError("https:// client URLs need --cert-file/--key-file or --auto-tls")
     return TLSFiles(config.cert_file, config.key_file, config.trusted_ca_file, config.client_crl_file,
-                    config.client_cert_auth, config.cipher_suites), None
+                    config.client_cert_auth, cipher_suites=config.cipher_suites), None
 
 
 def cluster_ids(config: Config) -> tuple[int, int]:
@@ -324,7 +325,12 @@ async def serve(
 
             audit = AuditLog(config.audit_log)
         tls_files, local_pki = resolve_tls(config)
-        tls = ReloadingContext(tls_files) if tls_files is not None else None
+        tls = ServerTLS(tls_files) if tls_files is not None else None
+        if tls_files is not None and not tls_files.client_cert_auth:
+            log.warning("--insecure-skip-client-cert-auth: the client port%s serves TLS clients WITHOUT a "
+                        "certificate; they are anonymous and get full access unless auth is enabled",
+                        " and the https:// metrics listener" if any(u.is_tls for u in config.listen_metrics_urls)
+                        else "")
         member_id, cluster_id = cluster_ids(config)
         cluster_id = await _joining_cluster_id(config, member_id, cluster_id)
         opened = trio.current_time()
@@ -426,6 +432,7 @@ async def serve(
         node.on_fatal = on_fatal
         transport = _make_transport(config, state, node)
         etcd.transport = transport
+        metrics.watch_crls(lambda: _crl_status(tls, transport))
         if transport is not None:
             etcd.register_peer_calls(transport)
 
@@ -775,9 +782,12 @@ async def _joining_cluster_id(config: Config, member_id: int, cluster_id: int) -
     if not others:
         raise UsageError("--initial-cluster-state existing needs the other members in --initial-cluster")
     tls = _peer_tls(config)
+    # (with --discovery-srv the other members' names are placeholders: not checked)
+    named = [("" if config.discovery_srv else n, u) for n, u in config.initial_cluster
+             if n != config.name and u not in mine]
     with trio.move_on_after(30):
         while True:
-            found = await discover_cluster_id(tls, member_id, others, timeout=config.tls_handshake_timeout)
+            found = await discover_cluster_id(tls, member_id, named, timeout=config.tls_handshake_timeout)
             if found:
                 log.info("joining cluster %x", found)
                 return found
@@ -827,22 +837,85 @@ def _peer_tls(config: Config) -> Any:
     if not any(u.is_tls for u in config.listen_peer_urls):
         return None  # http:// peers: only reachable with --insecure-allow-plaintext (checked by config)
     if config.peer_cert_file:
-        return PeerTLS.from_files(config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file or None,
-                                  crl_file=config.peer_crl_file or None,
-                                  client_cert_auth=config.peer_client_cert_auth,
-                                  allowed_cn=config.peer_cert_allowed_cn or None,
-                                  allowed_hostname=config.peer_cert_allowed_hostname or None,
-                                  cipher_suites=config.cipher_suites)
+        tls = PeerTLS.from_files(config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file or None,
+                                 crl_file=config.peer_crl_file or None,
+                                 allowed_cn=config.peer_cert_allowed_cn or None,
+                                 allowed_hostname=config.peer_cert_allowed_hostname or None,
+                                 insecure_skip_client_cert_auth=config.peer_insecure_skip_client_cert_auth,
+                                 cipher_suites=config.cipher_suites,
+                                 skip_client_san_verification=config.experimental_peer_skip_client_san_verification)
+        _check_own_member_name(config, tls)
+        return tls
     if config.peer_auto_tls:
-        from securekv.pki.autotls import ensure_self_signed
-
         hosts = sorted({"127.0.0.1", "localhost", "::1", *(u.host for u in config.listen_peer_urls),
                         *(u.host for u in config.initial_advertise_peer_urls)} - {"0.0.0.0", "::"})
+        if config.embedded_pki:
+            # The embedded default has a CA of its own: the member's peer certificate comes from it
+            # (named after the member), so links stay mutually authenticated.
+            from securekv.pki.local import ensure_peer_cert
+
+            cert, key, ca = ensure_peer_cert(Path(config.data_dir) / "pki", config.name, hosts)
+            return PeerTLS.from_files(str(cert), str(key), str(ca), crl_file=config.peer_crl_file or None,
+                                      cipher_suites=config.cipher_suites,
+                                      skip_client_san_verification=config.experimental_peer_skip_client_san_verification)
+        from securekv.pki.autotls import ensure_self_signed
+
         auto = ensure_self_signed(Path(config.data_dir) / "fixtures" / "peer", hosts,
                                   validity_years=config.self_signed_cert_validity)
-        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False,
+        # Only with --peer-insecure-skip-client-cert-auth (config.load refuses it otherwise).
+        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None,
+                                  insecure_skip_client_cert_auth=config.peer_insecure_skip_client_cert_auth,
                                   cipher_suites=config.cipher_suites)
-    raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file or --peer-auto-tls")
+    raise UsageError("https:// peer URLs need --peer-cert-file/--peer-key-file/--peer-trusted-ca-file "
+                     "(or --peer-auto-tls with the embedded default)")
+
+
+def _check_own_member_name(config: Config, tls: Any) -> None:
+    """The other members bind our certificate to our name: say so at start, not as refusals."""
+    from securekv.pki.verify import load_cert_chain
+    from securekv.tlspolicy import VerifiedPeer
+
+    if not tls.authenticated or config.peer_cert_allowed_cn or config.peer_cert_allowed_hostname:
+        return
+    named = VerifiedPeer((load_cert_chain(config.peer_cert_file)[0],)).member_name
+    if named != config.name:
+        raise UsageError(f"--peer-cert-file {config.peer_cert_file} names member {named!r}, but this member is "
+                         f"--name {config.name!r}: the other members would refuse it. Issue it with `securekv pki "
+                         f"issue peer {config.name}`, or accept a shared certificate with --peer-cert-allowed-cn")
+
+
+def _member_names(config: Config, node: Any) -> Callable[[], dict[int, str]]:
+    """Member ID -> name for binding peer certificates: the applied membership, with the names
+    --initial-cluster gives for members the membership has not named yet (a joining member
+    knows nobody before the leader's log reaches it). With --discovery-srv the other members'
+    bootstrap names are etcd's placeholders ("0", "1", ...) until they publish their own: they
+    count as not named yet."""
+    from securekv.server.cluster import initial_members
+
+    placeholders = ({n for n, _ in config.initial_cluster if n != config.name} if config.discovery_srv
+                    else set())
+    initial = {m.id: ("" if m.name in placeholders else m.name)
+               for m in initial_members(config.initial_cluster, config.initial_cluster_token)}
+
+    def names() -> dict[int, str]:
+        out = dict(initial)
+        for m in node.membership.members.values():
+            name = "" if m.name in placeholders else m.name
+            if name or m.id not in out:
+                out[m.id] = name
+        return out
+
+    return names
+
+
+def _crl_status(tls: Any, transport: Any) -> list[tuple[str, str, Any]]:
+    out = []
+    if tls is not None and tls.crl is not None:
+        out.append(("client", tls.crl.path, tls.crl.current.next_update))
+    peer_tls = getattr(transport, "tls", None)
+    if peer_tls is not None and peer_tls.crl is not None:
+        out.append(("peer", peer_tls.crl.path, peer_tls.crl.current.next_update))
+    return out
 
 
 def _make_transport(config: Config, state: Any, node: Any) -> Any:
@@ -853,7 +926,8 @@ def _make_transport(config: Config, state: Any, node: Any) -> Any:
 
     transport = PeerTransport(state.member_id, state.cluster_id, _peer_tls(config), node.deliver,
                               node.report_unreachable, node.report_snapshot,
-                              handshake_timeout=config.tls_handshake_timeout)
+                              handshake_timeout=config.tls_handshake_timeout,
+                              member_names=_member_names(config, node))
     node.transport = transport
     members = list(state.membership.members.values())
     if not members:

@@ -13,7 +13,6 @@ import enum
 import hashlib
 import mmap
 import os
-import secrets
 import struct
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import attrs
 
-from securekv.fsutil import fsync_dir
+from securekv.fsutil import create_temp, fsync_dir
 from securekv.snapcrypt.format import (
     HEADER_LEN,
     MAGIC,
@@ -72,10 +71,10 @@ def read_file_header(path: str | os.PathLike[str]) -> Header:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A new 0600 file that appears at ``path`` only if the block completes: written as
-    ``.NAME.part-<pid>-<rand>``, fsynced, renamed, the directory fsynced; removed on error."""
+    ``.NAME.part-<random>`` (O_EXCL|O_NOFOLLOW), fsynced, renamed, the directory fsynced; removed
+    on error."""
     target = Path(path)
-    tmp = target.parent / f".{target.name}.part-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd, tmp = create_temp(target.parent, f".{target.name}.part-")
     try:
         with os.fdopen(fd, "wb", buffering=BLOCK) as out:
             yield out

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import attrs
 
 from securekv.errors import UsageError
-from securekv.fsutil import fsync_dir
+from securekv.fsutil import create_temp, fsync_dir
 from securekv.snapcrypt.format import KEY_LEN, KeyFileKey, KeySource, Passphrase, key_id
 
 ENV_KEY_FILE = "SECUREKV_SNAPSHOT_KEY_FILE"
@@ -116,9 +116,8 @@ def keygen(path: str | os.PathLike[str], random: Callable[[int], bytes] = os.ura
     if os.path.lexists(target):
         raise KeySourceError(f"{target} exists; refusing to overwrite a key (an old backup may need it)")
     secret = random(KEY_LEN)
-    tmp = target.parent / f".{target.name}.keygen-{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd, tmp = create_temp(target.parent, f".{target.name}.keygen-")
     except OSError as exc:
         raise KeySourceError(f"cannot create {target}: {exc.strerror or exc}") from None
     try:

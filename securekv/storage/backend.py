@@ -18,7 +18,7 @@ from typing import Iterator
 import attrs
 
 from ..errors import CorruptionError, DiskFullError, UsageError
-from ..fsutil import fsync_dir
+from ..fsutil import create_temp, fsync_dir
 
 SCHEMA_VERSION = 1
 CONSISTENT_INDEX = "consistent_index"
@@ -330,13 +330,11 @@ class Backend:
     def backup_to(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent point-in-time copy to ``path`` (temp + fsync + rename)."""
         path = os.path.abspath(os.fspath(path))
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = ""
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-        try:
+            fd, tmp_path = create_temp(os.path.dirname(path), f".{os.path.basename(path)}.tmp-")
+            os.close(fd)
+            tmp = str(tmp_path)
             dest = sqlite3.connect(tmp)
             try:
                 self.conn.backup(dest)
@@ -350,8 +348,9 @@ class Backend:
                 os.close(fd)
             os.replace(tmp, path)
         except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             if is_disk_full(exc, os.path.dirname(path)) or (
                     isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
                 raise DiskFullError(f"cannot copy the backend to {path}: no space left on device") from exc
@@ -382,12 +381,11 @@ class Backend:
         if version != SCHEMA_VERSION or not {"revision", "meta"} <= tables:
             raise CorruptionError(f"snapshot database {source} failed its check "
                                   f"(schema version {version}, tables {sorted(tables)})")
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp = ""
         try:
             with open(source, "rb") as src:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd, tmp_path = create_temp(os.path.dirname(path), f".{os.path.basename(path)}.tmp-")
+                tmp = str(tmp_path)
                 try:
                     while chunk := src.read(1 << 20):
                         view = memoryview(chunk)
@@ -397,8 +395,9 @@ class Backend:
                 finally:
                     os.close(fd)
         except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # the old database at `path` is untouched
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)  # the old database at `path` is untouched
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(f"cannot install snapshot {source} as {path}: no space left on "
                                     "device; the current database is unchanged") from exc

@@ -22,13 +22,14 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import zlib
 from typing import Any, Iterable, NamedTuple
 
 import attrs
 
 from ..errors import CorruptionError, DiskFullError, UsageError
-from ..fsutil import fsync_dir
+from ..fsutil import create_temp, fsync_dir
 from . import records as rec
 from .lock import DirLock, lock_data_dir
 from .records import HardState, Metadata, RecordType, SnapshotMarker, WalEntry
@@ -185,16 +186,25 @@ def _list_segments(directory: str) -> list[_Segment]:
 def _write_file_durably(path: str, data: bytes) -> None:
     """Create ``path`` via a temp file + fsync + rename + directory fsync."""
     directory = os.path.dirname(path)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    stem = os.path.basename(path).removesuffix(".wal")
+    # "<stem>.<random>.wal.tmp": random (O_EXCL|O_NOFOLLOW), and still matched by the ".wal.tmp"
+    # clean-up of WAL.open after a crash.
+    fd, tmp = create_temp(directory, f"{stem}.", ".wal.tmp")
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     fsync_dir(directory)
 
 
@@ -230,7 +240,7 @@ class WAL:
                segment_size: int = DEFAULT_SEGMENT_SIZE) -> WAL:
         """A new, empty log in ``directory`` (which must not hold one already).
 
-        The first segment is built in ``<dir>.tmp`` and the directory renamed into place, so
+        The first segment is built in ``<dir>.tmp-<random>`` and the directory renamed into place, so
         a crash leaves either no WAL or a complete one.
         """
         directory = os.path.abspath(os.fspath(directory))
@@ -240,14 +250,18 @@ class WAL:
             raise UsageError(f"cannot create a WAL in {directory}: the directory is not empty")
         parent = os.path.dirname(directory)
         os.makedirs(parent, mode=0o700, exist_ok=True)
-        tmpdir = directory + ".tmp"
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        base = os.path.basename(directory)
+        for stale in os.listdir(parent):  # a create cut short by a crash
+            if stale.startswith(base + ".tmp-") and os.path.isdir(os.path.join(parent, stale)):
+                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
         first, crc = cls._segment_header(1, 0, metadata, HardState(), None)
+        tmpdir = ""
         try:
-            os.mkdir(tmpdir, 0o700)
+            tmpdir = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)  # random name, 0700
             _write_file_durably(os.path.join(tmpdir, segment_name(1, 1)), first)
         except OSError as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            if tmpdir:
+                shutil.rmtree(tmpdir, ignore_errors=True)
             full = _disk_full(exc, directory, "creating it")
             if full is not None:
                 raise full from exc

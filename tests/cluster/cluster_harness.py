@@ -117,6 +117,10 @@ class Node:
         self.peer_cert = cluster.pki.peer_cert
         self.peer_key = cluster.pki.peer_key
         self.peer_ca = cluster.pki.ca
+        # The shared peer certificate (CN PEER_CN) is admitted by etcd's --peer-cert-allowed-cn;
+        # tests with one certificate per member (named after it) set this to None.
+        self.allowed_cn: Optional[str] = PEER_CN
+        self.peer_client_cert_auth_flag = True
 
     @property
     def endpoint(self) -> str:
@@ -141,9 +145,10 @@ class Node:
             "--initial-cluster-token", TOKEN,
             "--cert-file", str(p.server_cert), "--key-file", str(p.server_key),
             "--trusted-ca-file", str(p.ca), "--client-cert-auth",
-            "--peer-client-cert-auth", "--peer-trusted-ca-file", str(self.peer_ca),
+            *(["--peer-client-cert-auth"] if self.peer_client_cert_auth_flag else []),
+            "--peer-trusted-ca-file", str(self.peer_ca),
             "--peer-cert-file", str(self.peer_cert), "--peer-key-file", str(self.peer_key),
-            "--peer-cert-allowed-cn", PEER_CN,
+            *(["--peer-cert-allowed-cn", self.allowed_cn] if self.allowed_cn else []),
             "--heartbeat-interval", str(c.heartbeat_ms), "--election-timeout", str(c.election_ms),
             "--snapshot-count", str(c.snapshot_count),
             *extra,

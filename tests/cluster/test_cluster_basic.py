@@ -76,7 +76,8 @@ def _tls_refused(port: int, ca, cert, key) -> bool:
                 # (an alert or a close) arrives with the first read.
                 tls.sendall(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 data = tls.recv(4096)
-                return data == b""
+                # etcd closes; securekv first says why in a REFUSE frame (u32 length, kind 3).
+                return data == b"" or (len(data) > 4 and data[4] == 3 and b"certificate" in data)
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
         return True
 

@@ -62,7 +62,8 @@ def test_srv_bootstrap_of_three_members(dns, tmp_path: Path) -> None:
     ca = tmp_path / "ca"
     init_ca(ca, cn="srv test CA")
     for name in NAMES:  # every member's certificate names it by its DNS name
-        issue_cert(ca, "peer", f"{name}-peer", cn=f"{name}-peer", hosts=[f"{name}.{DOMAIN}", "127.0.0.1"])
+        # the member name in CN and URI SAN (issue 12: members bind peer certificates to names)
+        issue_cert(ca, "peer", f"{name}-peer", cn=name, hosts=[f"{name}.{DOMAIN}", "127.0.0.1"])
         issue_cert(ca, "server", f"{name}-server", hosts=[f"{name}.{DOMAIN}", "127.0.0.1"])
     issue_cert(ca, "client", "root")
     ports = {n: (free_port(), free_port()) for n in NAMES}  # client, peer

@@ -65,7 +65,8 @@ def test_timer_units_render_and_verify(tmp_path: Path, cli) -> None:
     (("--backup-timer", "every tuesday"), "Failed to parse calendar specification"),
     (("--backup-timer", "daily\nExecStartPre=/bin/sh"), "is not a systemd calendar expression"),
     (("--backup-dir", "relative/dir"), "must be an absolute path"),
-    (("--backup-key-file", "/etc/k\nUser=root"), "must be an absolute path"),
+    (("--backup-key-file", "/etc/k\nUser=root"), "must not contain whitespace"),
+    (("--backup-dir", "/var/backups/../../etc"), "must be a normalised absolute path"),
     (("--backup-client-key", ""), "--backup-timer needs --backup-dir, --backup-key-file"),
 ])
 def test_bad_timer_input_writes_nothing(tmp_path: Path, cli, change: tuple[str, str], message: str) -> None:

@@ -163,7 +163,8 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, cli, la
     bad = dict(data, **{"listen-client-url": "https://10.0.0.11:2379"})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     auto = dict(data)
-    auto["client-transport-security"] = {"auto-tls": True, "client-cert-auth": True}
+    auto["client-transport-security"] = {"auto-tls": True, "client-cert-auth": True,
+                                         "trusted-ca-file": "/etc/securekv/pki/ca.pem"}
     (tmp_path / "auto.yaml").write_text(yaml.safe_dump(auto))
     root = tmp_path / "root"
     (root / "etc/securekv").mkdir(parents=True)

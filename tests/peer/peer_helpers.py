@@ -13,6 +13,9 @@ from securekv.peer import PeerTLS, PeerTransport
 from securekv.raft.types import Message
 
 CLUSTER = 0xC1
+#: The membership every test transport binds certificates against: member ID -> name (the
+#: name in the member's certificate). Member 5 was added but has not started (no name yet).
+NAMES = {1: "m1", 2: "m2", 3: "m3", 4: "m4", 5: ""}
 
 
 @attrs.frozen
@@ -40,6 +43,11 @@ def build_certs(base: Path) -> PeerCerts:
     for name in ("m1", "m2", "m3", "m4", "outsider", "gone"):
         issue_cert(ca_dir, "peer", name, hosts=["127.0.0.1", "localhost"])
     issue_cert(ca_dir, "peer", "elsewhere", hosts=["192.0.2.1", "elsewhere.example"])  # SAN not loopback
+    issue_cert(ca_dir, "client", "clientonly")  # client auth only: not a peer certificate
+    issue_cert(ca_dir, "server", "serveronly", hosts=["127.0.0.1"])  # server auth only
+    issue_cert(ca_dir, "peer", "shared", cn="shared-peer", hosts=["127.0.0.1", "localhost"])  # names no member
+    issue_cert(ca_dir, "peer", "farip", hosts=["192.0.2.7"])  # its only SAN is not the loopback address
+    issue_cert(ca_dir, "peer", "localname", hosts=["localhost"])  # a DNS SAN only, resolving to 127.0.0.1
     revoke(ca_dir, "gone")
     write_crl(ca_dir)
     init_ca(foreign_dir, cn="foreign CA")
@@ -68,6 +76,7 @@ class Member:
 
     def __init__(self, member_id: int, tls: PeerTLS | None, *, cluster: int = CLUSTER, **kw) -> None:
         self.id = member_id
+        self.names = dict(NAMES)
         self.tls = tls
         self.cluster = cluster
         self.kw = kw
@@ -84,7 +93,8 @@ class Member:
 
     def _new_transport(self) -> PeerTransport:
         return PeerTransport(self.id, self.cluster, self.tls, self._deliver, self._unreachable, self._snapshot,
-                             self.handshake_timeout, rng=random.Random(self.id), **self.kw)
+                             self.handshake_timeout, rng=random.Random(self.id),
+                             member_names=lambda: self.names, **self.kw)
 
     #: Optional extra receivers of the transport's callbacks (e.g. a RawNode), kept across restarts.
     on_deliver: Callable[[Message], None] | None = None

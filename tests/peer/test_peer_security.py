@@ -1,5 +1,6 @@
 """Who may connect: peer-CA chains both ways, CRL, allowed CN/hostname, cluster and member IDs,
-the handshake timeout. Every case is a real TLS handshake on loopback."""
+the handshake timeout. Every case is a real TLS handshake on loopback. (Raw-socket probes of a
+listener are in test_peer_probes.py.)"""
 
 from __future__ import annotations
 
@@ -121,6 +122,12 @@ async def test_allowed_hostname(peer_certs, nursery, caplog) -> None:
     await wait_for(lambda: c.transport.active_since(1) is not None, what="c accepted")
 
 
+def refusal_texts(caplog) -> list[str]:
+    """What listeners sent back in REFUSE frames, as the dialers logged it."""
+    marker = "refused the connection: "
+    return [r.getMessage().split(marker, 1)[1] for r in caplog.records if marker in r.getMessage()]
+
+
 async def test_wrong_cluster_id_refused_with_clear_log(peer_certs, nursery, caplog) -> None:
     a = Member(1, make_tls(peer_certs, "m1"))
     b = Member(2, make_tls(peer_certs, "m2"), cluster=CLUSTER + 1)
@@ -129,18 +136,35 @@ async def test_wrong_cluster_id_refused_with_clear_log(peer_certs, nursery, capl
     await wait_for(lambda: any("peer 1 refused the connection" in r.getMessage() for r in caplog.records),
                    what="the dialer's log line")
     lines = [r.getMessage() for r in caplog.records if "cluster ID mismatch" in r.getMessage()]
-    want = f"member 2 belongs to cluster {CLUSTER + 1:x}, member 1 to cluster {CLUSTER:x}"
+    # The listener's own log names the IDs (for its operator) ...
+    want = f"claims member 2 of cluster {CLUSTER + 1:x}, to reach 1; this is member 1 of cluster {CLUSTER:x}"
     assert any("refusing peer connection from 127.0.0.1:" in x and want in x for x in lines), lines
-    # the dialer logs the listener's reason too
-    assert any("peer 1 refused the connection: cluster ID mismatch" in x for x in lines), lines
+    # ... the refusal sent to the dialer does not.
+    sent = refusal_texts(caplog)
+    assert sent and all(t == "cluster ID mismatch: the dialing member belongs to another cluster" for t in sent), sent
 
 
 async def test_wrong_receiver_id_refused(peer_certs, nursery, caplog) -> None:
     a = Member(1, make_tls(peer_certs, "m1"))
     b = Member(2, make_tls(peer_certs, "m2"))
-    await pair(nursery, a, b, b_dials_as=3)  # b thinks member 3 lives at a's URL
+    # b thinks member 3 (not yet named in b's view, and b does not know member 1) lives at a's
+    # URL. (Knowing the names, b's own dialer refuses a's certificate: the next test.)
+    b.names = {2: "m2", 3: ""}
+    await pair(nursery, a, b, b_dials_as=3)
     await assert_refused(a, b, "refused", to=3)
-    assert any("member 2 wanted to reach member 3, but this is member 1" in r.getMessage() for r in caplog.records)
+    await wait_for(lambda: bool(refusal_texts(caplog)), what="the dialer's log line")
+    assert refusal_texts(caplog)[0] == "this is not the member the dialer wanted to reach (a stale or swapped peer URL?)"
+
+
+async def test_dialer_refuses_a_listener_whose_certificate_names_another_member(peer_certs, nursery,
+                                                                              caplog) -> None:
+    a = Member(1, make_tls(peer_certs, "m1"))
+    b = Member(2, make_tls(peer_certs, "m2"))
+    await pair(nursery, a, b, b_dials_as=3)  # b thinks member 3 lives at a's URL
+    await wait_for(lambda: any("refusing the certificate of peer 3: the certificate is for member 'm1', not for "
+                               "the member the connection claims to be" in r.getMessage() for r in caplog.records),
+                   what="the dialer's refusal")
+    assert b.transport.active_since(3) is None and a.delivered == []
 
 
 async def test_unknown_sender_refused(peer_certs, nursery, caplog) -> None:
@@ -151,9 +175,11 @@ async def test_unknown_sender_refused(peer_certs, nursery, caplog) -> None:
     b.transport.add_peer(1, [a.url])  # a never heard of member 4
     await a.start(nursery)
     await b.start(nursery)
+    a.names.pop(4)  # a's membership does not know member 4
     await wait_for(lambda: a.transport.stats()["refused"] >= 1, what="refusal")
     assert b.transport.active_since(1) is None
-    assert any("member 4 is not a member of cluster" in r.getMessage() for r in caplog.records)
+    await wait_for(lambda: bool(refusal_texts(caplog)), what="the dialer's log line")
+    assert refusal_texts(caplog)[0] == "the dialing member is not a member of this cluster (unknown or removed)"
 
 
 async def test_handshake_timeout_on_silent_client(peer_certs, nursery, caplog) -> None:
@@ -203,15 +229,24 @@ async def test_plaintext_dialer_refused_by_tls_listener(peer_certs, nursery) -> 
 
 def test_bad_tls_configuration_is_a_usage_error(peer_certs, tmp_path) -> None:
     cert, key = peer_certs.cert("m1")
-    with pytest.raises(UsageError, match="--peer-client-cert-auth needs --peer-trusted-ca-file"):
+    with pytest.raises(UsageError, match="the peer port needs --peer-trusted-ca-file"):
         PeerTLS.from_files(str(cert), str(key), None)
     with pytest.raises(UsageError, match="cannot load --peer-cert-file"):
         PeerTLS.from_files(str(tmp_path / "missing.pem"), str(key), str(peer_certs.ca))
-    with pytest.raises(UsageError, match="is not a PEM CRL"):
+    with pytest.raises(UsageError, match="contains a CERTIFICATE block: a CRL file must contain only CRLs"):
         PeerTLS.from_files(str(cert), str(key), str(peer_certs.ca), crl_file=str(peer_certs.ca))
+    with pytest.raises(UsageError, match="mutually exclusive"):
+        PeerTLS.from_files(str(cert), str(key), str(peer_certs.ca), allowed_cn="m1", allowed_hostname="localhost")
+    client_only = peer_certs.cert("clientonly")
+    with pytest.raises(UsageError, match="is not a peer certificate: it needs both the server auth and the client"):
+        PeerTLS.from_files(str(client_only[0]), str(client_only[1]), str(peer_certs.ca))
+    with pytest.raises(UsageError, match="needs member_names"):
+        from securekv.peer import PeerTransport
+        PeerTransport(1, 1, make_tls(peer_certs, "m1"), lambda m: None, lambda i: None, lambda i, f: None)
     with pytest.raises(UsageError, match="scheme http:// does not match"):
         from securekv.peer import PeerTransport
-        t = PeerTransport(1, 1, make_tls(peer_certs, "m1"), lambda m: None, lambda i: None, lambda i, f: None)
+        t = PeerTransport(1, 1, make_tls(peer_certs, "m1"), lambda m: None, lambda i: None, lambda i, f: None,
+                          member_names=dict)
         t.add_peer(2, ["http://127.0.0.1:2380"])
 
 
@@ -231,23 +266,32 @@ async def test_crl_reload_refuses_newly_revoked_member(tmp_path, nursery) -> Non
         return PeerTLS.from_files(str(d / f"{name}.pem"), str(d / f"{name}-key.pem"), str(d / "ca.pem"),
                                   crl_file=str(d / "crl.pem"))
 
-    a, b = Member(1, tls("m1")), Member(2, tls("m2"))
+    a, b = Member(1, tls("m1"), tls_reload_interval=0.1), Member(2, tls("m2"))
     await pair(nursery, a, b)
     await wait_for(lambda: b.transport.active_since(1) is not None, what="connected before revocation")
+    assert len(a.tls.live) == 1  # b's link into a, registered under its certificate
     revoke(d, "m2")
     write_crl(d)
-    await b.restart(nursery)  # b dials again; a must now check the new CRL
+    # The live link of the newly revoked member is closed by a's reload (no new dial needed) ...
+    await wait_for(lambda: len(a.tls.live) == 0 and not a.transport.stats()["peers"][2]["incoming_connections"],
+                   what="the revoked member's live link closed")
+    # ... and every redial is refused.
     await wait_for(lambda: a.transport.stats()["handshake_failures"] >= 1, what="revoked member refused")
     assert b.transport.active_since(1) is None
 
 
 async def test_peer_auto_tls_encrypts_without_a_ca(tmp_path, nursery) -> None:
-    """--peer-auto-tls: each member self-signs; no CA to verify against, so encryption only."""
+    """--peer-auto-tls + the explicit opt-out: each member self-signs; no CA to verify against,
+    so encryption only (refused without the opt-out)."""
     from securekv.pki.autotls import ensure_self_signed
 
     def tls(name: str) -> PeerTLS:
         auto = ensure_self_signed(tmp_path / name, ["127.0.0.1"])
-        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False)
+        return PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, insecure_skip_client_cert_auth=True)
+
+    auto = ensure_self_signed(tmp_path / "x", ["127.0.0.1"])
+    with pytest.raises(UsageError, match="the peer port needs --peer-trusted-ca-file"):
+        PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None)
 
     a, b = Member(1, tls("a")), Member(2, tls("b"))
     await pair(nursery, a, b)
@@ -256,4 +300,5 @@ async def test_peer_auto_tls_encrypts_without_a_ca(tmp_path, nursery) -> None:
     await a.wait_delivered(1)
     with pytest.raises(UsageError, match="need --peer-trusted-ca-file"):
         auto = ensure_self_signed(tmp_path / "a", ["127.0.0.1"])
-        PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, client_cert_auth=False, allowed_cn="x")
+        PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, insecure_skip_client_cert_auth=True,
+                           allowed_cn="x")

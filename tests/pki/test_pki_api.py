@@ -87,7 +87,8 @@ def test_issue_profiles_and_identity(tmp_path) -> None:
     san = ext(peer.certificate, x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["m1.example.com"]
     assert [str(i) for i in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
-    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://c/m1"]
+    # the peer profile names the member (CN and URI SAN; docs/peer.md)
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://c/m1", "securekv://member/m1"]
     assert set(ext(peer.certificate, x509.ExtendedKeyUsage).value) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert ext(peer.certificate, x509.BasicConstraints).value.ca is False
     assert peer.certificate.not_valid_after_utc - peer.certificate.not_valid_before_utc == timedelta(hours=8760)

@@ -23,11 +23,8 @@ from securekv.config.options import BY_FLAG, COMMAND_FLAGS, IGNORED, IMPLEMENTED
 from securekv.errors import UsageError
 from server_harness import ETCD, REPO, Certs, free_port
 
-# Flags another branch implements (issue 18 leaves it to it): the peer client-certificate SAN
-# opt-out (hardening). The lead removes the entry when it merges.
-PENDING = {
-    "experimental-peer-skip-client-san-verification": "hardening",
-}
+# Flags another branch implements (issue 18 leaves it to it); empty once merged.
+PENDING: dict[str, str] = {}
 # Parsed by etcd 3.4 (etcdmain/config.go) but left out of its --help text.
 HIDDEN = ("enable-grpc-gateway", "unsafe-no-fsync", "experimental-enable-lease-checkpoint-persist")
 # Listed in the 3.4 configuration guide as deprecated, but no longer flags in 3.4.
@@ -144,7 +141,7 @@ def test_bad_values_are_one_clear_error(flags: dict, message: str) -> None:
 
 
 def test_cipher_suite_names_map_to_openssl() -> None:
-    from securekv.server.ciphers import DEFAULT, select
+    from securekv.tlspolicy.ciphers import DEFAULT, select
 
     assert select([]) == (DEFAULT, ())
     assert select(["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"]) == (
@@ -170,10 +167,21 @@ def test_cipher_suites_restrict_the_client_port(make_member) -> None:
     assert "rejected connection" in m.output()  # etcd's handshake failure line
 
 
+def _peer_cert(certs: Certs, name: str, out: Path) -> tuple[str, str]:
+    """A member's own peer certificate (issue 12: --peer-auto-tls without a CA is refused, and
+    the certificate names the member)."""
+    from securekv.pki.issue import issue_cert
+
+    out.mkdir(exist_ok=True)
+    issued = issue_cert(certs.dir, "peer", name, hosts=["127.0.0.1"], out_dir=out)
+    return str(issued.cert_path), str(issued.key_path)
+
+
 def _sample_config(certs: Certs, port: int, peer: int, data: Path, tls: bool) -> str:
     """The keys and values of etcd 3.4's etcd.conf.yml.sample; ``tls`` = the operator's edits
     for a secure member (URLs, TLS files); everything else as in the sample."""
     scheme = "https" if tls else "http"
+    peer_cert, peer_key = _peer_cert(certs, "default", data.parent / "peer-pki") if tls else (None, None)
     sample = {
         "name": "default", "data-dir": str(data), "wal-dir": None, "snapshot-count": 10000,
         "heartbeat-interval": 100, "election-timeout": 1000, "quota-backend-bytes": 0,
@@ -190,8 +198,8 @@ def _sample_config(certs: Certs, port: int, peer: int, data: Path, tls: bool) ->
                                       "key-file": str(certs.server_key) if tls else None,
                                       "client-cert-auth": tls, "trusted-ca-file": str(certs.ca) if tls else None,
                                       "auto-tls": False},
-        "peer-transport-security": {"cert-file": None, "key-file": None, "client-cert-auth": False,
-                                    "trusted-ca-file": None, "auto-tls": tls},
+        "peer-transport-security": {"cert-file": peer_cert, "key-file": peer_key, "client-cert-auth": False,
+                                    "trusted-ca-file": str(certs.ca) if tls else None, "auto-tls": False},
         "debug": False, "logger": "zap", "log-outputs": ["stderr"], "force-new-cluster": False,
         "auto-compaction-mode": "periodic", "auto-compaction-retention": "1",
         "cipher-suites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
@@ -245,6 +253,8 @@ def test_etcd_sample_config_starts_or_names_the_reason(tmp_path: Path, certs: Ce
     assert "serving client traffic securely" in out, out
     assert "--enable-pprof=true (from file) has no effect" in out
     assert "is not supported" not in out
+    # the sample writes peer client-cert-auth: false; securekv keeps member certificates required
+    assert "--peer-client-cert-auth=false (from file) is ignored" in out
 
 
 def test_etcd_env_file_starts_a_member(tmp_path: Path, certs: Certs) -> None:
@@ -265,7 +275,10 @@ def test_etcd_env_file_starts_a_member(tmp_path: Path, certs: Certs) -> None:
         f"ETCD_KEY_FILE={certs.server_key}",
         f"ETCD_TRUSTED_CA_FILE={certs.ca}",
         "ETCD_CLIENT_CERT_AUTH=true",
-        "ETCD_PEER_AUTO_TLS=true",
+        f"ETCD_PEER_CERT_FILE={_peer_cert(certs, 'infra0', tmp_path / 'peer-pki')[0]}",
+        f"ETCD_PEER_KEY_FILE={tmp_path / 'peer-pki' / 'infra0-key.pem'}",
+        f"ETCD_PEER_TRUSTED_CA_FILE={certs.ca}",
+        "ETCD_PEER_CLIENT_CERT_AUTH=true",
         "ETCD_AUTO_COMPACTION_RETENTION=1",
         "ETCD_QUOTA_BACKEND_BYTES=8589934592",
         "ETCD_HEARTBEAT_INTERVAL=100",

@@ -61,7 +61,7 @@ def test_second_serve_on_same_data_dir_fails(member) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "securekv", "serve", "--data-dir", str(member.data_dir),
          "--listen-client-urls", f"https://127.0.0.1:{free_port()}", "--cert-file", str(member.certs.server_cert),
-         "--key-file", str(member.certs.server_key)],
+         "--key-file", str(member.certs.server_key), "--trusted-ca-file", str(member.certs.ca)],
         capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert second.returncode != 0

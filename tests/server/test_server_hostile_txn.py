@@ -1,0 +1,64 @@
+"""Issue 12, bounded work, on a running member: the txn from the issue (thousands of nested
+deletes and puts, which took seconds of the single trio thread) is refused, costing the whole
+server process less than 50 ms of CPU (utime + stime from /proc), and a maximal txn the
+default caps allow is answered within the same budget."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+
+from server_harness import Certs
+
+CPU_BUDGET = 0.050
+
+
+def process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_hostile_and_maximal_txns_cost_little_server_cpu(make_member, certs: Certs) -> None:
+    from securekv.proto import rpc_pb2, rpc_pb2_grpc
+
+    def op(**kw) -> rpc_pb2.RequestOp:
+        return rpc_pb2.RequestOp(**kw)
+
+    n = 3000
+    nested = rpc_pb2.TxnRequest(success=[op(request_delete_range=rpc_pb2.DeleteRangeRequest(
+        key=f"d{i:05}".encode(), range_end=f"d{i:05}z".encode())) for i in range(n)]
+        + [op(request_put=rpc_pb2.PutRequest(key=f"p{i:05}".encode())) for i in range(n)])
+    hostile = rpc_pb2.TxnRequest(success=[op(request_txn=nested)])
+
+    ops = [op(request_delete_range=rpc_pb2.DeleteRangeRequest(key=b"a", range_end=b"b"))] * 2
+    inner = rpc_pb2.TxnRequest(success=ops + [op(request_put=rpc_pb2.PutRequest(key=b"b1"))])
+    for _ in range(30):  # 31 levels of 3 ops: 93 <= 128
+        inner = rpc_pb2.TxnRequest(success=ops + [op(request_put=rpc_pb2.PutRequest(key=b"b2"))],
+                                   failure=[op(request_txn=inner)])
+    maximal = inner
+
+    m = make_member()
+    creds = grpc.ssl_channel_credentials(certs.ca.read_bytes(), certs.client_key.read_bytes(),
+                                         certs.client_cert.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{m.port}", creds) as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        kv.Put(rpc_pb2.PutRequest(key=b"warm", value=b"up"), timeout=30)
+        costs = {"hostile": [], "maximal": []}
+        for _ in range(5):
+            for name, txn in (("hostile", hostile), ("maximal", maximal)):
+                before = process_cpu(m.proc.pid)
+                if name == "hostile":
+                    with pytest.raises(grpc.RpcError) as info:
+                        kv.Txn(txn, timeout=30)
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert info.value.details() == "etcdserver: too many operations in txn request"
+                else:
+                    resp = kv.Txn(txn, timeout=30)
+                    assert resp.succeeded
+                costs[name].append(process_cpu(m.proc.pid) - before)
+        assert min(costs["hostile"]) < CPU_BUDGET, costs
+        assert min(costs["maximal"]) < CPU_BUDGET, costs
+        assert kv.Range(rpc_pb2.RangeRequest(key=b"b2"), timeout=30).kvs[0].key == b"b2"
