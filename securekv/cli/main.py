@@ -15,6 +15,7 @@ from securekv import __version__
 
 # name -> (module, short help). Keep sorted by name.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "cluster": ("securekv.cli.cluster_cmd", "Plan a secure cluster (bundles), join tokens, joining members."),
     "ctl": ("securekv.cli.ctl_cmd", "etcdctl-compatible client commands."),
     "dev": ("securekv.cli.dev_cmd", "A local mutual-TLS cluster in one command (and `dev down`)."),
     "gateway": ("securekv.cli.gateway_cmd", "etcd's L4 gateway: TCP pass-through with failover."),
