@@ -125,6 +125,112 @@ def firewall_cmd(backend: str, peers: str, clients: str, client_port: str, peer_
         raise click.ClickException(f"cannot write: {exc}") from None
 
 
+@cli.command("bundle")
+@click.argument("bundle_file", metavar="FILE")
+@click.option("--root", metavar="DIR", help="Install under DIR (DESTDIR convention); create no user, chown nothing, run nothing.")
+@click.option("--firewall", "backend", default="nftables", show_default=True, metavar="nftables|iptables|firewalld|ufw|none",
+              help="Firewall to install the member's rules for (none: no rules).")
+@click.option("--passphrase-file", metavar="FILE", help="Passphrase of a sealed bundle.")
+@click.option("--ca-fingerprint", metavar="sha256:HEX", help="Refuse the bundle unless its CA has this fingerprint (printed by `cluster plan`).")
+@click.option("--member", metavar="NAME", help="Refuse the bundle unless it is for member NAME.")
+@click.option("--enable", is_flag=True, help="With --now: load the firewall rules and run systemctl enable --now.")
+@click.option("--now", is_flag=True, help="With --enable: start the member now.")
+@click.option("--dry-run", is_flag=True, help="Verify the bundle and print what would change; write nothing.")
+def bundle_cmd(bundle_file: str, root: str | None, backend: str, passphrase_file: str | None, ca_fingerprint: str | None,
+               member: str | None, enable: bool, now: bool, dry_run: bool) -> None:
+    """Verify a member bundle from `securekv cluster plan`, then install its certificates, config,
+    unit and firewall rules (a second run changes nothing)."""
+    from securekv.cluster import bundle as bd
+    from securekv.deploy import firewall as fw
+    from securekv.deploy import install
+
+    try:
+        if enable != now:
+            raise UsageError("--enable and --now go together (systemctl enable --now)")
+        if enable and root is not None:
+            raise UsageError("--enable --now acts on this machine; it cannot be combined with --root")
+        if backend != "none" and backend not in fw.BACKENDS:
+            raise UsageError(f"unknown firewall backend {backend!r}; choose one of {', '.join(fw.BACKENDS)} or none")
+        firewall = None if backend == "none" else backend
+        passphrase = None
+        if passphrase_file is not None:
+            from securekv.snapcrypt.keys import read_passphrase_file
+
+            passphrase = read_passphrase_file(passphrase_file).secret
+        verified = bd.verify(bd.read_bundle(bundle_file, passphrase), member=member, expect_fingerprint=ca_fingerprint)
+        for warning in verified.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        b = verified.bundle
+        rules = tuple(fw.render(firewall, verified.spec)) if firewall is not None else ()
+        files = bd.install_files(verified) + rules
+        data_dirs = [install.STATE_DIR, *verified.config.writable_paths()]
+        install.check_data_dirs(data_dirs, root)
+        owner = None
+        if root is None and not dry_run:
+            install.require_root()
+            owner = _service_owner(b.user)
+        target_root = root or "/"
+        to_write, to_chown = bd.pending(files, target_root, owner)
+        if root is None and owner is None:
+            to_chown = []  # the service user does not exist yet: created below, then everything is chowned
+        click.echo(f"bundle for member {b.member} of cluster {b.cluster}: verified (CA {verified.fingerprint}, "
+                   f"certificates valid until {verified.not_after:%Y-%m-%d %H:%M:%SZ})")
+        first_live = root is None and owner is None
+        if dry_run:
+            for f in to_write:
+                click.echo(f"would write {install.resolve_under_root(target_root, f.path)} (mode {f.mode:04o})")
+            if not to_write:
+                click.echo("nothing would change: the bundle is installed")
+            return
+        if not to_write and not to_chown and not first_live:
+            click.echo(f"nothing changed: the bundle for {b.member} is installed already")
+        else:
+            if to_write:
+                for path in install.write_files(to_write, target_root):
+                    click.echo(f"wrote {path}")
+            if root is None:
+                install.apply_systemd(install.Plan(files), b.user, data_dirs)
+                owner = _service_owner(b.user)
+                if owner is None:
+                    raise UsageError(f"the service user {b.user!r} was not created")
+                _, to_chown = bd.pending(files, target_root, owner)
+                import os
+
+                for path in to_chown:
+                    os.chown(path, owner[0], owner[1], follow_symlinks=False)
+                    click.echo(f"chowned {path} to {b.user}")
+        if root is not None:
+            return
+        if enable:
+            if firewall is not None:
+                install.apply_firewall(firewall, verified.spec, rules)
+                click.echo(f"loaded the {firewall} rules: " + "; ".join(fw.describe(verified.spec)))
+            install.run_systemctl(["daemon-reload"])
+            install.run_systemctl(["enable", "--now", "securekv.service"])
+            click.echo("started securekv.service (systemctl enable --now)")
+            return
+        click.echo("next:")
+        if firewall is not None:
+            for line in bd.firewall_load_hint(firewall, rules):
+                click.echo(f"  {line}")
+        click.echo("  systemctl daemon-reload")
+        click.echo("  systemctl enable --now securekv.service")
+    except UsageError as exc:
+        raise InstallError(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write: {exc}") from None
+
+
+def _service_owner(user: str) -> tuple[int, int] | None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
 @cli.command("haproxy")
 @click.option("--endpoints", required=True, metavar="NAME=URL,...",
               help="Member client URLs (name=https://host:port, or host:port named m1, m2, ...).")

@@ -247,3 +247,8 @@ def apply_systemd(plan: Plan, user: str, data_dirs: Sequence[str]) -> None:
         os.chmod(directory, 0o700, follow_symlinks=False)
     if shutil.which("systemctl"):
         _run(["systemctl", "daemon-reload"], check=False)
+
+
+def run_systemctl(args: Sequence[str]) -> None:
+    """``systemctl ARGS`` on this machine (``install bundle --enable --now``)."""
+    _run([_need("systemctl"), *args])
