@@ -64,9 +64,15 @@ class Member:
     def peer_url(self, port: int) -> str:
         return f"https://{self.host()}:{port}"
 
-    def cert_hosts(self) -> list[str]:
+    def cert_hosts(self, loopback_members: Sequence[IPAddress] = ()) -> list[str]:
+        """The SANs of both certificates. A member on a loopback address shares its machine with
+        every other loopback member, and a connection to 127.0.0.x leaves from 127.0.0.x (the
+        kernel picks the destination as source), so the peer port's check that a client
+        certificate covers the address it connects from (etcd's checkCertSAN) needs all of them."""
         hosts = [str(self.address), *self.dns]
-        if not self.address.is_loopback:
+        if self.address.is_loopback:
+            hosts += [str(a) for a in loopback_members if a != self.address]
+        else:
             hosts += ["127.0.0.1", "localhost"]
         return hosts
 
@@ -280,9 +286,11 @@ def build_plan(spec: ClusterSpec, out: Path, ca: CA, *, ca_created: bool, seal_p
     warnings = list(spec.warnings)
     unit = render_unit(UnitOptions(exec_start=spec.exec_start, user=spec.user, config_file=CONFIG_PATH))
     sysusers = render_sysusers(spec.user)
+    loopback = [m.address for m in spec.members if m.address.is_loopback]
     for member in spec.members:
-        server = issue_leaf(ca, signing, "server", member.name, member.cert_hosts(), now=moment)
-        peer = issue_leaf(ca, signing, "peer", member.name, member.cert_hosts(), now=moment)
+        hosts = member.cert_hosts(loopback)
+        server = issue_leaf(ca, signing, "server", member.name, hosts, now=moment)
+        peer = issue_leaf(ca, signing, "peer", member.name, hosts, now=moment)
         for leaf in (server, peer):
             if leaf.warning and leaf.warning not in warnings:
                 warnings.append(leaf.warning)
