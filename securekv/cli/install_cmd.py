@@ -135,100 +135,60 @@ def firewall_cmd(backend: str, peers: str, clients: str, client_port: str, peer_
 @click.option("--member", metavar="NAME", help="Refuse the bundle unless it is for member NAME.")
 @click.option("--enable", is_flag=True, help="With --now: load the firewall rules and run systemctl enable --now.")
 @click.option("--now", is_flag=True, help="With --enable: start the member now.")
-@click.option("--dry-run", is_flag=True, help="Verify the bundle and print what would change; write nothing.")
+@click.option("--dry-run", is_flag=True, help="Verify the bundle and print what would be written; write nothing.")
 def bundle_cmd(bundle_file: str, root: str | None, backend: str, passphrase_file: str | None, ca_fingerprint: str | None,
                member: str | None, enable: bool, now: bool, dry_run: bool) -> None:
     """Verify a member bundle from `securekv cluster plan`, then install its certificates, config,
     unit and firewall rules (a second run changes nothing)."""
-    from securekv.cluster import bundle as bd
-    from securekv.deploy import firewall as fw
-    from securekv.deploy import install
+    from securekv.cluster import install as bundle_install
+    from securekv.cluster.bundle import firewall_load_hint
 
     try:
         if enable != now:
             raise UsageError("--enable and --now go together (systemctl enable --now)")
-        if enable and root is not None:
-            raise UsageError("--enable --now acts on this machine; it cannot be combined with --root")
-        if backend != "none" and backend not in fw.BACKENDS:
-            raise UsageError(f"unknown firewall backend {backend!r}; choose one of {', '.join(fw.BACKENDS)} or none")
-        firewall = None if backend == "none" else backend
+        if enable and (root is not None or dry_run):
+            raise UsageError("--enable --now acts on this machine; it cannot be combined with --root or --dry-run")
         passphrase = None
         if passphrase_file is not None:
             from securekv.snapcrypt.keys import read_passphrase_file
 
             passphrase = read_passphrase_file(passphrase_file).secret
-        verified = bd.verify(bd.read_bundle(bundle_file, passphrase), member=member, expect_fingerprint=ca_fingerprint)
+        plan = bundle_install.plan_install(bundle_file, backend=backend, passphrase=passphrase, member=member,
+                                           ca_fingerprint=ca_fingerprint, root=root)
+        verified = plan.verified
         for warning in verified.warnings:
             click.echo(f"warning: {warning}", err=True)
-        b = verified.bundle
-        rules = tuple(fw.render(firewall, verified.spec)) if firewall is not None else ()
-        files = bd.install_files(verified) + rules
-        data_dirs = [install.STATE_DIR, *verified.config.writable_paths()]
-        install.check_data_dirs(data_dirs, root)
-        owner = None
-        if root is None and not dry_run:
-            install.require_root()
-            owner = _service_owner(b.user)
-        target_root = root or "/"
-        to_write, to_chown = bd.pending(files, target_root, owner)
-        if root is None and owner is None:
-            to_chown = []  # the service user does not exist yet: created below, then everything is chowned
-        click.echo(f"bundle for member {b.member} of cluster {b.cluster}: verified (CA {verified.fingerprint}, "
-                   f"certificates valid until {verified.not_after:%Y-%m-%d %H:%M:%SZ})")
-        first_live = root is None and owner is None
+        click.echo(f"bundle for member {verified.bundle.member} of cluster {verified.bundle.cluster}: verified "
+                   f"(CA {verified.fingerprint}, certificates valid until {verified.not_after:%Y-%m-%d %H:%M:%SZ})")
         if dry_run:
-            for f in to_write:
-                click.echo(f"would write {install.resolve_under_root(target_root, f.path)} (mode {f.mode:04o})")
-            if not to_write:
+            paths = bundle_install.would_write(plan, root)
+            for path in paths:
+                click.echo(f"would write {path}")
+            if not paths:
                 click.echo("nothing would change: the bundle is installed")
             return
-        if not to_write and not to_chown and not first_live:
-            click.echo(f"nothing changed: the bundle for {b.member} is installed already")
-        else:
-            if to_write:
-                for path in install.write_files(to_write, target_root):
-                    click.echo(f"wrote {path}")
-            if root is None:
-                install.apply_systemd(install.Plan(files), b.user, data_dirs)
-                owner = _service_owner(b.user)
-                if owner is None:
-                    raise UsageError(f"the service user {b.user!r} was not created")
-                _, to_chown = bd.pending(files, target_root, owner)
-                import os
-
-                for path in to_chown:
-                    os.chown(path, owner[0], owner[1], follow_symlinks=False)
-                    click.echo(f"chowned {path} to {b.user}")
+        outcome = bundle_install.install(plan, root)
+        for path in outcome.written:
+            click.echo(f"wrote {path}")
+        for path in outcome.chowned:
+            click.echo(f"owner of {path}: {plan.user}")
+        if not outcome.changed:
+            click.echo(f"nothing changed: the bundle for {verified.bundle.member} is installed already")
         if root is not None:
             return
         if enable:
-            if firewall is not None:
-                install.apply_firewall(firewall, verified.spec, rules)
-                click.echo(f"loaded the {firewall} rules: " + "; ".join(fw.describe(verified.spec)))
-            install.run_systemctl(["daemon-reload"])
-            install.run_systemctl(["enable", "--now", "securekv.service"])
-            click.echo("started securekv.service (systemctl enable --now)")
+            for line in bundle_install.start(plan):
+                click.echo(line)
             return
         click.echo("next:")
-        if firewall is not None:
-            for line in bd.firewall_load_hint(firewall, rules):
+        if plan.backend is not None:
+            for line in firewall_load_hint(plan.backend, plan.rules):
                 click.echo(f"  {line}")
-        click.echo("  systemctl daemon-reload")
         click.echo("  systemctl enable --now securekv.service")
     except UsageError as exc:
         raise InstallError(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write: {exc}") from None
-
-
-def _service_owner(user: str) -> tuple[int, int] | None:
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
 
 
 @cli.command("haproxy")

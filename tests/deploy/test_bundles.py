@@ -148,6 +148,10 @@ def test_three_bundles_start_a_healthy_cluster(tmp_path: Path) -> None:
         assert etcdctl("put", "planned", "cluster").stdout == "OK\n"
         get = etcdctl("get", "planned", "--print-value-only", ETCDCTL_ENDPOINTS=f"https://127.0.0.3:{client_port}")
         assert get.stdout == "cluster\n", get
+        # securekv ctl reads the same ETCDCTL_* variables
+        ctl = subprocess.run([sys.executable, "-m", "securekv", "ctl", "get", "planned", "--print-value-only"],
+                             capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)}, timeout=30)
+        assert ctl.stdout == "cluster\n", ctl
         # mutual TLS: without the admin client certificate the client port refuses the handshake
         no_cert = subprocess.run(["etcdctl", "--endpoints", f"https://127.0.0.1:{client_port}", "--cacert",
                                   admin["ETCDCTL_CACERT"], "--dial-timeout", "2s", "get", "planned"],
@@ -332,3 +336,45 @@ def test_sealed_bundle_needs_its_passphrase(tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert (root / "etc/securekv/pki/n1-key.pem").stat().st_mode & 0o777 == 0o600
     assert not (root / "etc/nftables.d").exists()
+
+
+LIVE = r"""
+set -eu
+mount -t tmpfs tmpfs "$TMP/etc"
+cp -a /etc/. "$TMP/etc/"
+mount --bind "$TMP/etc" /etc
+mount -t tmpfs tmpfs /var/lib
+install() { PYTHONPATH="$REPO" "$PYTHON" -m securekv install bundle "$BUNDLE" --member n1; }
+install > "$TMP/first.out"
+install > "$TMP/second.out"
+stat -c '%n %U:%G %a' /etc/securekv/pki/ca.pem /etc/securekv/pki/n1-key.pem /etc/securekv/pki/n1-peer-key.pem \
+    /etc/securekv/securekv.yaml /etc/nftables.d/securekv.nft /var/lib/securekv
+"""
+
+
+def test_live_install_hands_the_keys_to_the_service_user(tmp_path: Path) -> None:
+    """Without --root: the service user is created, owns the certificates and keys (0600), and a
+    second run changes nothing. In a mount namespace whose /etc is a copy and /var/lib a tmpfs."""
+    out = tmp_path / "out"
+    result = _cli("cluster", "plan", "--name", "live", "--exec", EXEC, "--out", str(out), "--user", "skvbundle",
+                  "--member", "n1=10.0.0.1")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "etc").mkdir()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMP": str(tmp_path), "REPO": str(REPO), "PYTHON": sys.executable,
+           "BUNDLE": str(out / "n1.bundle")}
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", LIVE],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "/etc/securekv/pki/ca.pem skvbundle:skvbundle 644",
+        "/etc/securekv/pki/n1-key.pem skvbundle:skvbundle 600",
+        "/etc/securekv/pki/n1-peer-key.pem skvbundle:skvbundle 600",
+        "/etc/securekv/securekv.yaml root:root 644",
+        "/etc/nftables.d/securekv.nft root:root 644",
+        "/var/lib/securekv skvbundle:skvbundle 700",
+    ]
+    first = (tmp_path / "first.out").read_text()
+    assert "wrote /etc/securekv/pki/n1-key.pem" in first and "owner of /etc/securekv/pki/n1-key.pem: skvbundle" in first
+    assert "nft -f /etc/nftables.d/securekv.nft" in first and "systemctl enable --now securekv.service" in first
+    second = (tmp_path / "second.out").read_text()
+    assert "nothing changed" in second and "wrote" not in second and "owner of" not in second
