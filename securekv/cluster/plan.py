@@ -120,7 +120,10 @@ def parse_members(values: Sequence[str]) -> list[tuple[str, IPAddress]]:
         except ValueError:
             raise UsageError(f"--member {item!r}: {text!r} is not an IP address (members listen on IP addresses; "
                              "give DNS names with --dns NAME=HOST)") from None
-        fw.parse_peers([str(address)])  # no zone index, no IPv4-mapped, not unspecified or multicast
+        try:  # the firewall's rules for addresses: no zone index, not IPv4-mapped, unspecified or multicast
+            fw.parse_peers([bare])
+        except UsageError as exc:
+            raise UsageError(f"--member {item!r}: " + str(exc).removeprefix("--peers: ")) from None
         if name in seen_names:
             raise UsageError(f"member name {name!r} is given twice: every member needs its own name")
         if address in seen_addresses:
@@ -166,8 +169,9 @@ def make_spec(name: str, members: Sequence[str], *, dns: Sequence[str] = (), cli
         clients = fw.parse_clients([f"{a}/{a.max_prefixlen}" for _, a in pairs])
     warnings = []
     if len(pairs) % 2 == 0:
-        warnings.append(f"{len(pairs)} members: an even count tolerates no more failures than {len(pairs) - 1} "
-                        f"(quorum is {len(pairs) // 2 + 1}); etcd recommends an odd number of members")
+        n = len(pairs)
+        warnings.append(f"{n} members (an even count) need a quorum of {n // 2 + 1} and survive {(n - 1) // 2} failed "
+                        f"member(s), no more than {n - 1} members would; use an odd number of members")
     if not client_networks:
         warnings.append("no --client-network: the client port admits only the members' own addresses (and loopback)")
     return ClusterSpec(name, tuple(Member(n, a, tuple(hosts.get(n, ()))) for n, a in pairs), clients, client_port,

@@ -191,6 +191,8 @@ BASE = ("cluster", "plan", "--name", "prod", "--exec", EXEC)
     (("n1=db1.example.com",), "is not an IP address"),
     (("n1",), "is not NAME=ADDRESS"),
     (("bad name=10.0.0.1",), "--member name must be"),
+    (("n1=fe80::1%eth0",), "--member 'n1=fe80::1%eth0': fe80::1%eth0 has a zone index"),
+    (("n1=0.0.0.0",), "is not a member's address"),
 ])
 def test_plan_refuses_bad_members_and_writes_nothing(tmp_path: Path, members: tuple[str, ...], message: str) -> None:
     args = [*BASE, "--out", str(tmp_path / "out")]
@@ -222,7 +224,7 @@ def test_even_member_count_warns_and_dry_run_writes_nothing(tmp_path: Path) -> N
     out = tmp_path / "out"
     dry = _plan(out, "--dry-run", members=("n1", "n2"))
     assert dry.returncode == 0, dry.stderr
-    assert "warning: 2 members: an even count" in dry.stderr
+    assert "warning: 2 members (an even count) need a quorum of 2 and survive 0 failed member(s)" in dry.stderr
     assert "n1" in dry.stdout and "127.0.0.2" in dry.stdout and "peer port admits" in dry.stdout
     assert not out.exists()
     again = _cli(*BASE, "--out", str(out), "--member", "a=10.0.0.1", "--member", "b=10.0.0.2")
