@@ -36,7 +36,7 @@ from securekv.deploy.systemd import CONFIG_PATH, UnitOptions, check_exec_start, 
 from securekv.deploy.values import check_name
 from securekv.errors import UsageError
 from securekv.pki import keys
-from securekv.pki.ca import CA, CA_CONFIG, load_ca, pem, validity
+from securekv.pki.ca import CA, CA_CONFIG, CA_KEY, load_ca, pem, validity
 from securekv.pki.cfssl import SigningConfig, default_config, load_config
 from securekv.pki.issue import build_leaf, check_name_constraints
 from securekv.pki.names import build_subject, parse_hosts, validate_dns_name
@@ -47,6 +47,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ADMIN_USER = "root"  # the RBAC superuser's name: a client certificate with this CN acts as root
 ENV_FILE = "securekv.env"
+LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the extra local client listener's names
 
 
 @attrs.frozen
@@ -64,7 +65,7 @@ class Member:
     def peer_url(self, port: int) -> str:
         return f"https://{self.host()}:{port}"
 
-    def cert_hosts(self, loopback_members: Sequence[IPAddress] = ()) -> list[str]:
+    def cert_hosts(self, loopback_members: Sequence[IPAddress] = (), local: bool = True) -> list[str]:
         """The SANs of both certificates. A member on a loopback address shares its machine with
         every other loopback member, and a connection to 127.0.0.x leaves from 127.0.0.x (the
         kernel picks the destination as source), so the peer port's check that a client
@@ -72,8 +73,8 @@ class Member:
         hosts = [str(self.address), *self.dns]
         if self.address.is_loopback:
             hosts += [str(a) for a in loopback_members if a != self.address]
-        else:
-            hosts += ["127.0.0.1", "localhost"]
+        elif local:
+            hosts += list(LOCAL_HOSTS)
         return hosts
 
 
@@ -178,11 +179,13 @@ def make_spec(name: str, members: Sequence[str], *, dns: Sequence[str] = (), cli
                        peer_port, check_user(user), check_exec_start(tuple(exec_start)), tuple(warnings))
 
 
-def member_config(spec: ClusterSpec, member: Member, token: str) -> dict:
+def member_config(spec: ClusterSpec, member: Member, token: str, local: bool = True) -> dict:
+    """The member's config. ``local``: also listen on 127.0.0.1 for tools on the machine (off when
+    the CA's name constraints do not permit 127.0.0.1/localhost in a certificate)."""
     paths = pki_paths(member.name)
     client_url = member.client_url(spec.client_port)
     listen = [client_url]
-    if not member.address.is_loopback:
+    if local and not member.address.is_loopback:
         listen.append(f"https://127.0.0.1:{spec.client_port}")  # local etcdctl and health checks
     return {
         "name": member.name,
@@ -235,6 +238,14 @@ def issue_leaf(ca: CA, signing: SigningConfig, profile: str, cn: str, hosts: Seq
     return Leaf(body.decode(), keys.key_to_pem(key).decode(), not_after, warning)
 
 
+def _permits_local(ca: CA) -> bool:
+    try:
+        check_name_constraints(ca, parse_hosts(LOCAL_HOSTS))
+    except UsageError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -270,6 +281,14 @@ def check_out_dir(out: Path, spec: ClusterSpec, force: bool) -> None:
 
 def load_signing_ca(ca_dir: Path, passphrase: bytes | None) -> CA:
     """The CA that signs the cluster's certificates; every problem is one clear UsageError."""
+    key_path = ca_dir / CA_KEY
+    if passphrase is None and key_path.is_file():
+        try:
+            head = key_path.read_bytes()[:200]
+        except OSError as exc:
+            raise UsageError(f"cannot use the CA in {ca_dir}: cannot read {key_path}: {exc.strerror}") from None
+        if keys.is_encrypted_pem(head):
+            raise UsageError(f"the CA key {key_path} is passphrase-protected; give --ca-passphrase-file")
     try:
         ca = load_ca(ca_dir, passphrase=passphrase)
     except UsageError as exc:
@@ -291,14 +310,18 @@ def build_plan(spec: ClusterSpec, out: Path, ca: CA, *, ca_created: bool, seal_p
     unit = render_unit(UnitOptions(exec_start=spec.exec_start, user=spec.user, config_file=CONFIG_PATH))
     sysusers = render_sysusers(spec.user)
     loopback = [m.address for m in spec.members if m.address.is_loopback]
+    local = _permits_local(ca)
+    if not local and not all(m.address.is_loopback for m in spec.members):
+        warnings.append("the CA's name constraints do not permit 127.0.0.1/localhost: members get no local client "
+                        "listener; local tools use the member's address")
     for member in spec.members:
-        hosts = member.cert_hosts(loopback)
+        hosts = member.cert_hosts(loopback, local)
         server = issue_leaf(ca, signing, "server", member.name, hosts, now=moment)
         peer = issue_leaf(ca, signing, "peer", member.name, hosts, now=moment)
         for leaf in (server, peer):
             if leaf.warning and leaf.warning not in warnings:
                 warnings.append(leaf.warning)
-        config = render_config(member_config(spec, member, token)).replace(
+        config = render_config(member_config(spec, member, token, local)).replace(
             "installed by `securekv install systemd`", f"from `securekv cluster plan` for cluster {spec.name}")
         bundle = Bundle(
             cluster=spec.name, member=member.name, created=moment.isoformat(),

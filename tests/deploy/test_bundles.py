@@ -217,7 +217,17 @@ def test_plan_refuses_bad_options_and_an_unreadable_ca(tmp_path: Path) -> None:
     _refused(_cli(*BASE, *three, "--out", out, "--ca", str(bad_ca)), f"cannot use the CA in {bad_ca}")
     (bad_ca / "ca-key.pem").unlink()
     _refused(_cli(*BASE, *three, "--out", out, "--ca", str(bad_ca)), "CA key")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-ca"]
+    (bad_ca / "ca.pem").write_text("garbage\n")
+    _refused(_cli(*BASE, *three, "--out", out, "--ca", str(bad_ca)), "holds no PEM certificate")
+    (bad_ca / "ca.pem").unlink()
+    _refused(_cli(*BASE, *three, "--out", out, "--ca", str(bad_ca)), "no CA certificate")
+    locked = tmp_path / "locked-ca"
+    init_ca(locked, passphrase=b"ca passphrase")
+    _refused(_cli(*BASE, *three, "--out", out, "--ca", str(locked)), "is passphrase-protected; give --ca-passphrase-file")
+    (tmp_path / "wrong").write_text("not the passphrase\n")
+    _refused(_cli(*BASE, *three, "--out", out, "--ca", str(locked), "--ca-passphrase-file", str(tmp_path / "wrong")),
+             "wrong passphrase")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-ca", "locked-ca", "wrong"]
 
 
 def test_even_member_count_warns_and_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -380,3 +390,25 @@ def test_live_install_hands_the_keys_to_the_service_user(tmp_path: Path) -> None
     assert "nft -f /etc/nftables.d/securekv.nft" in first and "systemctl enable --now securekv.service" in first
     second = (tmp_path / "second.out").read_text()
     assert "nothing changed" in second and "wrote" not in second and "owner of" not in second
+
+
+def test_plan_with_a_name_constrained_intermediate(tmp_path: Path) -> None:
+    """The CA key stays offline: an intermediate limited to the cluster's network signs. Its
+    constraints leave out 127.0.0.1/localhost, so the members get no local listener (warned)."""
+    from securekv.cluster.bundle import read_bundle, verify
+    from securekv.pki.ca import init_ca, init_intermediate
+
+    root = init_ca(tmp_path / "root")
+    init_intermediate(tmp_path / "inter", tmp_path / "root", permit_ip=["10.0.0.0/24"], permit_dns=["example.com"])
+    out = tmp_path / "out"
+    result = _cli(*BASE, "--out", str(out), "--ca", str(tmp_path / "inter"), "--member", "n1=10.0.0.1",
+                  "--dns", "n1=db1.example.com")
+    assert result.exit_code == 0, result.output
+    assert "no local client listener" in result.output
+    assert not (out / "ca").exists()
+    verified = verify(read_bundle(out / "n1.bundle"))
+    assert verified.bundle.pems["ca"] == root.cert_path.read_text()  # members trust the root
+    assert verified.config.data["listen-client-urls"] == "https://10.0.0.1:2379"
+    _refused(_cli(*BASE, "--out", str(tmp_path / "out2"), "--ca", str(tmp_path / "inter"), "--member", "n1=10.0.1.1"),
+             "outside the CA's name constraints")
+    assert not (tmp_path / "out2").exists()
