@@ -41,6 +41,7 @@ from securekv.pki.cfssl import SigningConfig, default_config, load_config
 from securekv.pki.issue import build_leaf, check_name_constraints
 from securekv.pki.names import build_subject, parse_hosts, validate_dns_name
 from securekv.pki.verify import utcnow
+from securekv.tlspolicy.identity import member_uri
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -163,7 +164,10 @@ def make_spec(name: str, members: Sequence[str], *, dns: Sequence[str] = (), cli
         owners = [n for n, hs in hosts.items() if host in hs]
         if len(owners) > 1:
             raise UsageError(f"DNS name {host} is given to both {owners[0]} and {owners[1]}")
-    fw.make_spec(["127.0.0.1"], ["127.0.0.1/32"], client_port, peer_port)  # the ports: range, differ
+    fw.check_port(client_port, "--client-port")
+    fw.check_port(peer_port, "--peer-port")
+    if client_port == peer_port:
+        raise UsageError(f"port {client_port} is used twice: --client-port and --peer-port must differ")
     if client_networks:
         clients = fw.parse_clients(list(client_networks))
     else:
@@ -171,8 +175,9 @@ def make_spec(name: str, members: Sequence[str], *, dns: Sequence[str] = (), cli
     warnings = []
     if len(pairs) % 2 == 0:
         n = len(pairs)
-        warnings.append(f"{n} members (an even count) need a quorum of {n // 2 + 1} and survive {(n - 1) // 2} failed "
-                        f"member(s), no more than {n - 1} members would; use an odd number of members")
+        warnings.append(f"{n} members (an even count) need a quorum of {n // 2 + 1} and survive {(n - 1) // 2} "
+                        f"failure(s), as {n - 1} would: the extra member adds load, not fault tolerance; "
+                        "use an odd number of members")
     if not client_networks:
         warnings.append("no --client-network: the client port admits only the members' own addresses (and loopback)")
     return ClusterSpec(name, tuple(Member(n, a, tuple(hosts.get(n, ()))) for n, a in pairs), clients, client_port,
@@ -317,7 +322,7 @@ def build_plan(spec: ClusterSpec, out: Path, ca: CA, *, ca_created: bool, seal_p
     for member in spec.members:
         hosts = member.cert_hosts(loopback, local)
         server = issue_leaf(ca, signing, "server", member.name, hosts, now=moment)
-        peer = issue_leaf(ca, signing, "peer", member.name, hosts, now=moment)
+        peer = issue_leaf(ca, signing, "peer", member.name, hosts, [member_uri(member.name)], now=moment)
         for leaf in (server, peer):
             if leaf.warning and leaf.warning not in warnings:
                 warnings.append(leaf.warning)

@@ -98,6 +98,12 @@ def test_three_bundles_start_a_healthy_cluster(tmp_path: Path) -> None:
             "ca.pem": 0o644, f"{name}.pem": 0o644, f"{name}-key.pem": 0o600, f"{name}-peer.pem": 0o644,
             f"{name}-peer-key.pem": 0o600}
         roots.append(root)
+        from cryptography import x509
+
+        peer_cert = x509.load_pem_x509_certificate((pki / f"{name}-peer.pem").read_bytes())
+        uris = peer_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+        assert uris == [f"securekv://member/{name}"] and peer_cert.subject.rfc4514_string() == f"CN={name}"
 
     # The rendered rules: valid for nft, and exactly the planned sources once loaded.
     for name, root, address in zip(("n1", "n2", "n3"), roots, ADDRESSES):
@@ -234,7 +240,7 @@ def test_even_member_count_warns_and_dry_run_writes_nothing(tmp_path: Path) -> N
     out = tmp_path / "out"
     dry = _plan(out, "--dry-run", members=("n1", "n2"))
     assert dry.returncode == 0, dry.stderr
-    assert "warning: 2 members (an even count) need a quorum of 2 and survive 0 failed member(s)" in dry.stderr
+    assert "warning: 2 members (an even count) need a quorum of 2 and survive 0 failure(s), as 1 would" in dry.stderr
     assert "n1" in dry.stdout and "127.0.0.2" in dry.stdout and "peer port admits" in dry.stdout
     assert not out.exists()
     again = _cli(*BASE, "--out", str(out), "--member", "a=10.0.0.1", "--member", "b=10.0.0.2")
