@@ -15,15 +15,6 @@ class PlanError(click.ClickException):
     exit_code = 2
 
 
-def _split_exec(text: str) -> list[str]:
-    from securekv.deploy.values import check_text
-
-    for word in text.split(" "):
-        if word:
-            check_text("--exec", word, limit=4096)
-    return text.split()
-
-
 def _table(spec, out: Path) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
@@ -67,6 +58,7 @@ def plan_cmd(cluster_name: str, members: tuple[str, ...], dns: tuple[str, ...], 
              client_port: str, peer_port: str, out_dir: str, ca_dir: str | None, ca_passphrase_file: str | None,
              passphrase_file: str | None, user: str, exec_path: str | None, force: bool, dry_run: bool) -> None:
     """Plan a secure cluster: a bundle per member (certificates, config, unit, firewall) and an admin client."""
+    from securekv.cli.install_cmd import _split_exec
     from securekv.cluster import plan
     from securekv.deploy import firewall as fw
     from securekv.deploy.install import default_exec_start
@@ -94,21 +86,7 @@ def plan_cmd(cluster_name: str, members: tuple[str, ...], dns: tuple[str, ...], 
             from securekv.pki.keys import read_passphrase_file as read_ca_passphrase
 
             ca_pass = read_ca_passphrase(ca_passphrase_file)
-        own_ca = out / "ca"
-        if ca_dir is not None:
-            ca = plan.load_signing_ca(Path(ca_dir), ca_pass)
-            created = False
-        elif (own_ca / "ca.pem").exists():
-            ca = plan.load_signing_ca(own_ca, ca_pass)
-            created = False
-        else:
-            from securekv.pki.ca import init_ca, load_ca
-
-            if out.exists() and (own_ca.exists() and not own_ca.is_dir()):
-                raise UsageError(f"{own_ca} exists and is not a directory")
-            init_ca(own_ca, cn=f"securekv {cluster_name} CA", passphrase=ca_pass)
-            ca = load_ca(own_ca, passphrase=ca_pass)
-            created = True
+        ca, created = plan.signing_ca(out, Path(ca_dir) if ca_dir is not None else None, ca_pass, cluster_name)
         result = plan.build_plan(spec, out, ca, ca_created=created, seal_passphrase=seal_pass)
         plan.write_plan(result)
     except UsageError as exc:

@@ -36,7 +36,7 @@ from securekv.deploy.systemd import CONFIG_PATH, UnitOptions, check_exec_start, 
 from securekv.deploy.values import check_name
 from securekv.errors import UsageError
 from securekv.pki import keys
-from securekv.pki.ca import CA, CA_CONFIG, CA_KEY, load_ca, pem, validity
+from securekv.pki.ca import CA, CA_CERT, CA_CONFIG, CA_KEY, init_ca, load_ca, pem, validity
 from securekv.pki.cfssl import SigningConfig, default_config, load_config
 from securekv.pki.issue import build_leaf, check_name_constraints
 from securekv.pki.names import build_subject, parse_hosts, validate_dns_name
@@ -301,6 +301,20 @@ def load_signing_ca(ca_dir: Path, passphrase: bytes | None) -> CA:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot use the CA in {ca_dir}: {exc}") from None
     return ca
+
+
+def signing_ca(out: Path, ca_dir: Path | None, passphrase: bytes | None, cluster: str) -> tuple[CA, bool]:
+    """(the CA to sign with, whether it was created now): ``--ca DIR``, else ``OUT/ca`` of an
+    earlier plan, else a new CA in ``OUT/ca``. Call it only after every other check passed."""
+    if ca_dir is not None:
+        return load_signing_ca(ca_dir, passphrase), False
+    own = out / "ca"
+    if (own / CA_CERT).exists():
+        return load_signing_ca(own, passphrase), False
+    if own.exists() and not own.is_dir():
+        raise UsageError(f"{own} exists and is not a directory")
+    init_ca(own, cn=f"securekv {cluster} CA", passphrase=passphrase)
+    return load_ca(own, passphrase=passphrase), True
 
 
 def build_plan(spec: ClusterSpec, out: Path, ca: CA, *, ca_created: bool, seal_passphrase: bytes | None = None,
