@@ -313,7 +313,7 @@ def test_forged_bundles_are_refused(planned: Path, tmp_path: Path) -> None:
 
 
 def test_expired_bundle_is_refused(tmp_path: Path) -> None:
-    from securekv.cli.cluster_plan_cmd import _split_exec
+    from securekv.cli.install_cmd import _split_exec
     from securekv.cluster import bundle, plan
     from securekv.pki.ca import init_ca, load_ca
     from securekv.pki.verify import utcnow
