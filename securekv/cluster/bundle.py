@@ -338,11 +338,29 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
         spec = bundle.firewall.spec()
     except UsageError as exc:
         raise BundleError(f"the bundle's firewall plan: {exc}") from None
+    others = _other_members(config)
+    if others is not None and set(spec.peers) != others:
+        raise BundleError(f"the bundle's firewall admits {', '.join(map(str, spec.peers)) or 'no member'} on the peer "
+                          f"port, but the other members are {', '.join(map(str, sorted(others, key=str))) or 'none'}")
     ports = {port for _, port in config.listen_ports}
     if spec.client_port not in ports or spec.peer_port not in ports:
         raise BundleError(f"the bundle's firewall ports ({spec.client_port}, {spec.peer_port}) are not the ports its "
                           "config listens on")
     return Verified(bundle, config, fingerprint, earliest, spec, tuple(warnings))
+
+
+def _other_members(config: MemberConfig) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+    """The addresses of the other members in ``initial-cluster`` (None if one is a DNS name)."""
+    out = set()
+    for entry in str(config.data.get("initial-cluster", "")).split(","):
+        name, _, url = entry.strip().partition("=")
+        if not url or name == config.name:
+            continue
+        try:
+            out.add(ipaddress.ip_address(urlsplit(url).hostname or ""))
+        except ValueError:
+            return None
+    return out
 
 
 # --------------------------------------------------------------------------- installing

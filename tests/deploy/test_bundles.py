@@ -307,6 +307,11 @@ def test_forged_bundles_are_refused(planned: Path, tmp_path: Path) -> None:
     named = _rewrite(planned / "n1.bundle", tmp_path / "e.bundle",
                      pems={**n1.pems, "peer-cert": impostor.cert_pem, "peer-key": impostor.key_pem})
     _refused(_cli("install", "bundle", str(named), "--root", root), "names member 'n2', not 'n1'")
+    from securekv.cluster.bundle import FirewallPlan
+
+    opened = _rewrite(planned / "n1.bundle", tmp_path / "f.bundle",
+                      firewall=FirewallPlan(("10.0.0.2", "10.0.0.3", "192.0.2.1"), ("10.0.0.0/24",), 2379, 2380))
+    _refused(_cli("install", "bundle", str(opened), "--root", root), "but the other members are 10.0.0.2, 10.0.0.3")
     renamed = _rewrite(planned / "n1.bundle", tmp_path / "d.bundle", member="n2")
     _refused(_cli("install", "bundle", str(renamed), "--root", root), "its config names 'n1'")
     assert not Path(root).exists()
