@@ -355,8 +355,13 @@ def test_sealed_bundle_needs_its_passphrase(tmp_path: Path) -> None:
     _refused(_cli("install", "bundle", str(damaged), "--root", str(root), "--passphrase-file", str(secret)),
              "damaged or was modified")
     assert not root.exists()
-    ok = _cli("install", "bundle", str(sealed), "--root", str(root), "--passphrase-file", str(secret), "--firewall", "none")
+    args = ("install", "bundle", str(sealed), "--root", str(root), "--passphrase-file", str(secret), "--firewall", "none")
+    dry = _cli(*args, "--dry-run")
+    assert dry.exit_code == 0 and f"would write {root}/etc/securekv/pki/n1-key.pem" in dry.output, dry.output
+    assert not root.exists()
+    ok = _cli(*args)
     assert ok.exit_code == 0, ok.output
+    assert "nothing would change" in _cli(*args, "--dry-run").output
     assert (root / "etc/securekv/pki/n1-key.pem").stat().st_mode & 0o777 == 0o600
     assert not (root / "etc/nftables.d").exists()
 
