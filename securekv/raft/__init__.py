@@ -5,6 +5,7 @@ from __future__ import annotations
 from .config import Config, Rng
 from .errors import (
     CompactedError,
+    DropReason,
     ProposalDropped,
     RaftError,
     SnapshotOutOfDateError,
@@ -13,7 +14,7 @@ from .errors import (
     StorageError,
     UnavailableError,
 )
-from .rawnode import ProgressView, RawNode, Status
+from .rawnode import BasicStatus, ProgressView, RawNode, Status
 from .storage import MemoryStorage, Storage, bootstrap_entries
 from .types import (
     EMPTY_HARD_STATE,
@@ -39,7 +40,7 @@ from .types import (
 )
 
 __all__ = [
-    "CompactedError", "Config", "ConfChange", "ConfChangeType", "ConfState", "EMPTY_HARD_STATE",
+    "BasicStatus", "CompactedError", "Config", "DropReason", "ConfChange", "ConfChangeType", "ConfState", "EMPTY_HARD_STATE",
     "EMPTY_SNAPSHOT", "Entry", "EntryType", "HardState", "LOCAL_MESSAGES", "MemoryStorage",
     "Message", "MessageType", "NONE", "ProgressView", "ProposalDropped", "RESPONSE_MESSAGES",
     "RaftError", "RawNode", "ReadState", "Ready", "Rng", "Role", "SEND_BEFORE_PERSIST",

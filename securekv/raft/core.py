@@ -13,7 +13,7 @@ import attrs
 
 from . import confchange
 from .config import Config
-from .errors import ProposalDropped, RaftError, SnapshotTemporarilyUnavailable, StorageError
+from .errors import DropReason, ProposalDropped, RaftError, SnapshotTemporarilyUnavailable, StorageError
 from .log import RaftLog
 from .progress import ProgressState, ProgressTracker
 from .quorum import VoteResult
@@ -540,21 +540,19 @@ class Raft:
         if not m.entries:
             raise RaftError("stepped empty proposal")
         if self.id not in self.trk.progress:
-            raise ProposalDropped("raft proposal dropped: this node was removed from the cluster")
+            raise ProposalDropped(DropReason.REMOVED)
         if self.lead_transferee != NONE:
-            raise ProposalDropped("raft proposal dropped: leadership transfer in progress")
+            raise ProposalDropped(DropReason.TRANSFERRING)
         for e in m.entries:
             if e.type is EntryType.CONF_CHANGE:
                 if self.pending_conf_index > self.log.applied:
-                    raise ProposalDropped(
-                        "raft proposal dropped: a conf change is already pending")
+                    raise ProposalDropped(DropReason.CONF_CHANGE_PENDING)
                 try:
                     ConfChange.decode(e.data)  # refuse garbage before it reaches the log
                 except ValueError as exc:
-                    raise ProposalDropped(f"raft proposal dropped: bad conf change: {exc}") from None
+                    raise ProposalDropped(DropReason.BAD_CONF_CHANGE, str(exc)) from None
         if not self.append_entry(list(m.entries)):
-            raise ProposalDropped(
-                "raft proposal dropped: uncommitted entries exceed max_uncommitted_entries_size")
+            raise ProposalDropped(DropReason.TOO_MANY_UNCOMMITTED)
         for e in m.entries:
             if e.type is EntryType.CONF_CHANGE:
                 self.pending_conf_index = self.log.last_index()
@@ -592,9 +590,9 @@ class Raft:
         my_resp = MT.PRE_VOTE_RESP if self.state is Role.PRE_CANDIDATE else MT.VOTE_RESP
         t = m.type
         if t is MT.PROP:
-            raise ProposalDropped("raft proposal dropped: no leader")
+            raise ProposalDropped(DropReason.NO_LEADER)
         if t is MT.READ_INDEX:
-            raise ProposalDropped("raft read index dropped: no leader")
+            raise ProposalDropped(DropReason.NO_LEADER, read=True)
         if t is MT.APP:
             self.become_follower(m.term, m.frm)
             self._handle_append_entries(m)
@@ -621,7 +619,7 @@ class Raft:
         t = m.type
         if t is MT.PROP:
             if self.lead == NONE:
-                raise ProposalDropped("raft proposal dropped: no leader")
+                raise ProposalDropped(DropReason.NO_LEADER)
             self._forward(m, self.lead)
         elif t is MT.APP:
             self.election_elapsed = 0
@@ -644,7 +642,7 @@ class Raft:
             self.hup(CampaignType.TRANSFER)
         elif t is MT.READ_INDEX:
             if self.lead == NONE:
-                raise ProposalDropped("raft read index dropped: no leader")
+                raise ProposalDropped(DropReason.NO_LEADER, read=True)
             self._forward(m, self.lead)
         elif t is MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context))

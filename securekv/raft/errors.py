@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 from securekv.errors import SecureKVError, UsageError
 
 
@@ -9,12 +11,31 @@ class RaftError(SecureKVError):
     """Base of the Raft core's errors."""
 
 
+class DropReason(enum.Enum):
+    """Why a proposal, conf change or ReadIndex request was refused: callers branch on this,
+    never on the message text."""
+
+    NO_LEADER = "no leader"
+    TRANSFERRING = "leadership transfer in progress"
+    CONF_CHANGE_PENDING = "a conf change is already pending"
+    TOO_MANY_UNCOMMITTED = "uncommitted entries exceed max_uncommitted_entries_size"
+    BAD_CONF_CHANGE = "bad conf change"
+    REMOVED = "this node was removed from the cluster"
+
+
 class ProposalDropped(RaftError):
     """A proposal, conf change or ReadIndex request could not be accepted (no leader, leader
     transfer in progress, a conf change already pending, too many uncommitted bytes...).
 
     The request had no effect; the caller may retry later, possibly on another node.
+    ``reason`` says why (a :class:`DropReason`); the message is for people.
     """
+
+    def __init__(self, reason: DropReason, detail: str = "", *, read: bool = False) -> None:
+        what = "raft read index dropped" if read else "raft proposal dropped"
+        text = f"{what}: {reason.value}" + (f": {detail}" if detail else "")
+        super().__init__(text)
+        self.reason = reason
 
 
 class StepLocalMessage(RaftError, UsageError):

@@ -22,6 +22,7 @@ from .types import (
     Message,
     MessageType,
     Ready,
+    Role,
     SoftState,
 )
 from securekv.errors import UsageError
@@ -34,6 +35,21 @@ class ProgressView:
     state: str
     recent_active: bool
     is_learner: bool
+
+
+@attrs.frozen
+class BasicStatus:
+    """The cheap part of :class:`Status` (no per-peer progress): what callers ask often."""
+
+    id: int
+    term: int
+    vote: int
+    commit: int
+    applied: int
+    last_index: int
+    leader: int
+    role: Role
+    lead_transferee: int
 
 
 @attrs.frozen
@@ -65,8 +81,53 @@ class RawNode:
 
     @property
     def raft(self) -> Raft:
-        """The underlying state machine, for tests and invariant checks. Read only."""
+        """The underlying state machine, for the core's own tests and invariant checks. Read
+        only; everything else uses the accessors below (or :meth:`status`)."""
         return self._raft
+
+    # -- status accessors (cheap: read on every request by the server) ---------------------
+    @property
+    def leader(self) -> int:
+        """The leader this node knows of (``NONE`` = none)."""
+        return self._raft.lead
+
+    @property
+    def term(self) -> int:
+        return self._raft.term
+
+    @property
+    def role(self) -> Role:
+        return self._raft.state
+
+    @property
+    def commit_index(self) -> int:
+        return self._raft.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self._raft.log.applied
+
+    @property
+    def last_index(self) -> int:
+        return self._raft.log.last_index()
+
+    @property
+    def voters(self) -> frozenset[int]:
+        """The voters of the current configuration. The set is replaced (never mutated) when
+        the configuration changes, so callers may cache on its identity."""
+        return self._raft.trk.voters
+
+    @property
+    def learners(self) -> frozenset[int]:
+        return self._raft.trk.learners
+
+    def conf_state(self) -> ConfState:
+        return self._raft.trk.conf_state()
+
+    def basic_status(self) -> BasicStatus:
+        r = self._raft
+        return BasicStatus(r.id, r.term, r.vote, r.log.committed, r.log.applied, r.log.last_index(),
+                           r.lead, r.state, r.lead_transferee)
 
     # -- inputs ----------------------------------------------------------------------------
     def tick(self) -> None:

@@ -127,6 +127,10 @@ class MemoryStorage:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        """Index, term and configuration of the current snapshot (never fetches its data)."""
+        return self._snapshot.metadata
+
     # -- writers (called by the application while handling a Ready) ------------------------
     def set_hard_state(self, hard_state: HardState) -> None:
         self.hard_state = hard_state

@@ -26,7 +26,7 @@ from securekv.api.auth_gate import SERVER_CALLER, AuthGate, Caller
 from securekv.api.status import go_status_string
 from securekv.auth.rules import PEER
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE,
+from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER,
                                ERR_NOT_LEADER, EtcdError, err)
 from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
@@ -184,16 +184,9 @@ class EtcdServer(AuthHandlers):
         return self.gate.refresh(caller, method, body)
 
     def _check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
-        """With NOSPACE raised, refuse writes before they reach the log (etcd's quota check).
-
-        The first write over the quota still goes through the log: the applier refuses it and
-        raises the NOSPACE alarm deterministically on every member (etcd proposes the alarm).
-        """
-        kind = req.WhichOneof("request")
-        if kind is None or not self.applier.alarms.nospace:
-            return
-        if not self.applier.quota_ok(getattr(req, kind)):
-            raise err(ERR_NO_SPACE)
+        """With NOSPACE raised, refuse writes before they reach the log (the node core's
+        check, which the simulator runs too)."""
+        self.node.core.check_quota(req)
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
         self._refuse_learner()
@@ -225,11 +218,9 @@ class EtcdServer(AuthHandlers):
             raise err(ERR_LEARNER_NOT_SUPPORTED)
 
     def needs_read_index(self, serializable: bool) -> bool:
-        """Linearizable reads need a ReadIndex round unless this member is the only voter
-        (then every acknowledged write is already applied in this thread)."""
-        if not serializable:
-            self._refuse_learner()  # etcd: a learner serves serializable reads only
-        return not serializable and not (self.node.single_voter() and self.node.is_leader)
+        """Linearizable reads need a ReadIndex round unless this member is the only voter and
+        leads (the node core decides; a learner serves serializable reads only)."""
+        return self.node.core.needs_read_index(serializable)
 
     def range_cb(self, req: rpc_pb2.RangeRequest, caller: Caller, reply: Any) -> None:
         from securekv.mvcc import validate_range
@@ -464,28 +455,18 @@ class EtcdServer(AuthHandlers):
         return KeepAliveSession(self, caller)
 
     def on_leader_change(self, old: int, new: int) -> None:
-        """Only the leader's lessor keeps deadlines; a new leader extends every lease by an
-        election timeout so none expires early across the change (etcd's Promote)."""
-        now = self.clock()
-        if new == self.member_id:
-            extend = 0.0 if self.node.single_voter() else self.election_timeout
-            self.lessor.promote(now, extend=extend)
-        elif old == self.member_id or self.lessor.is_primary:
-            self.lessor.demote()
+        """Leadership moved: the node core already promoted or demoted the lessor (only the
+        leader's keeps deadlines, extended by an election timeout); wake revision waiters."""
         self.on_applied()
 
     election_timeout = 1.0
 
     async def expire_leases(self) -> None:
-        """Lease ticker: propose a revoke for each expired lease (through the log)."""
-        if not self.node.is_leader:
-            return
-        for lease_id in self.lessor.expired(self.clock(), 1000):
-            req = self._request(SERVER_CALLER, lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
-            if not self.node.propose_nowait(req):
-                break
-            if self.metrics is not None:
-                self.metrics.lease_expired += 1
+        """Lease ticker: the node core proposes a revoke for each expired lease (through the
+        log, leader only)."""
+        expired = self.node.expire_leases()
+        if expired and self.metrics is not None:
+            self.metrics.lease_expired += expired
 
     # -- Watch -------------------------------------------------------------------------------
 

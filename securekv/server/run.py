@@ -397,6 +397,7 @@ async def serve(
         )
         holder["etcd"] = etcd
         etcd.election_timeout = config.election_timeout / 1000.0
+        node.lease_extend = etcd.election_timeout  # a new leader extends every lease by this
         etcd.cluster_token = config.initial_cluster_token
         etcd.strict_reconfig_check = config.strict_reconfig_check
         node.cluster_id = state.cluster_id
@@ -415,8 +416,6 @@ async def serve(
             if state.store.compact_revision > 0:
                 hub.compact(state.store.compact_revision)
             hub.advance(state.store.current_revision)
-            if node.is_leader:
-                state.lessor.promote(trio.current_time(), extend=etcd.election_timeout)
             t = node.transport
             if t is not None:
                 known = set(t.peers())
@@ -658,7 +657,7 @@ def _metric_sources(metrics: ServerMetrics, node: Any, etcd: Any, hub: Any, stat
     s.is_learner = node.is_learner
     s.committed_index = lambda: node.commit_index
     s.applied_index = lambda: node.applier.applied_index
-    s.pending_proposals = lambda: len(node._waiters)
+    s.pending_proposals = lambda: node.pending_proposals
     s.leader_changes = lambda: node.leader_changes
     s.proposals_failed = lambda: node.proposals_failed
     s.slow_applies = lambda: node.slow_applies

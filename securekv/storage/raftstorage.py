@@ -62,7 +62,7 @@ class RaftStorage(MemoryStorage):
         raise SnapshotTemporarilyUnavailable()
 
     def marker_conf_state(self) -> ConfState:
-        return self._snapshot.metadata.conf_state
+        return self.snapshot_metadata().conf_state
 
     def set_marker(self, index: int, term: int, conf_state: ConfState) -> None:
         """A snapshot (the backend at ``index``) became durable: remember its metadata."""

@@ -116,7 +116,7 @@ async def test_three_nodes_forward_read_and_fail_over(tmp_path: Path) -> None:
         net.down.add(leader.member_id)
         scopes[leader.member_id].cancel()
         new = await _leader(followers)
-        assert new is not leader and new.raw.raft.term > leader.raw.raft.term
+        assert new is not leader and new.term > leader.term
         result = await followers[1].propose(_put(b"k", b"v2"))
         assert result.revision == 3
         await followers[0].wait_read_index()
