@@ -161,6 +161,12 @@ class NodeCore:
         return len(self._waiters)
 
     @property
+    def ready(self) -> Ready | None:
+        """The Ready being handled (between :meth:`poll` and :meth:`persisted`), read only:
+        for the Raft tests' network and the simulator's invariant checks."""
+        return self._rd
+
+    @property
     def ready_pending(self) -> bool:
         """A Ready was started by :meth:`poll` and awaits :meth:`persisted`."""
         return self._rd is not None
@@ -482,7 +488,7 @@ class NodeCore:
                 cs = raw.apply_conf_change(cc)
                 self._conf_history.append((index, cs))
                 if index > machine.applied_index:
-                    machine.apply_conf_change(index, cc)
+                    machine.apply_conf_change(entry, cc)
                 if raw.leader == 0 and tuple(cs.voters) == (self.member_id,):
                     raw.campaign()  # now the only voter (e.g. --force-new-cluster)
                 waiter = self._conf_waiters.pop(bytes(entry.data), None)
@@ -491,18 +497,17 @@ class NodeCore:
                 continue
             if index <= machine.applied_index:
                 continue  # replay of an entry the state machine already holds
-            data = entry.data
             waiter = None
             if waiters:
-                key = machine.request_key(data)
+                key = machine.request_key(entry.data)
                 if key is not None:
                     waiter = waiters.pop(key, None)
             if waiter is not None:
-                result, error = machine.apply_entry(index, data, waiter.request)
+                result, error = machine.apply_entry(entry, waiter.request)
                 if waiter.token is not None:
                     out.append(Resolve(waiter.token, result, error))
             else:
-                machine.apply_entry(index, data, None)
+                machine.apply_entry(entry, None)
         last = entries[-1].index
         machine.end(last)
         if (self.snapshot_count > 0 and not self._saving and last - self.snapshot_index >= self.snapshot_count

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Hashable, Protocol
 
 from securekv.proto import raft_internal_pb2, rpc_pb2
-from securekv.raft import ConfChange, ConfChangeType
+from securekv.raft import ConfChange, ConfChangeType, Entry
 from securekv.rpctypes import EtcdError
 
 from .effects import Applied, BadEntry, CommitRows, Effect, MemberChanged, MembersApplied, SlowApply
@@ -34,10 +34,10 @@ class Machine(Protocol):
     def begin(self, now: float, out: list[Effect]) -> None:
         """A batch starts; effects of the batch go to ``out``."""
 
-    def apply_entry(self, index: int, data: bytes, request: Any) -> tuple[Any, BaseException | None]:
+    def apply_entry(self, entry: Entry, request: Any) -> tuple[Any, BaseException | None]:
         """Apply one NORMAL entry (``request``: what the proposer handed in, or None)."""
 
-    def apply_conf_change(self, index: int, change: ConfChange) -> None:
+    def apply_conf_change(self, entry: Entry, change: ConfChange) -> None:
         """A conf change newer than the state machine (Raft already applied it)."""
 
     def end(self, last: int) -> None:
@@ -125,14 +125,16 @@ class ServerMachine:
         self._members_changed = False
         self._requests = 0
 
-    def apply_conf_change(self, index: int, change: ConfChange) -> None:
+    def apply_conf_change(self, entry: Entry, change: ConfChange) -> None:
+        index = entry.index
         self.membership.apply_conf_change(change)
         self._members_changed = True
         self._results.append(self.applier.apply(index, _EMPTY, now=self._now))
         removed_self = change.type == ConfChangeType.REMOVE_NODE and change.node_id == self.member_id
         self._out.append(MemberChanged(change, index, removed_self))
 
-    def apply_entry(self, index: int, data: bytes, request: Any) -> tuple[Any, BaseException | None]:
+    def apply_entry(self, entry: Entry, request: Any) -> tuple[Any, BaseException | None]:
+        index, data = entry.index, entry.data
         applier = self.applier
         if not data:  # a new leader's empty entry
             self._results.append(applier.apply(index, _EMPTY, now=self._now))

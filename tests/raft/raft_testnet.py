@@ -1,15 +1,19 @@
 """A tiny synchronous network for Raft unit tests: nodes, storages, and message delivery.
 
-Every Ready is handled the way the real server does it — persist, send, apply, advance — so
-tests exercise the full RawNode contract, not the state machine's internals.
+Every Ready is handled by the server's own node core (``securekv/node``: persist, send, apply,
+advance) over a recording state machine, so tests exercise the full RawNode contract and the
+node core's Ready step, not the state machine's internals. ``nodes[nid]`` is the core's
+RawNode: tests drive it directly.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
+from securekv.node import NodeCore
+from securekv.node import effects as fx
 from securekv.raft import (
     ConfChange,
     ConfState,
@@ -28,6 +32,41 @@ from securekv.raft import (
 MT = MessageType
 
 
+class RecordingMachine:
+    """The node core's state machine for Raft tests: it records every committed entry."""
+
+    def __init__(self, applied: list[Entry], applied_index: int) -> None:
+        self.entries = applied
+        self.applied_index = applied_index
+
+    def request_key(self, data: bytes) -> Hashable | None:
+        return None
+
+    def begin(self, now: float, out: list[Any]) -> None:
+        pass
+
+    def apply_entry(self, entry: Entry, request: Any) -> tuple[Any, BaseException | None]:
+        self.entries.append(entry)
+        self.applied_index = entry.index
+        return None, None
+
+    def apply_conf_change(self, entry: Entry, change: ConfChange) -> None:
+        self.entries.append(entry)
+        self.applied_index = entry.index
+
+    def end(self, last: int) -> None:
+        self.applied_index = max(self.applied_index, last)
+
+    def on_leader_change(self, old: int, new: int, now: float, extend: float) -> None:
+        pass
+
+    def expired_leases(self, now: float, limit: int) -> list[int]:
+        return []
+
+    def revoke_request(self, lease_id: int) -> Any:
+        raise AssertionError("no leases here")
+
+
 class Network:
     def __init__(
         self,
@@ -39,7 +78,6 @@ class Network:
         election_tick: int = 10,
         heartbeat_tick: int = 1,
         seed: int = 0,
-        auto_apply_conf: bool = True,
         logs: dict[int, list[int]] | None = None,
         **config: object,
     ) -> None:
@@ -48,8 +86,8 @@ class Network:
         self.cfg = dict(pre_vote=pre_vote, check_quorum=check_quorum, election_tick=election_tick,
                         heartbeat_tick=heartbeat_tick, **config)
         self.seed = seed
-        self.auto_apply_conf = auto_apply_conf
         self.nodes: dict[int, RawNode] = {}
+        self.cores: dict[int, NodeCore] = {}
         self.storage: dict[int, MemoryStorage] = {}
         self.applied: dict[int, list[Entry]] = {}
         self.read_states: dict[int, list[ReadState]] = {}
@@ -57,7 +95,6 @@ class Network:
         self.drop_types: set[MessageType] = set()
         self.filter: Callable[[Message], bool] | None = None  # True = drop
         self.sent: list[Message] = []  # every message that left a node (delivered or not)
-        self.pending_conf: dict[int, list[ConfChange]] = {}
         for nid in self.voters + self.learners:
             terms = (logs or {}).get(nid)
             if terms is None:
@@ -72,12 +109,14 @@ class Network:
     def add_node(self, nid: int, storage: MemoryStorage | None = None, applied: int = 0) -> RawNode:
         storage = storage if storage is not None else MemoryStorage()
         self.storage[nid] = storage
-        node = RawNode(Config(id=nid, storage=storage, rng=random.Random(self.seed * 1000 + nid),
-                              applied=applied, **self.cfg))  # type: ignore[arg-type]
-        self.nodes[nid] = node
         self.applied.setdefault(nid, [])
         self.read_states.setdefault(nid, [])
-        return node
+        core = NodeCore(Config(id=nid, storage=storage, rng=random.Random(self.seed * 1000 + nid),
+                               applied=applied, **self.cfg),  # type: ignore[arg-type]
+                        RecordingMachine(self.applied[nid], applied), clock=lambda: 0.0, snapshot_count=0)
+        self.cores[nid] = core
+        self.nodes[nid] = core.raw
+        return core.raw
 
     def compact(self, nid: int) -> None:
         """Snapshot ``nid``'s state machine at its applied index and compact its log there."""
@@ -121,24 +160,28 @@ class Network:
         return self.filter is not None and self.filter(m)
 
     def handle_ready(self, nid: int) -> list[Message]:
-        node = self.nodes[nid]
-        rd = node.ready()
-        st = self.storage[nid]
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-            # The state machine is replaced by the snapshot's.
-            self.applied[nid] = [Entry(0, rd.snapshot.metadata.index, data=d.encode())
-                                 for d in json.loads(rd.snapshot.data or b"[]")]
-        st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        for e in rd.committed_entries:
-            self.applied[nid].append(e)
-            if e.type is EntryType.CONF_CHANGE and self.auto_apply_conf:
-                node.apply_conf_change(ConfChange.decode(e.data))
+        """One Ready of ``nid`` through its node core. Its storage is the node's disk: the
+        core mirrors the Ready into it when told the Ready is persisted."""
+        core = self.cores[nid]
+        msgs: list[Message] = []
+        effects = core.poll()
+        rd = core.ready
+        assert rd is not None, "handle_ready without a Ready"
+        for eff in effects:
+            if isinstance(eff, fx.SendMessages):
+                msgs.extend(eff.messages)
+            elif isinstance(eff, fx.InstallSnapshot):
+                # The state machine is replaced by the snapshot's.
+                snap = eff.snapshot
+                self.applied[nid][:] = [Entry(0, snap.metadata.index, data=d.encode())
+                                        for d in json.loads(snap.data or b"[]")]
+                core.machine.applied_index = snap.metadata.index
+                core.snapshot_installed(None, None)
         self.read_states[nid].extend(rd.read_states)
-        node.advance()
-        return list(rd.messages)
+        for eff in core.persisted():
+            if isinstance(eff, fx.SendMessages):
+                msgs.extend(eff.messages)
+        return msgs
 
     def drain(self, max_rounds: int = 10_000) -> None:
         """Handle Readys and deliver messages until the network is quiet."""

@@ -169,7 +169,7 @@ def test_new_leader_waits_for_conf_changes_of_previous_terms() -> None:
 
 
 def test_node_with_unapplied_conf_change_does_not_campaign() -> None:
-    net = Network([1, 2, 3], auto_apply_conf=False)
+    net = Network([1, 2, 3])
     net.elect(1)
     change(net, 1, REMOVE, 3)
     r2 = net.raft(2)
