@@ -100,3 +100,32 @@ def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
     if not acc.empty() or not out or out[-1].consistent_index != last_index:
         flush(last_index)
     return out
+
+
+def auth_store(backend: Any, tokens: Any = None) -> Any:
+    """The replicated auth state as the backend holds it (etcd's auth buckets)."""
+    from securekv.auth import AuthStore
+    from securekv.auth.state import BUCKET_AUTH, BUCKET_ROLES, BUCKET_USERS
+
+    return AuthStore.from_rows(backend.iter_items(BUCKET_AUTH), backend.iter_items(BUCKET_USERS),
+                               backend.iter_items(BUCKET_ROLES), tokens)
+
+
+def restore_machine(backend: Any, store: Any, *, min_ttl: int, quota_bytes: int, now: float,
+                    tokens: Any = None) -> tuple[Any, Any, Any]:
+    """(lessor, applier, membership) rebuilt from what the backend holds, around ``store``
+    (the MVCC store already restored from it): at start, after a leader's snapshot was
+    installed, and for every simulated member (``securekv/sim``), so all three restore the
+    same way. The applier resumes after the backend's consistent index."""
+    from securekv.apply import Applier
+    from securekv.lease import LeaseRow, Lessor
+    from securekv.node.membership import META_KEY, Membership
+
+    lessor = Lessor(min_ttl, primary=False)
+    lessor.restore([LeaseRow(lease.id, lease.ttl, decode_lease_data(lease.data)) for lease in backend.iter_leases()],
+                   now)
+    applier = Applier(store, lessor, quota_bytes=quota_bytes, applied_index=backend.consistent_index(),
+                      auth=auth_store(backend, tokens))
+    applier.restore_lease_attachments()
+    applier.restore_alarms(decode_alarms(backend.get_meta("alarms")))
+    return lessor, applier, Membership.decode(backend.get_meta(META_KEY))

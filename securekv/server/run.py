@@ -84,25 +84,15 @@ def cluster_ids(config: Config) -> tuple[int, int]:
     return ids_from(config.name, config.initial_cluster, config.initial_cluster_token)
 
 
-def _auth_store(backend: Any, tokens: Any) -> Any:
-    """The replicated auth state as the backend holds it (etcd's auth buckets)."""
-    from securekv.auth import AuthStore
-    from securekv.auth.state import BUCKET_AUTH, BUCKET_ROLES, BUCKET_USERS
-
-    return AuthStore.from_rows(backend.iter_items(BUCKET_AUTH), backend.iter_items(BUCKET_USERS),
-                               backend.iter_items(BUCKET_ROLES), tokens)
-
-
 class _State:
     """Everything restored from disk, before the network starts."""
 
     def __init__(self, config: Config, member_id: int, cluster_id: int, clock: Callable[[], float],
                  tokens: Any = None) -> None:
         self.tokens = tokens
-        from securekv.apply import Applier
-        from securekv.lease import LeaseRow, Lessor, min_lease_ttl
+        from securekv.lease import min_lease_ttl
         from securekv.mvcc import MVCCStore
-        from securekv.server.persist import decode_alarms, decode_lease_data
+        from securekv.server.persist import restore_machine
         from securekv.storage import WAL, Backend
 
         member_dir = Path(config.data_dir) / "member"
@@ -150,20 +140,12 @@ class _State:
             state = _force_new_cluster(self.wal, state, self.member_id)
         self.raft_storage = RaftStorage.from_wal(state, ConfState())
         self.raft_applied = self.raft_storage.first_index() - 1
-        ci = self.backend.consistent_index()
         compact = self.backend.get_meta("compact_revision")
         self.store = MVCCStore.restore(self.backend.iter_revisions(),
                                        compact_revision=int(compact) if compact is not None else -1)
-        self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
-        now = clock()
-        self.lessor.restore(
-            [LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], now
-        )
-        quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=ci,
-                               auth=_auth_store(self.backend, tokens))
-        self.applier.restore_lease_attachments()
-        self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
+        self.lessor, self.applier, _ = restore_machine(
+            self.backend, self.store, min_ttl=min_lease_ttl(config.heartbeat_interval, config.election_timeout),
+            quota_bytes=config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0, now=clock(), tokens=tokens)
         # The WAL tail above the backend's consistent index is replayed by Raft itself: the
         # node applies committed entries from the last snapshot marker on, skipping those the
         # backend already holds (conf changes are always re-applied to Raft).
@@ -174,11 +156,9 @@ class _State:
         import os
         import tempfile
 
-        from securekv.apply import Applier
-        from securekv.lease import LeaseRow, Lessor, min_lease_ttl
+        from securekv.lease import min_lease_ttl
         from securekv.mvcc import MVCCStore
-        from securekv.server.cluster import META_KEY, Membership
-        from securekv.server.persist import decode_alarms, decode_lease_data
+        from securekv.server.persist import restore_machine
         from securekv.storage import Backend
 
         member_dir = Path(config.data_dir) / "member"
@@ -200,16 +180,12 @@ class _State:
         compact = self.backend.get_meta("compact_revision")
         self.store = MVCCStore.restore(self.backend.iter_revisions(),
                                        compact_revision=int(compact) if compact is not None else -1)
-        self.lessor = Lessor(min_lease_ttl(config.heartbeat_interval, config.election_timeout), primary=False)
-        self.lessor.restore([LeaseRow(l.id, l.ttl, decode_lease_data(l.data)) for l in self.backend.iter_leases()], 0.0)
-        quota = config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0
         if self.tokens is not None:
             self.tokens.clear()  # the auth state is replaced wholesale: nobody keeps a token
-        self.applier = Applier(self.store, self.lessor, quota_bytes=quota, applied_index=self.backend.consistent_index(),
-                               auth=_auth_store(self.backend, self.tokens))
-        self.applier.restore_lease_attachments()
-        self.applier.restore_alarms(decode_alarms(self.backend.get_meta("alarms")))
-        self.membership = Membership.decode(self.backend.get_meta(META_KEY))
+        self.lessor, self.applier, self.membership = restore_machine(
+            self.backend, self.store, min_ttl=min_lease_ttl(config.heartbeat_interval, config.election_timeout),
+            quota_bytes=config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0, now=0.0,
+            tokens=self.tokens)
 
     def close(self) -> None:
         for closer in (self.wal.close, self.backend.close):
