@@ -47,7 +47,7 @@ class SimNetwork:
     def blocked(self, frm: int, to: int) -> bool:
         return (frm, to) in self._blocked
 
-    def schedule(self) -> list[int]:
+    def schedule(self, may_duplicate: bool = True) -> list[int]:
         """Delays for one sent message: ``[]`` when dropped, two entries when duplicated."""
         self.sent += 1
         f = self.faults
@@ -55,7 +55,7 @@ class SimNetwork:
             self.dropped += 1
             return []
         copies = 1
-        if f.duplicate and self.rng.random() < f.duplicate:
+        if f.duplicate and may_duplicate and self.rng.random() < f.duplicate:
             copies = 2
             self.duplicated += 1
         delays = []
