@@ -13,8 +13,11 @@ import attrs
 from securekv.raft import Entry, Message, RawNode, Ready, ReadState
 from securekv.sim.world import RunResult, SimParams, Simulation
 
-#: Deliberately broken rules ``--inject-bug`` can patch into the core (see inject_bug).
-BUGS = ("figure8", "figure8-with-noop", "local-reads", "send-before-persist")
+#: Deliberately broken rules ``--inject-bug`` can patch into the Raft core or the node core
+#: (see inject_bug).
+BUGS = ("figure8", "figure8-with-noop", "local-reads", "send-before-persist", "ack-before-fsync",
+        "apply-before-commit", "follower-read-without-readindex")
+NODE_CORE_BUGS = ("ack-before-fsync", "apply-before-commit", "follower-read-without-readindex")
 
 
 def run_seed(seed: int, params: SimParams, bug: str | None = None) -> RunResult:
@@ -32,6 +35,10 @@ def inject_bug(bug: str | None) -> Iterator[None]:
         return
     if bug not in BUGS:
         raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+    if bug in NODE_CORE_BUGS:
+        with _node_core_bug(bug):
+            yield
+        return
     from securekv.raft.core import Raft
     from securekv.raft.log import RaftLog
 
@@ -94,6 +101,67 @@ def inject_bug(bug: str | None) -> Iterator[None]:
     finally:
         for (cls, name), fn in saved.items():
             setattr(cls, name, fn)
+
+
+@contextlib.contextmanager
+def _node_core_bug(bug: str) -> Iterator[None]:
+    """Break the node core (``securekv/node/core.py``), the server's own Ready step."""
+    from securekv.node import effects as fx
+    from securekv.node.core import NodeCore
+    from securekv.raft import EntryType
+
+    saved = {"poll": NodeCore.poll, "persisted": NodeCore.persisted, "needs_read_index": NodeCore.needs_read_index}
+
+    def poll_acking_early(self: NodeCore) -> list[fx.Effect]:
+        # The committed entries of a Ready are applied and their callers answered before the
+        # Ready is persisted (a single voter commits what it has not fsynced yet): a crash in
+        # between loses acknowledged writes.
+        out = saved["poll"](self)
+        rd = self._rd
+        if rd is not None and rd.committed_entries and not self._installing:
+            early: list[fx.Effect] = []
+            conf_done: list[object] = []
+            saving, self._saving = self._saving, True  # no snapshot of entries not yet in the log
+            try:
+                self._apply(rd.committed_entries, early, conf_done)
+            finally:
+                self._saving = saving
+            early += [fx.Resolve(token, None, None) for token in conf_done]
+            at = next((i for i, e in enumerate(out) if type(e) is fx.Persist), len(out))
+            out[at:at] = early
+        return out
+
+    def persisted_applying_uncommitted(self: NodeCore) -> list[fx.Effect]:
+        # Entries are applied (and their callers answered) as soon as they are in the log,
+        # before a quorum has them: a leader change can overwrite what was acknowledged.
+        out = saved["persisted"](self)
+        machine = self.machine
+        first, last = machine.applied_index + 1, self.raw.last_index
+        if last >= first:
+            extra = []
+            for e in self.storage.entries(first, last + 1):
+                if e.type is not EntryType.NORMAL:
+                    break
+                extra.append(e)
+            if extra:
+                self._apply(extra, out, [])
+        return out
+
+    def reads_locally_on_followers(self: NodeCore, serializable: bool) -> bool:
+        # A follower serves a linearizable read from its own state, without asking the leader
+        # for a read index: it may be behind (or partitioned away).
+        saved["needs_read_index"](self, serializable)  # keeps the learner refusal
+        return not serializable and self.is_leader and not self.single_voter()
+
+    patch = {"ack-before-fsync": ("poll", poll_acking_early),
+             "apply-before-commit": ("persisted", persisted_applying_uncommitted),
+             "follower-read-without-readindex": ("needs_read_index", reads_locally_on_followers)}[bug]
+    setattr(NodeCore, patch[0], patch[1])
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(NodeCore, name, fn)
 
 
 def _run_chunk(seeds: Sequence[int], params: SimParams, bug: str | None) -> list[RunResult]:
