@@ -33,8 +33,8 @@ def _report(r: RunResult, echo: bool) -> None:
               help="How many seeds to run.")
 @click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
               help="First seed.")
-@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True,
-              help="Initial cluster size.")
+@click.option("--nodes", type=click.Choice(["1", "3", "5"]), default="3", show_default=True,
+              help="Initial cluster size (1: a single voter, no membership changes).")
 @click.option("--ticks", type=click.IntRange(min=20), default=None,
               help="Length of the fault phase in nominal ticks (default 400).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
@@ -61,7 +61,7 @@ def main(seeds: int, start: int, nodes: str, ticks: int | None, jobs: int, fail_
         _report(r, echo=True)
     summary = summarize(results, params)
     click.echo(
-        f"{summary['seeds']} seeds (from {start}, {nodes} nodes{', bug ' + inject_bug if inject_bug else ''}): "
+        f"{summary['seeds']} seeds (from {start}, {nodes} node{'s' if nodes != '1' else ''}{', bug ' + inject_bug if inject_bug else ''}): "
         f"{summary['commits']} commits, {summary['elections']} elections, "
         f"{summary['faults']} faults ({summary['crashes']} crashes), "
         f"{summary['ops']} client ops ({summary['pending_ops']} pending), "

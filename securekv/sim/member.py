@@ -175,7 +175,7 @@ class SimNode:
         self._submit("delete_range", req, done)
 
     def txn(self, req: rpc_pb2.TxnRequest, done: Callable[[Any, BaseException | None], None]) -> None:
-        validate_txn(req, MAX_TXN_OPS)
+        validate_txn(req, MAX_TXN_OPS, self.codec.max_request_bytes)
         if is_txn_readonly(req):
             raise AssertionError("the simulator's transactions write")
         self._submit("txn", req, done)

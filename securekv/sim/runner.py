@@ -113,22 +113,32 @@ def _node_core_bug(bug: str) -> Iterator[None]:
     saved = {"poll": NodeCore.poll, "persisted": NodeCore.persisted, "needs_read_index": NodeCore.needs_read_index}
 
     def poll_acking_early(self: NodeCore) -> list[fx.Effect]:
-        # The committed entries of a Ready are applied and their callers answered before the
-        # Ready is persisted (a single voter commits what it has not fsynced yet): a crash in
-        # between loses acknowledged writes.
+        # The Ready's acknowledgements leave before the Ready is durable: the messages that
+        # promise it is persisted (append acks, votes) go out with the early batch, and the
+        # committed entries are applied and their callers answered before the Persist effect.
+        # A crash or power loss in between loses what a follower acknowledged, or what a
+        # single voter committed and answered from its own unsynced log.
         out = saved["poll"](self)
         rd = self._rd
-        if rd is not None and rd.committed_entries and not self._installing:
-            early: list[fx.Effect] = []
-            conf_done: list[object] = []
+        if rd is None:
+            return out
+        early: list[fx.Effect] = []
+        if self._late:
+            early.append(fx.SendMessages(tuple(self._late)))
+            self._late = ()
+        normal = []  # up to the first conf change (those stay in order, in persisted())
+        for e in rd.committed_entries if not self._installing else ():
+            if e.type is not EntryType.NORMAL:
+                break
+            normal.append(e)
+        if normal:
             saving, self._saving = self._saving, True  # no snapshot of entries not yet in the log
             try:
-                self._apply(rd.committed_entries, early, conf_done)
+                self._apply(normal, early, [])  # persisted() skips them as replays
             finally:
                 self._saving = saving
-            early += [fx.Resolve(token, None, None) for token in conf_done]
-            at = next((i for i, e in enumerate(out) if type(e) is fx.Persist), len(out))
-            out[at:at] = early
+        at = next((i for i, e in enumerate(out) if type(e) in (fx.Persist, fx.InstallSnapshot)), len(out))
+        out[at:at] = early
         return out
 
     def persisted_applying_uncommitted(self: NodeCore) -> list[fx.Effect]:

@@ -489,8 +489,8 @@ class Simulation:
                 self._run(node, [eff])
                 if not node.alive or node.epoch != epoch:
                     return None
-        if rd.hard_state is not None and rd.hard_state.term != node.disk.log.hard_state.term:
-            pass  # unsynced: reaches the disk with the next sync (or a lucky crash)
+        if stage in (0, 1):  # a Ready with nothing to persist: dies after its early messages
+            return self._crash(node, "inside a Ready with nothing to persist")
         if rd.soft_state is not None:
             self.trace(f"n{node.id} is {rd.soft_state.role.value} (leader n{rd.soft_state.leader}) term "
                        f"{core.term}, log {node.disk.log.first_index()}..{node.disk.log.last_index()}")
