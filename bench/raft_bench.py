@@ -61,7 +61,7 @@ class Cluster:
     def elect(self, nid: int) -> None:
         self.nodes[nid].campaign()
         self.pump()
-        assert self.nodes[nid].raft.state is Role.LEADER
+        assert self.nodes[nid].role is Role.LEADER
 
 
 def run(batch: int, seconds: float, payload: int) -> dict[str, float]:
@@ -86,7 +86,7 @@ def run(batch: int, seconds: float, payload: int) -> dict[str, float]:
             entries += batch
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
-    last = leader.raft.log.last_index()
+    last = leader.last_index
     assert all(a == last for a in c.applied.values()), (c.applied, last)
     return {
         "batch": batch,
