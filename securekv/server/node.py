@@ -536,7 +536,10 @@ class Node:
         try:
             while True:
                 if self._committer_gone:
-                    raise err(ERR_STOPPED)  # the backend can take no more rows: stop
+                    # The backend can take no more rows: stop. Not an error of the loop's own:
+                    # a failed commit raises from the committer, and a cancelled run (the
+                    # committer saw the cancellation first) must end as cancelled.
+                    break
                 self._wake = trio.Event()
                 closed = self._take_inputs()
                 effects = core.poll()

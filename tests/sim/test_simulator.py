@@ -56,7 +56,7 @@ def test_ci_sweep_three_nodes_200_seeds() -> None:
     rc, out, summary = sim("--seeds", "200", "--nodes", "3", "--ticks", "800", "--jobs", "2")
     assert_clean(rc, out, summary, 200)
     assert summary["nodes"] == 3
-    assert f"200 seeds (from 0, 3 nodes)" in out
+    assert "200 seeds (from 0, 3 nodes)" in out
 
 
 def test_ci_sweep_five_nodes() -> None:
