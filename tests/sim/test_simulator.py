@@ -50,6 +50,10 @@ def assert_clean(rc: int, out: str, summary: dict, seeds: int) -> None:
     assert summary["crashes"] > seeds
     assert summary["ops"] > 20 * seeds and summary["pending_ops"] > 0
     assert summary["snapshots"] > 0 and summary["conf_changes"] > 0
+    # ... including the server's parts: leases expired by the leader's lessor, watch events,
+    # torn WAL writes and lost unsynced records, snapshots installed from the leader's backend.
+    assert summary["leases"] > 0 and summary["lease_expiries"] > 0 and summary["watch_events"] > 0
+    assert summary["torn_writes"] > 0 and summary["lost_records"] > 0 and summary["snapshot_installs"] > 0
 
 
 def test_ci_sweep_three_nodes_200_seeds() -> None:
