@@ -1,4 +1,4 @@
-"""``python -m securekv.sim --seeds N [--start S] [--nodes 3|5] [--json]``
+"""``python -m securekv.sim --seeds N [--start S] [--nodes 1|3|5] [--inject-bug BUG] [--json]``
 
 Exit status 0 only when no seed violated anything; a failing seed replays exactly with
 ``--start SEED --seeds 1 --trace``.
@@ -44,12 +44,13 @@ def _report(r: RunResult, echo: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON summary line.")
 @click.option("--trace", is_flag=True, help="Print every seed's full event trace.")
 @click.option("--inject-bug", type=click.Choice(BUGS), default=None,
-              help="Break a rule of the core on purpose, to show the simulator catches it.")
+              help="Break a rule of the node core or the Raft core on purpose, to show the simulator catches it.")
 def main(seeds: int, start: int, nodes: str, ticks: int | None, jobs: int, fail_fast: bool,
          as_json: bool,
          trace: bool, inject_bug: str | None) -> None:
-    """Deterministic simulation of a Raft cluster under faults, with safety, liveness and
-    linearizability checks."""
+    """Deterministic simulation of a securekv cluster (every member the server's node core,
+    applier, watch hub and restart path) under network, disk, clock and membership faults, with
+    Raft safety, liveness, linearizability, lost-write, watch and lease checks."""
     params = params_for(int(nodes), ticks, full_trace=trace)
     results = run_seeds(range(start, start + seeds), params, jobs=jobs, bug=inject_bug,
                         fail_fast=fail_fast)
