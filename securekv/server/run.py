@@ -661,7 +661,7 @@ async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
     """One compactor step on the leader (followers' compactors stay idle, as etcd's pause)."""
     from securekv.api.auth_gate import SERVER_CALLER
     from securekv.proto import rpc_pb2
-    from securekv.rpctypes import EtcdError
+    from securekv.rpctypes import ERR_COMPACTED, EtcdError
     from securekv.server.etcdlog import event
 
     if not node.is_leader:
@@ -676,7 +676,7 @@ async def _auto_compact(compactor: Any, node: Any, etcd: Any) -> None:
     try:
         await etcd.compact(rpc_pb2.CompactionRequest(revision=target), SERVER_CALLER)  # the server itself
     except EtcdError as exc:
-        if "compacted" not in exc.message:  # already compacted past it: nothing to do
+        if exc != ERR_COMPACTED:  # ERR_COMPACTED: already compacted past it, nothing to do
             log.warning("auto %s compaction to %d failed: %s (retrying)", mode, target, exc.message)
             return
     compactor.done(now, target)
