@@ -20,7 +20,8 @@ from securekv.node import NodeCore
 from securekv.raft import Entry, HardState, MemoryStorage
 from securekv.sim.disk import Marker, SimBackend, SimWAL
 from securekv.sim.runner import NODE_CORE_BUGS, params_for, run_seed
-from securekv.sim.world import (LINEARIZABILITY, LIVENESS, LOST_WRITE, WATCH, SimParams, Simulation)
+from securekv.sim.world import (LEASE_SAFETY, LINEARIZABILITY, LIVENESS, LOST_WRITE, WATCH, SimParams,
+                                 Simulation)
 from securekv.storage.backend import Revision, WriteBatch
 from securekv.storage.raftstorage import RaftStorage
 from securekv.testing import raft_invariants as inv
@@ -177,6 +178,34 @@ def test_simulator_catches_a_watch_gap(monkeypatch: pytest.MonkeyPatch) -> None:
             break
     assert result.violation is not None and result.violation.invariant == WATCH, result.violation
     assert "watcher w" in result.violation.detail
+
+
+def test_simulator_catches_a_key_outliving_its_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An applier whose revoke (by a client or by the leader's expiry) forgets the attached
+    keys — deterministically, on every member, so the log and the registers stay perfect: only
+    the lease check sees it."""
+    import attrs
+
+    from securekv.apply.applier import Applier
+    from securekv.lease.lessor import Lessor
+
+    lookup, revoke = Lessor.lookup, Applier._lease_revoke
+
+    def revoke_keeping_keys(self, index, r, outer, now):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(Lessor, "lookup", lambda lessor, lease_id: (
+            None if (lease := lookup(lessor, lease_id)) is None else attrs.evolve(lease, keys=frozenset())))
+        try:
+            return revoke(self, index, r, outer, now)
+        finally:
+            monkeypatch.setattr(Lessor, "lookup", lookup)
+
+    monkeypatch.setattr(Applier, "_lease_revoke", revoke_keeping_keys)
+    for seed in range(30):
+        result = run_seed(seed, params_for(3, ticks=200))
+        if result.violation is not None:
+            break
+    assert result.violation is not None and result.violation.invariant == LEASE_SAFETY, result.violation
+    assert "survived the" in result.violation.detail
 
 
 def test_simulator_catches_lost_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
