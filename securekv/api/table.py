@@ -38,7 +38,7 @@ import enum
 import attrs
 
 from securekv.auth.rules import Rule, rule_for
-from securekv.proto import health_pb2, rpc_pb2 as r, v3election_pb2 as el, v3lock_pb2 as lk
+from securekv.proto import health_pb2, join_pb2 as j, rpc_pb2 as r, v3election_pb2 as el, v3lock_pb2 as lk
 
 
 class Kind(enum.Enum):
@@ -58,6 +58,7 @@ class Kind(enum.Enum):
 
 
 ETCD, LOCK, ELECTION, HEALTH = "etcdserverpb.", "v3lockpb.Lock", "v3electionpb.Election", "grpc.health.v1.Health"
+JOIN = "securekvpb.Cluster"  # securekv's own: join tokens and joining without the CA key (docs/pki.md)
 
 
 @attrs.frozen
@@ -159,7 +160,21 @@ API: tuple[Rpc, ...] = (
     Rpc(ELECTION, "Resign", el.ResignRequest, el.ResignResponse, U, "resign", ("election/resign",)),
     Rpc(HEALTH, "Check", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, U, "health_check"),
     Rpc(HEALTH, "Watch", health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse, SS, "open_health_watch"),
+    Rpc(JOIN, "JoinTokenCreate", j.JoinTokenCreateRequest, j.JoinTokenCreateResponse, U, "join_token_create",
+        ("securekv/join/token/create",)),
+    Rpc(JOIN, "JoinTokenList", j.JoinTokenListRequest, j.JoinTokenListResponse, U, "join_token_list",
+        ("securekv/join/token/list",)),
+    Rpc(JOIN, "JoinTokenRevoke", j.JoinTokenRevokeRequest, j.JoinTokenRevokeResponse, U, "join_token_revoke",
+        ("securekv/join/token/revoke",)),
+    # The only calls a connection without a client certificate may make (server/listener.py).
+    Rpc(JOIN, "JoinCABundle", j.JoinCABundleRequest, j.JoinCABundleResponse, U, "join_ca_bundle",
+        ("securekv/join/ca-bundle",)),
+    Rpc(JOIN, "Join", j.JoinRequest, j.JoinResponse, U, "join", ("securekv/join",)),
 )
+
+# Gateway paths (after /v3/) served to a TLS connection that presented no client certificate,
+# on a member with a signing CA: the join, authenticated by its token. Nothing else.
+ANONYMOUS_GATEWAY = frozenset({"securekv/join/ca-bundle", "securekv/join"})
 
 BY_PATH: dict[str, Rpc] = {rpc.path: rpc for rpc in API}
 GATEWAY: dict[str, Rpc] = {}
@@ -174,4 +189,4 @@ def rule_of(method: str) -> Rule | None:
     return rule_for(method)
 
 
-__all__ = ["API", "BY_PATH", "GATEWAY", "Kind", "Rpc", "rule_of"]
+__all__ = ["ANONYMOUS_GATEWAY", "API", "BY_PATH", "GATEWAY", "Kind", "Rpc", "rule_of"]

@@ -25,6 +25,7 @@ from securekv.proto import kv_pb2, rpc_pb2
 from securekv.rpctypes import ERR_CORRUPT, ERR_LEASE_NOT_FOUND, ERR_NO_SPACE, ERR_PERMISSION_DENIED, EtcdError, err
 
 from .alarms import CORRUPT, NONE, NOSPACE, AlarmSet
+from .jointokens import JoinTokens
 
 _GET, _ACTIVATE, _DEACTIVATE = 0, 1, 2
 
@@ -58,8 +59,10 @@ class Applier:
     """etcd's applier chain (corrupt / capped / quota / backend) over an MVCCStore and a Lessor."""
 
     def __init__(self, store: MVCCStore, lessor: Any, *, quota_bytes: int = 0, applied_index: int = 0,
-                 alarms: Iterable[tuple[int, int]] = (), auth: AuthStore | None = None) -> None:
+                 alarms: Iterable[tuple[int, int]] = (), auth: AuthStore | None = None,
+                 join_tokens: JoinTokens | None = None) -> None:
         self.store = store
+        self.join_tokens = join_tokens if join_tokens is not None else JoinTokens()
         self.lessor = lessor
         self.auth = auth if auth is not None else AuthStore()
         self._quota = effective_quota(quota_bytes)
@@ -75,6 +78,9 @@ class Applier:
             "lease_revoke": self._lease_revoke,
             "lease_checkpoint": self._lease_checkpoint,
             "alarm": self._alarm,
+            "join_token_create": self._join_token,
+            "join_token_revoke": self._join_token,
+            "join_token_consume": self._join_token,
         }
         for kind in AUTH_KINDS:
             self._handlers[kind] = self._auth_request
@@ -90,6 +96,11 @@ class Applier:
             "lease_revoke": self._check_lease_revoke,
             "lease_checkpoint": self._check_internal,
             "alarm": self._check_alarm,
+            # Creating a join token is issuing certificates: root only when auth is on.
+            "join_token_create": self._check_admin,
+            "join_token_revoke": self._check_admin,
+            # Proposed by the member that checked the join request, never by a client.
+            "join_token_consume": self._check_internal,
         }
         for kind in AUTH_KINDS:
             self._checks[kind] = self._check_admin
@@ -310,6 +321,16 @@ class Applier:
         rev = self.store.current_revision
         change.response.header.revision = rev
         return ApplyResult(index=index, revision=rev, response=change.response, auth_rows=change.rows)
+
+    def _join_token(self, index: int, body: Any, outer: Any, now: float) -> ApplyResult:
+        kind = outer.WhichOneof("request")
+        tokens = self.join_tokens
+        handler = {"join_token_create": tokens.create, "join_token_revoke": tokens.revoke,
+                   "join_token_consume": tokens.consume}[kind]
+        response, rows = handler(body)
+        rev = self.store.current_revision
+        response.header.revision = rev
+        return ApplyResult(index=index, revision=rev, response=response, auth_rows=rows)
 
     def _alarm(self, index: int, a: Any, outer: Any, now: float) -> ApplyResult:
         rev = self.store.current_revision

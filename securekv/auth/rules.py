@@ -49,6 +49,7 @@ from .state import AuthState
 KV, WATCH, LEASE, CLUSTER, MAINT, AUTH = (f"/etcdserverpb.{s}/" for s in
                                           ("KV", "Watch", "Lease", "Cluster", "Maintenance", "Auth"))
 LOCK, ELECTION, HEALTH = "/v3lockpb.Lock/", "/v3electionpb.Election/", "/grpc.health.v1.Health/"
+JOIN = "/securekvpb.Cluster/"  # securekv's own join service (issue 16)
 PEER = "/securekv.peer/"  # member-to-member calls over the peer transport (not gRPC)
 
 
@@ -255,6 +256,15 @@ RULES: dict[str, Rule] = {
     ELECTION + "Resign": Rule("readwrite", _read_write(lambda r: [KeyRange.of(r.leader.key)]), keys=_LEADER_KEYS),
     HEALTH + "Check": Rule("any role", _any_role, deviation=_ANY),
     HEALTH + "Watch": Rule("any role", _any_role, deviation=_ANY),
+    # Joining without the CA key (securekv/cluster/signer.py). Creating a token is issuing
+    # certificates: the root role when auth is on (with auth off, any client of the CA, as for
+    # MemberAdd). The join itself is authenticated by its token, not by an identity.
+    JOIN + "JoinTokenCreate": Rule("admin", _admin, keys=lambda r: f"join token {r.id}" if r is not None else ""),
+    JOIN + "JoinTokenList": Rule("admin", _admin),
+    JOIN + "JoinTokenRevoke": Rule("admin", _admin, keys=lambda r: f"join token {r.id}" if r is not None else ""),
+    JOIN + "JoinCABundle": Rule("public", _allow, public=True),
+    JOIN + "Join": Rule("join token", _allow, public=True,
+                        keys=lambda r: f"join token {r.token_id} member {r.name}" if r is not None else ""),
     PEER + "lease_keepalive": Rule("peer", _peer, peer=True),
     PEER + "lease_ttl": Rule("peer", _peer, peer=True),
     PEER + "member_promote": Rule("peer", _peer, peer=True),

@@ -243,6 +243,14 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
+    def unary(self, path: str, request: Any, reply_type: type, endpoint: str | None = None) -> Any:
+        """One unary call by gRPC path (securekv's own services, which have no generated stubs)."""
+        if self._credentials is not None and not self._authenticated:
+            self.authenticate()
+        method = self._channel(self._endpoint(endpoint)).unary_unary(
+            path, request_serializer=type(request).SerializeToString, response_deserializer=reply_type.FromString)
+        return self._call(method, request)
+
     # -- KV -----------------------------------------------------------------------------
     def put(self, key: bytes | str, value: bytes | str = b"", *, lease: int = 0, prev_kv: bool = False,
             ignore_value: bool = False, ignore_lease: bool = False) -> rpc_pb2.PutResponse:

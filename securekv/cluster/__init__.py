@@ -1,2 +1,3 @@
 """Whole-cluster operations: plan a secure cluster into per-member bundles (``plan``, ``bundle``)
-and let members join without the CA key (``join``, ``token``). See docs/deployment.md."""
+and let members join without the CA key (``join``, ``token``, ``signer``). See docs/deployment.md
+and docs/pki.md."""

@@ -312,6 +312,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     if bool(values["peer_cert_file"]) != bool(values["peer_key_file"]):
         raise UsageError("--peer-cert-file and --peer-key-file must be given together")
     _check_auth(values)
+    _check_signing_ca(values)
     client_cert_auth = _client_cert_auth(values, sources or {}, listen_client, metrics, warnings)
     _check_peer_auth(values, sources or {}, listen_client, warnings)
     return Config(
@@ -381,11 +382,26 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         auth_token_ttl=values.get("auth_token_ttl", 300),
         bcrypt_cost=values.get("bcrypt_cost", 10),
         audit_log=values.get("audit_log", ""),
+        signing_ca_cert_file=values.get("signing_ca_cert_file", ""),
+        signing_ca_key_file=values.get("signing_ca_key_file", ""),
         insecure_skip_client_cert_auth=bool(values["insecure_skip_client_cert_auth"]),
         peer_insecure_skip_client_cert_auth=bool(values["peer_insecure_skip_client_cert_auth"]),
         experimental_peer_skip_client_san_verification=bool(values["experimental_peer_skip_client_san_verification"]),
         sources=dict(sources or {}),
     )
+
+
+def _check_signing_ca(values: dict) -> None:
+    cert, key = values.get("signing_ca_cert_file", ""), values.get("signing_ca_key_file", "")
+    if bool(cert) != bool(key):
+        raise UsageError("--signing-ca-cert-file and --signing-ca-key-file must be given together")
+    if cert and not values["cert_file"]:
+        raise UsageError("--signing-ca-cert-file needs an https:// client port (--cert-file/--key-file): "
+                         "joining members reach it there")
+    for field in ("signing_ca_cert_file", "signing_ca_key_file"):
+        path = values.get(field, "")
+        if path and not Path(path).is_file():
+            raise UsageError(f"--{field.replace('_', '-')} {path}: no such file")
 
 
 def _check_auth(values: Mapping[str, Any]) -> None:

@@ -145,6 +145,8 @@ class Config:
     auth_token_ttl: int = 300
     bcrypt_cost: int = 10
     audit_log: str = ""
+    signing_ca_cert_file: str = ""
+    signing_ca_key_file: str = ""
     insecure_skip_client_cert_auth: bool = False
     peer_insecure_skip_client_cert_auth: bool = False
     experimental_peer_skip_client_san_verification: bool = False

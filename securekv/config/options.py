@@ -191,6 +191,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth-token-ttl", INT, 300, "Lifetime of a simple token in seconds, renewed on use."),
     Option("bcrypt-cost", INT, 10, "bcrypt cost of password hashes (4-31)."),
     Option("audit-log", STR, "", "Write every authorisation decision to this file as JSON lines (rotated)."),
+    # Joining without the CA key (issue 16): a member holding these signs the certificate
+    # requests of new members that present a valid join token (docs/pki.md).
+    Option("signing-ca-cert-file", STR, "", "CA certificate (PEM, then its chain) this member signs joining members' certificates with."),
+    Option("signing-ca-key-file", STR, "", "Private key of --signing-ca-cert-file (0600)."),
     # securekv's hardening opt-outs (issue 12): off by default, warned about at every start,
     # refused by `securekv install`.
     Option("insecure-skip-client-cert-auth", BOOL, False,

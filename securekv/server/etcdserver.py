@@ -510,6 +510,30 @@ class EtcdServer(AuthHandlers):
     def _voters(self) -> list[int]:
         return list(self.node.conf_state().voters)
 
+    # -- joining without the CA key (securekv/cluster/signer.py; run.py sets ``joins``) -------
+    def _joins(self) -> Any:
+        joins = getattr(self, "joins", None)
+        if joins is None:
+            from securekv.cluster.signer import ERR_NO_SIGNER
+
+            raise err(ERR_NO_SIGNER)
+        return joins
+
+    async def join_token_create(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().token_create(req, caller)
+
+    async def join_token_list(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().token_list(req, caller)
+
+    async def join_token_revoke(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().token_revoke(req, caller)
+
+    async def join_ca_bundle(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().ca_bundle(req, caller)
+
+    async def join(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().join(req, caller)
+
     async def member_add(self, req: rpc_pb2.MemberAddRequest, caller: Caller) -> rpc_pb2.MemberAddResponse:
         import time as _time
 

@@ -61,7 +61,7 @@ class HttpApp:
         self.head_timeout = head_timeout
 
     async def serve(self, stream: trio.abc.Stream, paths: frozenset[str], identity: Identity | None = None,
-                    gateway: bool = False) -> None:
+                    gateway: bool = False, only: frozenset[str] | None = None) -> None:
         """Requests on one connection until either side closes it."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         try:
@@ -78,6 +78,12 @@ class HttpApp:
                     await _send(conn, stream, 413, TEXT, b"request body too large\n")
                     return
                 if request is None:
+                    return
+                if only is not None and not _allowed(request, only):
+                    # A connection without a client certificate (server/listener.py): the join
+                    # endpoints only, and the answer says why.
+                    await _send(conn, stream, 403, TEXT, b"this connection presented no client certificate: "
+                                b"only the join endpoints are served (POST /v3/securekv/join)\n")
                     return
                 keep = await self._dispatch(conn, stream, request, body, paths, identity, gateway)
                 if not keep or conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -245,6 +251,11 @@ async def _watch_for_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> 
     except trio.BusyResourceError:
         return
     scope.cancel()
+
+
+def _allowed(request: h11.Request, gateway_paths: frozenset[str]) -> bool:
+    path = request.target.decode("latin-1").split("?", 1)[0]
+    return request.method == b"POST" and path.startswith("/v3/") and path[len("/v3/"):] in gateway_paths
 
 
 CLIENT_PATHS = frozenset({"/health", "/version", "/metrics"})

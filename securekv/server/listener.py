@@ -137,8 +137,12 @@ class ClientListener:
         grpc_handler: GrpcHandler | None,
         handshake_timeout: float,
         max_connections: int,
+        join_handler: HttpHandler | None = None,
     ) -> None:
         self.tls = tls
+        # HTTP/1.1 for a TLS connection without a client certificate when the policy lets one
+        # finish its handshake (a member with a signing CA): the join endpoints and nothing else.
+        self.join_handler = join_handler
         self.http_handler = http_handler
         self.grpc_handler = grpc_handler
         self.handshake_timeout = handshake_timeout
@@ -209,6 +213,9 @@ class ClientListener:
                 token = self.tls.live.register(peer, lambda reason: live.scope.cancel())
                 alpn = ssl_stream.selected_alpn_protocol()
                 identity = live.identity = _identity(peer, remote)
+                if peer.leaf is None and self.tls.files.client_cert_auth:
+                    await self._anonymous(stream, alpn, remote, identity, live)
+                    return
             if alpn == "h2":
                 await self._grpc(stream, identity, live)
                 return
@@ -235,6 +242,27 @@ class ClientListener:
             if token is not None and self.tls is not None:
                 self.tls.live.unregister(token)
             await _close(stream)
+
+    async def _anonymous(self, stream: trio.abc.Stream, alpn: str | None, remote: str, identity: Identity,
+                         live: LiveConnection) -> None:
+        """A TLS client without a certificate on a port that requires one: only possible when the
+        member signs join requests (CERT_OPTIONAL). It gets the join endpoints over HTTP/1.1 and
+        nothing else: no gRPC, no /health, no KV gateway (the join handler refuses other paths)."""
+        if self.join_handler is None or alpn == "h2":
+            self.stats.handshake_failures += 1
+            rejected_connection(log, remote, "tls: client didn't provide a certificate")
+            return
+        if alpn is None:
+            head = b""
+            with trio.move_on_after(self.handshake_timeout):
+                head = await stream.receive_some(len(H2_PREFACE))
+            if not head or H2_PREFACE.startswith(head[:len(H2_PREFACE)]):
+                rejected_connection(log, remote, "tls: client didn't provide a certificate")
+                return
+            stream = PrefixedStream(stream, head)
+        self.stats.http_connections += 1
+        live.protocol = "http"
+        await self.join_handler(stream, identity)
 
     async def _grpc(self, stream: trio.abc.Stream, identity: Identity, live: LiveConnection) -> None:
         if self.grpc_handler is None:  # the metrics listener speaks HTTP/1.1 only

@@ -111,6 +111,13 @@ def auth_store(backend: Any, tokens: Any = None) -> Any:
                                backend.iter_items(BUCKET_ROLES), tokens)
 
 
+def join_tokens(backend: Any) -> Any:
+    """The replicated join tokens (hashes only) as the backend holds them (bucket ``join_tokens``)."""
+    from securekv.apply.jointokens import BUCKET, JoinTokens
+
+    return JoinTokens.from_rows(backend.iter_items(BUCKET))
+
+
 def restore_machine(backend: Any, store: Any, *, min_ttl: int, quota_bytes: int, now: float,
                     tokens: Any = None) -> tuple[Any, Any, Any]:
     """(lessor, applier, membership) rebuilt from what the backend holds, around ``store``
@@ -125,7 +132,7 @@ def restore_machine(backend: Any, store: Any, *, min_ttl: int, quota_bytes: int,
     lessor.restore([LeaseRow(lease.id, lease.ttl, decode_lease_data(lease.data)) for lease in backend.iter_leases()],
                    now)
     applier = Applier(store, lessor, quota_bytes=quota_bytes, applied_index=backend.consistent_index(),
-                      auth=auth_store(backend, tokens))
+                      auth=auth_store(backend, tokens), join_tokens=join_tokens(backend))
     applier.restore_lease_attachments()
     applier.restore_alarms(decode_alarms(backend.get_meta("alarms")))
     return lessor, applier, Membership.decode(backend.get_meta(META_KEY))

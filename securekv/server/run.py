@@ -75,7 +75,8 @@ def resolve_tls(config: Config) -> tuple[TLSFiles | None, Any]:
     if not config.cert_file:
         raise UsageError("https:// client URLs need --cert-file/--key-file or --auto-tls")
     return TLSFiles(config.cert_file, config.key_file, config.trusted_ca_file, config.client_crl_file,
-                    config.client_cert_auth, cipher_suites=config.cipher_suites), None
+                    config.client_cert_auth, cipher_suites=config.cipher_suites,
+                    anonymous_join=bool(config.signing_ca_cert_file)), None
 
 
 def cluster_ids(config: Config) -> tuple[int, int]:
@@ -414,6 +415,16 @@ async def serve(
         gate = AuthGate(tokens=tokens, audit=audit)
         gate.bind(etcd)
         etcd.gate = gate
+        from securekv.cluster.signer import JoinService, Signer
+
+        signer = (Signer(config.signing_ca_cert_file, config.signing_ca_key_file, (config.trusted_ca_file,))
+                  if config.signing_ca_cert_file else None)
+        spawner: list[trio.Nursery] = []
+        etcd.joins = JoinService(etcd, signer, lambda fn, *args: spawner[0].start_soon(fn, *args),
+                                 trusted_ca_file=config.trusted_ca_file or (tls_files.trusted_ca_file if tls_files else ""))
+        if signer is not None:
+            log.warning("--signing-ca-cert-file: this member signs the certificates of members joining with a join "
+                        "token; TLS clients without a certificate may reach the join endpoints (and nothing else)")
         etcd.bcrypt_cost = effective_bcrypt_cost(config.bcrypt_cost)
         etcd.login_limiter = LoginLimiter()
         etcd.max_watches_per_identity = config.max_watches_per_identity
@@ -455,6 +466,11 @@ async def serve(
         async def client_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, CLIENT_PATHS, identity, gateway=config.enable_grpc_gateway)
 
+        async def join_http(stream: trio.abc.Stream, identity: Identity) -> None:
+            from securekv.api.table import ANONYMOUS_GATEWAY
+
+            await app.serve(stream, frozenset(), identity, gateway=True, only=ANONYMOUS_GATEWAY)
+
         async def metrics_http(stream: trio.abc.Stream, identity: Identity) -> None:
             await app.serve(stream, METRICS_PATHS)
 
@@ -468,7 +484,8 @@ async def serve(
 
         def client_listener(url: Any) -> ClientListener:
             return ClientListener(tls if url.is_tls else None, client_http, client_grpc,
-                                  config.tls_handshake_timeout, config.max_connections_per_listener)
+                                  config.tls_handshake_timeout, config.max_connections_per_listener,
+                                  join_handler=join_http if signer is not None else None)
 
         def metrics_listener(url: Any) -> ClientListener:
             # HTTP/1.1 only: gRPC is never served on the metrics listener.
@@ -482,6 +499,7 @@ async def serve(
         transport_scopes: list[trio.CancelScope] = []
         node_scopes: list[trio.CancelScope] = []
         async with trio.open_nursery() as nursery:
+            spawner.append(nursery)
             try:
                 if transport is not None:
                     peer_listeners = []

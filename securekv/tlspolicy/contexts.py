@@ -49,6 +49,9 @@ class TLSFiles:
     client_cert_auth: bool = True
     role: str = "client"
     cipher_suites: tuple[str, ...] = ()  # --cipher-suites (Go names); () = TLS12_CIPHERS
+    # A member with a signing CA lets a connection without a certificate finish its handshake,
+    # for the join endpoints only (server/listener.py refuses it everything else).
+    anonymous_join: bool = False
 
     def paths(self) -> tuple[str, ...]:
         return tuple(p for p in (self.cert_file, self.key_file, self.trusted_ca_file, self.crl_file) if p)
@@ -93,7 +96,9 @@ def server_context(files: TLSFiles, alpn: Sequence[str] = CLIENT_ALPN) -> ssl.SS
     if files.client_cert_auth:
         if not files.trusted_ca_file:
             raise UsageError(f"client certificates are required but {files.flag(2)} is not set")
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        # CERT_OPTIONAL still verifies a certificate that is presented; the listener serves a
+        # connection without one nothing but the join endpoints (docs/security.md).
+        ctx.verify_mode = ssl.CERT_OPTIONAL if files.anonymous_join else ssl.CERT_REQUIRED
     elif files.trusted_ca_file:
         ctx.verify_mode = ssl.CERT_OPTIONAL
     if alpn:

@@ -1,0 +1,260 @@
+"""The joining side: get a new member's certificates from the cluster with a join token.
+
+``securekv cluster join`` runs on the new machine, which holds no CA key and trusts nothing yet
+except the CA fingerprint in the token. The order of steps is what makes that safe:
+
+1. ask a member for its CA bundle (``POST /v3/securekv/join/ca-bundle``) over TLS *without*
+   verifying the member yet: the answer is only a candidate;
+2. keep the certificate whose SubjectPublicKeyInfo hashes to the pinned ``sha256:<hex>``, or
+   stop ("wrong CA fingerprint") -- nothing secret has been sent;
+3. connect again, now verifying the member's certificate chain against that CA and its host
+   name, and only then send the token secret with two CSRs (server and peer keys made here,
+   never sent) -- so the secret only reaches a member of the pinned CA;
+4. check the returned certificates chain to the pinned CA and carry our public keys, then
+   write keys, certificates, the member config (``initial-cluster-state: existing``) and the
+   hardened unit, all at once (``fsutil.atomic_write_many``). A refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import json_format
+
+from securekv.cluster.token import JoinToken, spki_hash
+from securekv.errors import UsageError
+from securekv.pki import keys
+from securekv.pki.ca import pem
+from securekv.pki.verify import load_certs_pem, verify_chain
+from securekv.proto import join_pb2
+from securekv.tlspolicy.contexts import harden
+
+PKI_DIR = "/etc/securekv/pki"
+DATA_DIR = "/var/lib/securekv"
+TIMEOUT = 30.0
+
+
+class JoinRefused(UsageError):
+    """The cluster (or the pinned CA check) refused the join; nothing was written."""
+
+
+@attrs.frozen
+class JoinResult:
+    member_id: int
+    files: tuple[Path, ...]
+    members: tuple[str, ...]
+
+
+def _endpoint(url: str) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme != "https" or not parts.hostname:
+        raise UsageError(f"--endpoints {url!r}: a member's https:// client URL is needed (the join runs over TLS)")
+    return parts.hostname, parts.port or 2379
+
+
+def _post(host: str, port: int, ctx: ssl.SSLContext, path: str, message: Any, reply: type, timeout: float) -> Any:
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=timeout)
+    try:
+        body = json_format.MessageToJson(message, preserving_proto_field_name=True).encode()
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        try:
+            text = json.loads(data).get("message") or data.decode(errors="replace")
+        except (ValueError, AttributeError):
+            text = data.decode(errors="replace").strip()
+        raise JoinRefused(f"{host}:{port} refused the join: {text}")
+    return json_format.Parse(data, reply(), ignore_unknown_fields=True)
+
+
+def _discovery_context() -> ssl.SSLContext:
+    """Step 1 only: the member is not verified yet (its CA is what we are fetching)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    harden(ctx)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _pinned_context(ca: x509.Certificate) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    harden(ctx)
+    ctx.load_verify_locations(cadata=pem(ca).decode())
+    if ca.issuer != ca.subject:  # a pinned intermediate is a trust anchor of its own
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def pinned_ca(bundle_pem: str, ca_cert_hash: str, where: str) -> x509.Certificate:
+    try:
+        certs = load_certs_pem(bundle_pem.encode(), source=f"{where}'s CA bundle")
+    except UsageError as exc:
+        raise JoinRefused(str(exc)) from None
+    for cert in certs:
+        if spki_hash(cert) == ca_cert_hash:
+            return cert
+    offered = ", ".join(spki_hash(c) for c in certs) or "none"
+    raise JoinRefused(f"wrong CA fingerprint: {where} offers CA {offered}, not the pinned {ca_cert_hash}; "
+                      "nothing was sent (check the token, or that --endpoints names this cluster)")
+
+
+def _csr(key: Any, name: str) -> str:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _check_issued(chain_pem: str, key: Any, ca: x509.Certificate, what: str) -> None:
+    chain = load_certs_pem(chain_pem.encode(), source=f"the {what} certificate")
+    if not keys.same_public_key(key, chain[0].public_key()):
+        raise JoinRefused(f"the {what} certificate the cluster returned is not for our key")
+    try:
+        verify_chain(chain, [ca])
+    except UsageError as exc:
+        raise JoinRefused(f"the {what} certificate does not chain to the pinned CA: {exc}") from None
+
+
+@attrs.frozen
+class JoinSpec:
+    token: JoinToken
+    endpoints: tuple[str, ...]
+    name: str
+    addresses: tuple[str, ...]
+    dns_names: tuple[str, ...] = ()
+    client_port: int = 2379
+    peer_port: int = 2380
+    root: str = ""  # write under this directory instead of /
+    data_dir: str = DATA_DIR
+    user: str = "securekv"
+    exec_start: tuple[str, ...] = ()
+
+    def host(self) -> str:
+        return self.addresses[0] if self.addresses else self.dns_names[0]
+
+    def url(self, port: int) -> str:
+        host = self.host()
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def _path(root: str, path: str) -> Path:
+    return Path(root) / path.lstrip("/") if root else Path(path)
+
+
+def join(spec: JoinSpec, timeout: float = TIMEOUT) -> JoinResult:
+    from securekv.deploy.systemd import CONFIG_PATH, UNIT_PATH, UnitOptions, render_config, render_unit
+    from securekv.fsutil import atomic_write_many
+
+    if not spec.addresses and not spec.dns_names:
+        raise UsageError("--address (or --dns) is needed: the new member's certificates name it")
+    if not spec.endpoints:
+        raise UsageError("--endpoints: at least one member's client URL is needed")
+    targets = [_path(spec.root, p) for p in (CONFIG_PATH, UNIT_PATH)]
+    for t in targets:
+        if t.exists():
+            raise UsageError(f"{t} already exists: this machine is already set up as a member (remove it first)")
+    errors = []
+    for endpoint in spec.endpoints:
+        host, port = _endpoint(endpoint)
+        where = f"{host}:{port}"
+        try:
+            bundle = _post(host, port, _discovery_context(), "/v3/securekv/join/ca-bundle",
+                           join_pb2.JoinCABundleRequest(), join_pb2.JoinCABundleResponse, timeout)
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        ca = pinned_ca(bundle.ca_bundle, spec.token.ca_cert_hash, where)
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        peer_key = ec.generate_private_key(ec.SECP256R1())
+        request = join_pb2.JoinRequest(
+            token_id=spec.token.id, token_secret=spec.token.secret, name=spec.name, addresses=list(spec.addresses),
+            dns_names=list(spec.dns_names), server_csr=_csr(server_key, spec.name), peer_csr=_csr(peer_key, spec.name),
+            peer_urls=[spec.url(spec.peer_port)], client_urls=[spec.url(spec.client_port)])
+        try:
+            reply = _post(host, port, _pinned_context(ca), "/v3/securekv/join", request, join_pb2.JoinResponse, timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise JoinRefused(f"{where} is not a member of the pinned CA's cluster: {exc.verify_message}; "
+                              "the token was not sent") from None
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        _check_issued(reply.server_cert, server_key, ca, "server")
+        _check_issued(reply.peer_cert, peer_key, ca, "peer")
+        return _write(spec, reply, server_key, peer_key, ca, atomic_write_many, render_config, render_unit,
+                      UnitOptions, CONFIG_PATH, UNIT_PATH)
+    raise JoinRefused("no member could be reached: " + "; ".join(errors))
+
+
+def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_key: Any, ca: x509.Certificate,
+           atomic_write_many: Any, render_config: Any, render_unit: Any, UnitOptions: Any, config_path: str,
+           unit_path: str) -> JoinResult:
+    from securekv.deploy.install import default_exec_start
+
+    pki = PKI_DIR
+    files = {
+        f"{pki}/ca.pem": (reply.ca_bundle.encode(), 0o644),
+        f"{pki}/server.pem": (reply.server_cert.encode(), 0o644),
+        f"{pki}/server-key.pem": (keys.key_to_pem(server_key), 0o600),
+        f"{pki}/peer.pem": (reply.peer_cert.encode(), 0o644),
+        f"{pki}/peer-key.pem": (keys.key_to_pem(peer_key), 0o600),
+    }
+    me = spec.url(spec.peer_port)
+    cluster = [f"{m.name or spec.name}={u}" for m in reply.members for u in m.peer_urls
+               if m.name or u == me]
+    data_dir = str(_path(spec.root, spec.data_dir)) if spec.root else spec.data_dir
+
+    def at(p: str) -> str:
+        return str(_path(spec.root, p))
+
+    config = {
+        "name": spec.name,
+        "data-dir": data_dir,
+        "listen-client-urls": spec.url(spec.client_port),
+        "advertise-client-urls": spec.url(spec.client_port),
+        "listen-peer-urls": spec.url(spec.peer_port),
+        "initial-advertise-peer-urls": spec.url(spec.peer_port),
+        "initial-cluster": ",".join(cluster),
+        "initial-cluster-state": "existing",
+        "initial-cluster-token": reply.cluster_token,
+        "client-transport-security": {"cert-file": at(f"{pki}/server.pem"), "key-file": at(f"{pki}/server-key.pem"),
+                                      "trusted-ca-file": at(f"{pki}/ca.pem"), "client-cert-auth": True},
+        "peer-transport-security": {"cert-file": at(f"{pki}/peer.pem"), "key-file": at(f"{pki}/peer-key.pem"),
+                                    "trusted-ca-file": at(f"{pki}/ca.pem"), "client-cert-auth": True},
+    }
+    text = render_config(config) if not spec.root else _yaml(config)
+    unit = render_unit(UnitOptions(exec_start=spec.exec_start or default_exec_start(), user=spec.user,
+                                   config_file=at(config_path)))
+    writes = [(_path(spec.root, p), data, mode) for p, (data, mode) in files.items()]
+    writes.append((_path(spec.root, config_path), text.encode(), 0o640))
+    writes.append((_path(spec.root, unit_path), unit.encode(), 0o644))
+    for path, _data, _mode in writes:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _path(spec.root, pki).chmod(0o750)
+    atomic_write_many(writes)
+    return JoinResult(reply.member_id, tuple(p for p, _, _ in writes), tuple(cluster))
+
+
+def _yaml(config: dict) -> str:
+    """Under --root the paths are not the installed ones, which the installed-config checks
+    would refuse (they expect /etc/securekv, /var/lib/securekv): plain YAML, same keys."""
+    import yaml
+
+    return "# securekv member config written by `securekv cluster join`.\n" + yaml.safe_dump(
+        config, sort_keys=False, default_flow_style=False)
+
+
+__all__ = ["JoinRefused", "JoinResult", "JoinSpec", "join", "pinned_ca"]

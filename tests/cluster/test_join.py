@@ -1,0 +1,164 @@
+"""Issue 16, joining without the CA key: a 4th member joins a running 3-member cluster with a
+join token; a reused, expired, forged token and a wrong CA fingerprint are refused with clear
+messages and write nothing; connections without a client certificate reach the join endpoints
+and nothing else. Real processes, real TLS, sd_notify readiness.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from join_helpers import JoinCluster, Member
+from ports import free_port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = JoinCluster(tmp_path_factory.mktemp("join"))
+    try:
+        yield c.start()
+    finally:
+        c.close()
+
+
+def _token(c: JoinCluster, ttl: str = "1h") -> str:
+    out = c.cli("cluster", "token", "--endpoints", c.members[0].endpoint, "--cacert", str(c.cacert), "--cert",
+                str(c.cert), "--key", str(c.key), "create", "--ttl", ttl, "--description", "test")
+    token = out.stdout.strip()
+    assert "@sha256:" in token and "sha256:" in out.stderr, out
+    return token
+
+
+def _join(c: JoinCluster, token: str, root: Path, name: str = "n4", check: bool = False, **ports: int):
+    client_port, peer_port = ports.get("client", free_port()), ports.get("peer", free_port())
+    return c.cli("cluster", "join", "--token", token, "--endpoints", c.members[0].endpoint, "--name", name,
+                 "--address", "127.0.0.1", "--client-port", str(client_port), "--peer-port", str(peer_port),
+                 "--root", str(root), check=check), client_port, peer_port
+
+
+def _written(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def _anonymous(port: int, path: str, alpn: str = "http/1.1") -> tuple[int, bytes]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_refusals_write_nothing(cluster: JoinCluster, tmp_path: Path) -> None:
+    from securekv.cluster.token import parse_token, spki_hash
+    from securekv.pki.ca import init_ca
+    from securekv.pki.verify import load_cert
+
+    good = _token(cluster)
+    parsed = parse_token(good)
+    init_ca(tmp_path / "other", cn="another CA")
+    wrong_hash = spki_hash(load_cert(tmp_path / "other" / "ca.pem"))
+
+    cases = {
+        "wrong CA fingerprint": f"{parsed.id}.{parsed.secret}@{wrong_hash}",
+        "forged": f"{parsed.id}.{'x' * 16}@{parsed.ca_cert_hash}",
+        "unknown id": f"zzzzzz.{parsed.secret}@{parsed.ca_cert_hash}",
+    }
+    expected = {"wrong CA fingerprint": "wrong CA fingerprint", "forged": "join token is not valid",
+                "unknown id": "join token is not valid"}
+    for case, token in cases.items():
+        root = tmp_path / case.replace(" ", "-")
+        (proc, _, _) = _join(cluster, token, root)
+        assert proc.returncode != 0, (case, proc.stdout)
+        assert expected[case] in proc.stderr, (case, proc.stderr)
+        assert _written(root) == [], (case, _written(root))
+
+    short = _token(cluster, ttl="1s")
+    time.sleep(1.5)  # the token's own lifetime: nothing to wait on but the clock
+    root = tmp_path / "expired"
+    proc, _, _ = _join(cluster, short, root)
+    assert proc.returncode != 0 and "join token has expired" in proc.stderr, proc.stderr
+    assert _written(root) == []
+
+    revoked = _token(cluster)
+    cluster.cli("cluster", "token", *cluster.client_flags(), "revoke", revoked.split("@")[0])
+    root = tmp_path / "revoked"
+    proc, _, _ = _join(cluster, revoked, root)
+    assert proc.returncode != 0 and "join token is not valid" in proc.stderr, proc.stderr
+    assert _written(root) == []
+
+    # None of the refused joins changed the membership; the good token is still usable.
+    with cluster.client() as client:
+        assert sorted(m.name for m in client.member_list().members) == ["m1", "m2", "m3"]
+    listing = cluster.cli("cluster", "token", *cluster.client_flags(), "list").stdout
+    assert f"{parsed.id}" in listing and "valid" in listing and parsed.secret not in listing
+
+
+def test_anonymous_connections_reach_only_the_join_endpoints(cluster: JoinCluster) -> None:
+    signer, plain = cluster.members[0], cluster.members[1]
+    status, body = _anonymous(signer.client_port, "/v3/kv/range")
+    assert status == 403 and b"no client certificate" in body
+    status, body = _anonymous(signer.client_port, "/health")
+    assert status == 403
+    status, body = _anonymous(signer.client_port, "/v3/securekv/join/ca-bundle")
+    assert status == 200 and b"BEGIN CERTIFICATE" in body
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+        _anonymous(signer.client_port, "/etcdserverpb.KV/Range", alpn="h2")
+    # A member without a signing CA still requires a certificate in the handshake.
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
+        _anonymous(plain.client_port, "/v3/securekv/join/ca-bundle")
+
+
+def test_fourth_member_joins_with_a_token(cluster: JoinCluster, tmp_path: Path) -> None:
+    token = _token(cluster)
+    root = tmp_path / "n4"
+    proc, client_port, peer_port = _join(cluster, token, root)
+    assert proc.returncode == 0, proc.stderr
+    files = _written(root)
+    names = sorted(p.name for p in files)
+    assert names == ["ca.pem", "peer-key.pem", "peer.pem", "securekv.service", "securekv.yaml",
+                     "server-key.pem", "server.pem"], names
+    for p in files:  # no CA key on the new member: its only private keys are its own two
+        if b"PRIVATE KEY" in p.read_bytes():
+            assert p.name in ("server-key.pem", "peer-key.pem"), p
+            assert p.stat().st_mode & 0o777 == 0o600
+    config = root / "etc" / "securekv" / "securekv.yaml"
+
+    # Second use of the same token: refused, nothing written.
+    again = tmp_path / "again"
+    proc, _, _ = _join(cluster, token, again, name="n5")
+    assert proc.returncode != 0 and "already used" in proc.stderr, proc.stderr
+    assert _written(again) == []
+
+    n4 = Member("n4", client_port, peer_port)
+    cluster.members.append(n4)
+    import sys
+    cluster.spawn(n4, [sys.executable, "-m", "securekv", "serve", "--config-file", str(config)])
+    n4.notify.wait_ready(n4.proc, n4.log)
+
+    def promoted() -> bool:
+        with cluster.client(cluster.members[0].endpoint) as client:
+            ms = {m.name: m for m in client.member_list().members}
+        return "n4" in ms and not ms["n4"].isLearner
+
+    deadline = time.monotonic() + 60
+    while not promoted():
+        assert time.monotonic() < deadline, n4.log.read_text()[-3000:]
+        time.sleep(0.2)
+    with cluster.client(cluster.members[0].endpoint) as client:
+        client.put("joined", "yes")
+    with cluster.client(n4.endpoint) as client:
+        assert client.get("joined").kvs[0].value == b"yes"
+    listing = cluster.cli("cluster", "token", *cluster.client_flags(), "list").stdout
+    assert "used by n4" in listing
