@@ -16,3 +16,7 @@ class Identity:
     remote: str = ""  # client ip:port, for logs
     tls: bool = True
     serial: str = ""  # serial number of the verified client certificate (hex, as ssl reports it)
+    # A peer-profile certificate (server + client auth) naming a member: that member's name and
+    # the certificate's DNS/IP SANs. Only ``securekv cluster renew`` uses them (cluster/signer.py).
+    member_name: str = ""
+    sans: tuple[str, ...] = ()

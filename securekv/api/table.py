@@ -170,6 +170,8 @@ API: tuple[Rpc, ...] = (
     Rpc(JOIN, "JoinCABundle", j.JoinCABundleRequest, j.JoinCABundleResponse, U, "join_ca_bundle",
         ("securekv/join/ca-bundle",)),
     Rpc(JOIN, "Join", j.JoinRequest, j.JoinResponse, U, "join", ("securekv/join",)),
+    Rpc(JOIN, "Renew", j.RenewRequest, j.RenewResponse, U, "join_renew", ("securekv/renew",)),
+    Rpc(JOIN, "CertStatus", j.CertStatusRequest, j.CertStatusResponse, U, "cert_status", ("securekv/certs",)),
 )
 
 # Gateway paths (after /v3/) served to a TLS connection that presented no client certificate,

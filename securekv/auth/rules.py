@@ -265,6 +265,10 @@ RULES: dict[str, Rule] = {
     JOIN + "JoinCABundle": Rule("public", _allow, public=True),
     JOIN + "Join": Rule("join token", _allow, public=True,
                         keys=lambda r: f"join token {r.token_id} member {r.name}" if r is not None else ""),
+    # A member renewing its own certificates: authenticated by the peer certificate it presents
+    # (a member's name, checked against the membership by the handler), not by a user.
+    JOIN + "Renew": Rule("member certificate", _allow, public=True),
+    JOIN + "CertStatus": Rule("any role", _any_role, deviation=_ANY),
     PEER + "lease_keepalive": Rule("peer", _peer, peer=True),
     PEER + "lease_ttl": Rule("peer", _peer, peer=True),
     PEER + "member_promote": Rule("peer", _peer, peer=True),

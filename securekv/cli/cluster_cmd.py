@@ -2,7 +2,7 @@
 
 The group only collects commands; each part lives in its own module so planning (bundles)
 and joining (tokens, CSR signing) can change independently:
-``cluster_plan_cmd`` adds ``plan``; ``cluster_join_cmd`` adds ``token`` and ``join``.
+``cluster_plan_cmd`` adds ``plan``; ``cluster_join_cmd`` adds ``token``, ``join`` and ``renew``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import click
 # module -> names of the click commands it exposes
 _PARTS: dict[str, tuple[str, ...]] = {
     "securekv.cli.cluster_plan_cmd": ("plan",),
-    "securekv.cli.cluster_join_cmd": ("token", "join"),
+    "securekv.cli.cluster_join_cmd": ("token", "join", "renew"),
 }
 
 

@@ -151,3 +151,29 @@ def join_cmd(token: str, ca_cert_hash: str, endpoints: str, name: str, addresses
         click.echo(f"wrote {path}")
     click.echo("start it: systemctl daemon-reload && systemctl enable --now securekv" if not root else
                f"start it: securekv serve --config-file {result.files[-2]}")
+
+
+@click.command("renew")
+@click.option("--endpoints", required=True, help="Client URL(s) of member(s) with a signing CA, comma-separated.")
+@click.option("--cacert", required=True, help="CA bundle this member trusts (e.g. its --trusted-ca-file).")
+@click.option("--server-cert", required=True, help="This member's client-port certificate (--cert-file): replaced.")
+@click.option("--server-key", required=True, help="Its key (--key-file): replaced by a new key.")
+@click.option("--peer-cert", required=True, help="This member's peer certificate (--peer-cert-file): authenticates "
+              "the renewal, then replaced.")
+@click.option("--peer-key", required=True, help="Its key (--peer-key-file): replaced by a new key.")
+def renew_cmd(endpoints: str, cacert: str, server_cert: str, server_key: str, peer_cert: str, peer_key: str) -> None:
+    """Renew this member's server and peer certificates through a signing member (no CA key here).
+
+    New keys are made here; the member's current peer certificate authenticates the request;
+    the new certificates name the same member and hosts. The files are replaced at once and
+    the running member reloads them by itself: no restart, no dropped client.
+    """
+    from securekv.cluster.join import RenewSpec, renew
+
+    try:
+        written = renew(RenewSpec(tuple(e for e in endpoints.split(",") if e.strip()), cacert, server_cert,
+                                  server_key, peer_cert, peer_key))
+    except (SecureKVError, OSError) as exc:
+        _fail(exc)
+    for path in written:
+        click.echo(f"renewed {path}")

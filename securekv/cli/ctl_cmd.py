@@ -978,6 +978,53 @@ def ep_status(ctl: Ctl) -> None:
         die(EXIT_ERROR, None)
 
 
+@endpoint_grp.command("certs")
+@pass_ctl
+def ep_certs(ctl: Ctl) -> None:
+    """Certificates and CRLs each endpoint serves with, and how long until they expire (securekv)."""
+    import json
+    import time
+
+    from securekv.client.errors import ClientError
+    from securekv.proto import join_pb2
+
+    c = ctl.client()
+    rows, failed = [], False
+    for ep in ctl.endpoints:
+        try:
+            resp = c.unary("/securekvpb.Cluster/CertStatus", join_pb2.CertStatusRequest(), join_pb2.CertStatusResponse, ep)
+        except ClientError as exc:
+            failed = True
+            sys.stderr.write(f"Failed to get the certificates of endpoint {ep} ({exc})\n")
+            continue
+        for info in resp.certs:
+            rows.append((ep, resp.name, info))
+    now = time.time()
+    if ctl.write_out == "json":
+        click.echo(json.dumps([{"endpoint": ep, "member": name, "role": i.role, "file": i.file, "subject": i.subject,
+                                "issuer": i.issuer, "serial": i.serial, "not_after": i.not_after_unix,
+                                "remaining_seconds": int(i.not_after_unix - now) if i.not_after_unix else None,
+                                **({"error": i.error} if i.error else {})} for ep, name, i in rows]))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("ENDPOINT", "MEMBER", "ROLE", "SUBJECT", "EXPIRES", "REMAINING", box=None)
+        for ep, name, i in rows:
+            if i.error:
+                table.add_row(ep, name, i.role, f"error: {i.error}", "", "")
+                continue
+            left = i.not_after_unix - now
+            remaining = ("expired" if left < 0 else f"{int(left // 86400)}d{int(left % 86400 // 3600)}h") \
+                if i.not_after_unix else "-"
+            table.add_row(ep, name, i.role, i.subject or i.issuer,
+                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(i.not_after_unix)) if i.not_after_unix
+                          else "-", remaining)
+        Console(width=200, highlight=False).print(table)
+    if failed:
+        die(EXIT_ERROR, None)
+
+
 @endpoint_grp.command("hashkv")
 @click.option("--rev", default=0, type=int, help="Maximum revision to hash (default: all).")
 @pass_ctl

@@ -257,4 +257,86 @@ def _yaml(config: dict) -> str:
         config, sort_keys=False, default_flow_style=False)
 
 
-__all__ = ["JoinRefused", "JoinResult", "JoinSpec", "join", "pinned_ca"]
+
+
+
+# -- renewal: the same CSR path, authenticated by the member's current peer certificate --------
+
+@attrs.frozen
+class RenewSpec:
+    endpoints: tuple[str, ...]
+    cacert: str  # the CA bundle this member trusts (verifies the signing member and the result)
+    server_cert: str
+    server_key: str
+    peer_cert: str
+    peer_key: str
+
+
+def _host_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*ext.get_values_for_type(x509.DNSName), *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))]
+
+
+def renew(spec: RenewSpec, timeout: float = TIMEOUT) -> tuple[Path, ...]:
+    """New keys and certificates for this member, written over the old ones at once.
+
+    The member's listeners reload changed certificate files by themselves (about once a
+    second): live connections keep their session, new ones get the new certificate; a half
+    written pair (new certificate, old key) is not loaded, so nothing is ever served broken.
+    """
+    import os
+
+    from securekv.fsutil import atomic_write_many
+    from securekv.pki.verify import load_cert_chain
+
+    old_server = load_cert_chain(spec.server_cert)[0]
+    old_peer = load_cert_chain(spec.peer_cert)[0]
+    anchors = load_certs_pem(Path(spec.cacert).read_bytes(), source=spec.cacert)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    peer_key = ec.generate_private_key(ec.SECP256R1())
+    name = old_peer.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    cn = str(name[0].value) if name else "member"
+    request = join_pb2.RenewRequest(server_csr=_csr(server_key, cn), peer_csr=_csr(peer_key, cn),
+                                    server_hosts=_host_sans(old_server), peer_hosts=_host_sans(old_peer))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    harden(ctx)
+    ctx.load_verify_locations(cafile=spec.cacert)
+    ctx.load_cert_chain(spec.peer_cert, spec.peer_key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    errors = []
+    for endpoint in spec.endpoints:
+        host, port = _endpoint(endpoint)
+        try:
+            reply = _post(host, port, ctx, "/v3/securekv/renew", request, join_pb2.RenewResponse, timeout)
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(f"{host}:{port}: {exc}")
+            continue
+        for chain_pem, key, what in ((reply.server_cert, server_key, "server"), (reply.peer_cert, peer_key, "peer")):
+            chain = load_certs_pem(chain_pem.encode(), source=f"the {what} certificate")
+            if not keys.same_public_key(key, chain[0].public_key()):
+                raise JoinRefused(f"the {what} certificate the cluster returned is not for our key")
+            try:
+                verify_chain(chain, anchors)
+            except UsageError as exc:
+                raise JoinRefused(f"the renewed {what} certificate does not chain to {spec.cacert}: {exc}") from None
+
+        def mode(path: str, default: int) -> int:
+            try:
+                return os.stat(path).st_mode & 0o777
+            except OSError:
+                return default
+
+        writes = [
+            (Path(spec.server_key), keys.key_to_pem(server_key), 0o600),
+            (Path(spec.server_cert), reply.server_cert.encode(), mode(spec.server_cert, 0o644)),
+            (Path(spec.peer_key), keys.key_to_pem(peer_key), 0o600),
+            (Path(spec.peer_cert), reply.peer_cert.encode(), mode(spec.peer_cert, 0o644)),
+        ]
+        atomic_write_many(writes)
+        return tuple(p for p, _, _ in writes)
+    raise JoinRefused("no signing member could be reached: " + "; ".join(errors))
+
+__all__ = ["JoinRefused", "JoinResult", "JoinSpec", "RenewSpec", "join", "pinned_ca", "renew"]

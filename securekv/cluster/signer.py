@@ -44,6 +44,7 @@ from securekv.tlspolicy.identity import member_uri
 log = logging.getLogger(__name__)
 
 JOIN = "/securekvpb.Cluster/Join"
+RENEW = "/securekvpb.Cluster/Renew"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _DNS = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 PROMOTE_FOR = 600.0  # seconds the admitting member keeps trying to promote the learner
@@ -150,12 +151,14 @@ class JoinService:
     """The join handlers of one member (wired to the API table by ``EtcdServer``)."""
 
     def __init__(self, etcd: Any, signer: Signer | None, spawn: Callable[..., None],
-                 trusted_ca_file: str = "", clock: Callable[[], float] = time.time) -> None:
+                 trusted_ca_file: str = "", clock: Callable[[], float] = time.time,
+                 files: tuple[tuple[str, str], ...] = ()) -> None:
         self.etcd = etcd
         self.signer = signer
         self.spawn = spawn
         self.trusted_ca_file = trusted_ca_file
         self.clock = clock
+        self.files = files  # (role, path) of every certificate/CRL file this member serves with
 
     @property
     def tokens(self) -> Any:
@@ -248,6 +251,52 @@ class JoinService:
                              is_learner=m.isLearner)
         return resp
 
+    # -- renewal (a member, by its current peer certificate) ----------------------------------
+    async def renew(self, req: join_pb2.RenewRequest, caller: Caller) -> join_pb2.RenewResponse:
+        try:
+            resp = self._renew(req, caller)
+        except EtcdError as exc:
+            self._note(caller, RENEW, "deny", exc.message)
+            raise
+        return resp
+
+    def _renew(self, req: join_pb2.RenewRequest, caller: Caller) -> join_pb2.RenewResponse:
+        signer = self.signer
+        if signer is None:
+            raise EtcdError(ERR_NO_SIGNER.code, ERR_NO_SIGNER.message)
+        identity = caller.identity
+        name = identity.member_name
+        if not name:
+            raise EtcdError("PERMISSION_DENIED", "securekv: renewal needs the member's current peer certificate as "
+                            "the client certificate (--cert/--key: a peer-profile certificate naming the member)")
+        members = [m for m in self.etcd.node.membership.members.values()
+                   if (m.name or (self.etcd.name if m.id == self.etcd.member_id else "")) == name]
+        if not members:
+            raise EtcdError("PERMISSION_DENIED", f"securekv: {name!r} is not a member of this cluster")
+        allowed = set(identity.sans)
+        for m in members:
+            for u in (*m.peer_urls, *m.client_urls):
+                host = (urlsplit(u).hostname or "").lower()
+                if host:
+                    allowed.add(host)
+        for label, hosts in (("server", req.server_hosts), ("peer", req.peer_hosts)):
+            if not hosts:
+                raise _bad(f"no hosts for the {label} certificate")
+            extra = [h for h in hosts if h.lower() not in allowed]
+            if extra:
+                raise EtcdError("PERMISSION_DENIED", f"securekv: renewal may not add names: {', '.join(extra)} "
+                                f"(not in the presented certificate nor member {name}'s URLs)")
+        server = signer.sign(req.server_csr, "server", name, list(req.server_hosts), [])
+        peer = signer.sign(req.peer_csr, "peer", name, list(req.peer_hosts), [member_uri(name)])
+        self._note(caller, RENEW, "allow", f"renewed member {name}'s certificates: server serial "
+                   f"{server.serial_number:x}, peer serial {peer.serial_number:x}")
+        return join_pb2.RenewResponse(server_cert=signer.chain_pem(server), peer_cert=signer.chain_pem(peer),
+                                      ca_bundle=signer.bundle_pem())
+
+    async def cert_status(self, req: join_pb2.CertStatusRequest, caller: Caller) -> join_pb2.CertStatusResponse:
+        resp = join_pb2.CertStatusResponse(name=self.etcd.name, certs=cert_infos(self.files))
+        return self.etcd.fill(resp)
+
     async def _promote(self, member_id: int, name: str) -> None:
         """Learner add -> catch up -> promote: retried until the learner is ready (bounded)."""
         import trio
@@ -277,4 +326,31 @@ class JoinService:
                     "promote %x`", name, member_id, int(PROMOTE_FOR), member_id)
 
 
-__all__ = ["JOIN", "JoinService", "Signer"]
+def cert_infos(files: tuple[tuple[str, str], ...]) -> list[join_pb2.CertInfo]:
+    """Each file's certificates (a CA bundle: each CA) or CRL, with its end of validity."""
+    out = []
+    for role, path in files:
+        if not path:
+            continue
+        try:
+            data = Path(path).read_bytes()
+            if role.endswith("crl"):
+                crl = (x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data))
+                nu = crl.next_update_utc
+                out.append(join_pb2.CertInfo(role=role, file=path, issuer=crl.issuer.rfc4514_string(),
+                                             not_after_unix=int(nu.timestamp()) if nu is not None else 0))
+                continue
+            certs = load_certs_pem(data, source=path)
+        except (OSError, ValueError, UsageError) as exc:
+            out.append(join_pb2.CertInfo(role=role, file=path, error=str(exc)))
+            continue
+        if not role.endswith("ca"):
+            certs = certs[:1]  # a leaf file: the leaf (its chain is the CA's)
+        for cert in certs:
+            out.append(join_pb2.CertInfo(role=role, file=path, subject=cert.subject.rfc4514_string(),
+                                         issuer=cert.issuer.rfc4514_string(), serial=f"{cert.serial_number:x}",
+                                         not_after_unix=int(cert.not_valid_after_utc.timestamp())))
+    return out
+
+
+__all__ = ["JOIN", "JoinService", "RENEW", "Signer", "cert_infos"]

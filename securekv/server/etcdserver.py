@@ -534,6 +534,12 @@ class EtcdServer(AuthHandlers):
     async def join(self, req: Any, caller: Caller) -> Any:
         return await self._joins().join(req, caller)
 
+    async def join_renew(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().renew(req, caller)
+
+    async def cert_status(self, req: Any, caller: Caller) -> Any:
+        return await self._joins().cert_status(req, caller)
+
     async def member_add(self, req: rpc_pb2.MemberAddRequest, caller: Caller) -> rpc_pb2.MemberAddResponse:
         import time as _time
 

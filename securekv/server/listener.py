@@ -280,8 +280,23 @@ class ClientListener:
 def _identity(peer: VerifiedPeer, remote: str) -> Identity:
     """The one place the listener turns the verified client certificate into an identity."""
     leaf = peer.leaf
+    member, sans = "", ()
+    if leaf is not None and peer.has_peer_usages():
+        member = peer.member_name or ""
+        sans = _host_sans(leaf)
     return Identity(common_name=peer.common_name, remote=remote,
-                    serial=f"{leaf.serial_number:X}" if leaf is not None else "")
+                    serial=f"{leaf.serial_number:X}" if leaf is not None else "", member_name=member, sans=sans)
+
+
+def _host_sans(cert) -> tuple[str, ...]:
+    from cryptography import x509
+
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple([*(d.lower() for d in ext.get_values_for_type(x509.DNSName)),
+                  *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))])
 
 
 async def _close(stream: trio.abc.Stream) -> None:

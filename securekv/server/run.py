@@ -334,7 +334,12 @@ async def serve(
         metrics = ServerMetrics(state.member_id, VERSION, extensive=config.metrics == "extensive",
                                 quota_bytes=config.effective_quota_bytes)
         if tls_files is not None:
-            metrics.watch_certificates(lambda: [tls.files.cert_file] if tls else [])
+            # Every certificate this member serves or verifies with (issue 16: renewal and CA
+            # rotation are watched by their remaining lifetime, read at scrape time).
+            metrics.watch_certificates(lambda: [p for p in (tls.files.cert_file if tls else "", config.peer_cert_file,
+                                                            tls.files.trusted_ca_file if tls else "",
+                                                            config.peer_trusted_ca_file, config.signing_ca_cert_file)
+                                                if p])
 
         holder: dict[str, EtcdServer] = {}
         hub = WatchHub(
@@ -420,8 +425,16 @@ async def serve(
         signer = (Signer(config.signing_ca_cert_file, config.signing_ca_key_file, (config.trusted_ca_file,))
                   if config.signing_ca_cert_file else None)
         spawner: list[trio.Nursery] = []
+        cert_files = (
+            ("client-port", tls_files.cert_file if tls_files else ""),
+            ("trusted-ca", tls_files.trusted_ca_file if tls_files else ""),
+            ("client-crl", tls_files.crl_file if tls_files else ""),
+            ("peer", config.peer_cert_file), ("peer-trusted-ca", config.peer_trusted_ca_file),
+            ("peer-crl", config.peer_crl_file), ("signing-ca", config.signing_ca_cert_file),
+        )
         etcd.joins = JoinService(etcd, signer, lambda fn, *args: spawner[0].start_soon(fn, *args),
-                                 trusted_ca_file=config.trusted_ca_file or (tls_files.trusted_ca_file if tls_files else ""))
+                                 trusted_ca_file=config.trusted_ca_file or (tls_files.trusted_ca_file if tls_files else ""),
+                                 files=cert_files)
         if signer is not None:
             log.warning("--signing-ca-cert-file: this member signs the certificates of members joining with a join "
                         "token; TLS clients without a certificate may reach the join endpoints (and nothing else)")

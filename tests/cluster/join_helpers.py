@@ -84,7 +84,11 @@ class JoinCluster:
         for m in self.members:
             issue_cert(self.ca, "server", f"{m.name}-server", cn=m.name, hosts=["127.0.0.1", "localhost"])
             issue_cert(self.ca, "peer", f"{m.name}-peer", cn=m.name, hosts=["127.0.0.1", "localhost"])
-        self.cacert, self.cert, self.key = self.ca / "ca.pem", self.ca / "root.pem", self.ca / "root-key.pem"
+        # What the members trust (--trusted-ca-file, --peer-trusted-ca-file): its own file, so a CA
+        # rotation can change it (trust both, then the new one only) while the members run.
+        self.trust = base / "trust.pem"
+        self.trust.write_bytes((self.ca / "ca.pem").read_bytes())
+        self.cacert, self.cert, self.key = self.trust, self.ca / "root.pem", self.ca / "root-key.pem"
         self.extra: list[subprocess.Popen] = []
 
     def argv(self, m: Member, cluster: str, signer: bool) -> list[str]:
@@ -94,9 +98,9 @@ class JoinCluster:
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", cluster, "--initial-cluster-token", "join-test",
                 "--cert-file", str(ca / f"{m.name}-server.pem"), "--key-file", str(ca / f"{m.name}-server-key.pem"),
-                "--trusted-ca-file", str(ca / "ca.pem"),
+                "--trusted-ca-file", str(self.trust),
                 "--peer-cert-file", str(ca / f"{m.name}-peer.pem"), "--peer-key-file", str(ca / f"{m.name}-peer-key.pem"),
-                "--peer-trusted-ca-file", str(ca / "ca.pem"),
+                "--peer-trusted-ca-file", str(self.trust),
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
                 *(["--signing-ca-cert-file", str(ca / "ca.pem"), "--signing-ca-key-file", str(ca / "ca-key.pem")]
                   if signer else [])]
