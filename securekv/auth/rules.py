@@ -268,7 +268,7 @@ RULES: dict[str, Rule] = {
     # A member renewing its own certificates: authenticated by the peer certificate it presents
     # (a member's name, checked against the membership by the handler), not by a user.
     JOIN + "Renew": Rule("member certificate", _allow, public=True),
-    JOIN + "CertStatus": Rule("any role", _any_role, deviation=_ANY),
+    JOIN + "CertStatus": Rule("any role", _any_role),
     PEER + "lease_keepalive": Rule("peer", _peer, peer=True),
     PEER + "lease_ttl": Rule("peer", _peer, peer=True),
     PEER + "member_promote": Rule("peer", _peer, peer=True),
