@@ -59,9 +59,46 @@ def _bad(message: str) -> EtcdError:
 
 
 class Signer:
-    """The signing CA of this member (``--signing-ca-*``), loaded once at start."""
+    """The signing CA of this member (``--signing-ca-*``), reloaded when its files change.
+
+    A CA rotation replaces the files (new CA certificate and key) while the member runs; the
+    next join or renewal signs with the new CA. A half-replaced pair (new certificate, old key)
+    is not loaded: the previous CA stays in use until both files agree.
+    """
 
     def __init__(self, cert_file: str, key_file: str, trusted_ca_files: tuple[str, ...] = ()) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.trusted_ca_files = tuple(f for f in trusted_ca_files if f)
+        self._load()
+        self._stamp = self._stamp_now()
+        self._bad: tuple = ()
+
+    def _stamp_now(self) -> tuple:
+        out = []
+        for p in (self.cert_file, self.key_file, *self.trusted_ca_files):
+            try:
+                st = Path(p).stat()
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def check(self) -> None:
+        """Reload if a file changed (a few stats; called before each signature)."""
+        stamp = self._stamp_now()
+        if stamp == self._stamp or stamp == self._bad:
+            return
+        try:
+            self._load()
+        except (UsageError, ValueError, OSError) as exc:
+            self._bad = stamp
+            log.error("signing CA files changed but are not usable; still signing with the previous CA: %s", exc)
+            return
+        self._stamp = stamp
+        log.info("signing CA reloaded: %s (%s)", self.cert_file, self.ca_cert_hash)
+
+    def _load(self) -> None:
+        cert_file, key_file = self.cert_file, self.key_file
         chain = load_cert_chain(cert_file)
         cert = chain[0]
         key = keys.load_private_key(key_file)
@@ -73,11 +110,11 @@ class Signer:
             bc = None
         if bc is None or not bc.ca:
             raise UsageError(f"--signing-ca-cert-file {cert_file} is not a CA certificate")
-        self.ca = CA(Path(cert_file).parent, cert, key, tuple(chain) if cert.issuer != cert.subject else (), chain[-1])
         bundle: list[x509.Certificate] = []
-        for c in [*chain, *(c for f in trusted_ca_files if f for c in load_cert_chain(f))]:
+        for c in [*chain, *(c for f in self.trusted_ca_files for c in load_cert_chain(f))]:
             if c not in bundle:
                 bundle.append(c)
+        self.ca = CA(Path(cert_file).parent, cert, key, tuple(chain) if cert.issuer != cert.subject else (), chain[-1])
         self.bundle = bundle
         self.ca_cert_hash = spki_hash(cert)
 
@@ -164,8 +201,13 @@ class JoinService:
     def tokens(self) -> Any:
         return self.etcd.applier.join_tokens
 
-    def _ca_cert_hash(self) -> str:
+    def _signer(self) -> Signer | None:
         if self.signer is not None:
+            self.signer.check()
+        return self.signer
+
+    def _ca_cert_hash(self) -> str:
+        if self._signer() is not None:
             return self.signer.ca_cert_hash
         if self.trusted_ca_file:
             return spki_hash(load_cert_chain(self.trusted_ca_file)[0])
@@ -201,7 +243,7 @@ class JoinService:
 
     # -- the join itself (anonymous TLS; authenticated by the token) -------------------------
     async def ca_bundle(self, req: join_pb2.JoinCABundleRequest, caller: Caller) -> join_pb2.JoinCABundleResponse:
-        if self.signer is None:
+        if self._signer() is None:
             raise EtcdError(ERR_NO_SIGNER.code, ERR_NO_SIGNER.message)
         return join_pb2.JoinCABundleResponse(ca_bundle=self.signer.bundle_pem())
 
@@ -215,7 +257,7 @@ class JoinService:
     async def _join(self, req: join_pb2.JoinRequest, caller: Caller) -> join_pb2.JoinResponse:
         from securekv.cluster.token import secret_hash
 
-        signer = self.signer
+        signer = self._signer()
         if signer is None:
             raise EtcdError(ERR_NO_SIGNER.code, ERR_NO_SIGNER.message)
         ips, dns = _check_request(req)
@@ -261,7 +303,7 @@ class JoinService:
         return resp
 
     def _renew(self, req: join_pb2.RenewRequest, caller: Caller) -> join_pb2.RenewResponse:
-        signer = self.signer
+        signer = self._signer()
         if signer is None:
             raise EtcdError(ERR_NO_SIGNER.code, ERR_NO_SIGNER.message)
         identity = caller.identity

@@ -89,6 +89,11 @@ class JoinCluster:
         self.trust = base / "trust.pem"
         self.trust.write_bytes((self.ca / "ca.pem").read_bytes())
         self.cacert, self.cert, self.key = self.trust, self.ca / "root.pem", self.ca / "root-key.pem"
+        # m1's --signing-ca-* files: copies, so a CA rotation can switch the signer while it runs.
+        self.signing_cert, self.signing_key = base / "signing-ca.pem", base / "signing-ca-key.pem"
+        self.signing_cert.write_bytes((self.ca / "ca.pem").read_bytes())
+        self.signing_key.write_bytes((self.ca / "ca-key.pem").read_bytes())
+        self.signing_key.chmod(0o600)
         self.extra: list[subprocess.Popen] = []
 
     def argv(self, m: Member, cluster: str, signer: bool) -> list[str]:
@@ -102,7 +107,8 @@ class JoinCluster:
                 "--peer-cert-file", str(ca / f"{m.name}-peer.pem"), "--peer-key-file", str(ca / f"{m.name}-peer-key.pem"),
                 "--peer-trusted-ca-file", str(self.trust),
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
-                *(["--signing-ca-cert-file", str(ca / "ca.pem"), "--signing-ca-key-file", str(ca / "ca-key.pem")]
+                *(["--signing-ca-cert-file", str(self.signing_cert), "--signing-ca-key-file", str(self.signing_key),
+                   "--audit-log", str(self.base / "audit.log")]
                   if signer else [])]
 
     def spawn(self, m: Member, argv: list[str]) -> Member:

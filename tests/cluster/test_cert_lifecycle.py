@@ -3,8 +3,9 @@
 * renewal: every member renews its server and peer certificates through the CSR path
   (``securekv cluster renew``, authenticated by its current peer certificate, no CA key on the
   member) and serves the new ones without a restart;
-* CA rotation (docs/pki.md): trust both CAs -> reissue every certificate from the new CA ->
-  trust only the new CA.
+* CA rotation (docs/pki.md): trust both CAs -> the signing member switches to the new CA (its
+  files replaced, no restart) and every member renews through the CSR path -> trust only the
+  new CA.
 
 Two bounded load loops run throughout: one long-lived gRPC client, and one that opens a new TLS
 connection for every request (it sees each reload). Proof: zero failed requests, same member
@@ -147,7 +148,7 @@ def cluster(tmp_path: Path):
 
 
 def test_renewal_and_ca_rotation_under_load(cluster: JoinCluster, tmp_path: Path) -> None:
-    from securekv.fsutil import atomic_write
+    from securekv.fsutil import atomic_write, atomic_write_many
     from securekv.pki.ca import init_ca
     from securekv.pki.issue import issue_cert
     from securekv.pki.verify import load_cert
@@ -194,23 +195,23 @@ def test_renewal_and_ca_rotation_under_load(cluster: JoinCluster, tmp_path: Path
         for m in c.members:
             _until(lambda: _health(m.client_port, client_trust, new_ca / "root.pem", new_ca / "root-key.pem"),
                    f"{m.name} to trust the new CA")
-        # 2. reissue every member certificate (and the clients') from the new CA
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        for m in c.members:
-            issue_cert(new_ca, "server", f"{m.name}-server", cn=m.name, hosts=["127.0.0.1", "localhost"],
-                       out_dir=staging)
-            issue_cert(new_ca, "peer", f"{m.name}-peer", cn=m.name, hosts=["127.0.0.1", "localhost"], out_dir=staging)
-            for part in ("server", "peer"):
-                for suffix, mode in (("-key.pem", 0o600), (".pem", 0o644)):
-                    name = f"{m.name}-{part}{suffix}"
-                    atomic_write(old_ca / name, (staging / name).read_bytes(), mode)
+        # 2. reissue: the signing member switches to the new CA (its files replaced, no restart)
+        #    and every member renews through the CSR path, still authenticated by its old-CA
+        #    peer certificate; clients get new-CA certificates from the operator.
+        atomic_write_many([(c.signing_cert, new_pem, 0o644),
+                           (c.signing_key, (new_ca / "ca-key.pem").read_bytes(), 0o600)])
         new_issuer = load_cert(new_ca / "ca.pem").subject
         for m in c.members:
-            served = lambda: load_cert(old_ca / f"{m.name}-server.pem").serial_number  # noqa: E731
-            _until(lambda: _served_serial(m.client_port, new_ca / "root.pem", new_ca / "root-key.pem") == served(),
+            c.cli("cluster", "renew", "--endpoints", c.members[0].endpoint, "--cacert", str(c.trust),
+                  "--server-cert", str(old_ca / f"{m.name}-server.pem"),
+                  "--server-key", str(old_ca / f"{m.name}-server-key.pem"),
+                  "--peer-cert", str(old_ca / f"{m.name}-peer.pem"), "--peer-key", str(old_ca / f"{m.name}-peer-key.pem"))
+            for part in ("server", "peer"):
+                assert load_cert(old_ca / f"{m.name}-{part}.pem").issuer == new_issuer
+        for m in c.members:
+            served = load_cert(old_ca / f"{m.name}-server.pem").serial_number
+            _until(lambda: _served_serial(m.client_port, new_ca / "root.pem", new_ca / "root-key.pem") == served,
                    f"{m.name} to serve its new-CA certificate")
-            assert load_cert(old_ca / f"{m.name}-server.pem").issuer == new_issuer
         load.creds = (new_ca / "root.pem", new_ca / "root-key.pem")
         load.fresh_round.clear()
         assert load.fresh_round.wait(30)
@@ -227,6 +228,17 @@ def test_renewal_and_ca_rotation_under_load(cluster: JoinCluster, tmp_path: Path
     assert load.failures == [], load.failures[:10]
     assert load.ok["grpc"] > 0 and load.ok["fresh"] > 0
     print(f"load: {load.ok} requests, 0 failed")
+    # Remaining lifetime of every certificate file, peer and CA ones included, in /metrics.
+    ctx = ssl.create_default_context(cafile=str(c.trust))
+    ctx.load_cert_chain(str(new_ca / "root.pem"), str(new_ca / "root-key.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", c.members[1].client_port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    expiry = [line for line in metrics.splitlines() if line.startswith("securekv_server_certificate_expiry_seconds{")]
+    assert any("m2-peer.pem" in line for line in expiry) and any("trust.pem" in line for line in expiry), expiry
     assert [m.proc.pid for m in c.members] == pids and all(m.proc.poll() is None for m in c.members)
 
     # The cluster still works end to end with the new CA only (peers re-dial with new certs too).

@@ -162,3 +162,19 @@ def test_fourth_member_joins_with_a_token(cluster: JoinCluster, tmp_path: Path) 
         assert client.get("joined").kvs[0].value == b"yes"
     listing = cluster.cli("cluster", "token", *cluster.client_flags(), "list").stdout
     assert "used by n4" in listing
+
+    # Every issue is in the signing member's audit log (flushed about once a second).
+    audit = cluster.base / "audit.log"
+    token_id = token.split(".")[0]
+    deadline = time.monotonic() + 30
+    while True:
+        lines = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+        reasons = [(e["rpc"], e["decision"], e["reason"]) for e in lines]
+        if any(r[0].endswith("/Join") and r[1] == "allow" and f"join token {token_id} admitted member n4" in r[2]
+               for r in reasons):
+            break
+        assert time.monotonic() < deadline, reasons[-20:]
+        time.sleep(0.2)
+    assert any(r[0].endswith("/JoinTokenCreate") and f"join token {token_id} created" in r[2] for r in reasons)
+    assert any(r[0].endswith("/Join") and r[1] == "deny" and "already used" in r[2] for r in reasons)
+    assert token.split("@")[0].split(".")[1] not in audit.read_text()  # never the secret
