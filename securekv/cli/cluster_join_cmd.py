@@ -161,7 +161,10 @@ def join_cmd(token: str, ca_cert_hash: str, endpoints: str, name: str, addresses
 @click.option("--peer-cert", required=True, help="This member's peer certificate (--peer-cert-file): authenticates "
               "the renewal, then replaced.")
 @click.option("--peer-key", required=True, help="Its key (--peer-key-file): replaced by a new key.")
-def renew_cmd(endpoints: str, cacert: str, server_cert: str, server_key: str, peer_cert: str, peer_key: str) -> None:
+@click.option("--before", default="", help="Only if a certificate expires within this duration (e.g. 30d, "
+              "720h): for a daily timer; otherwise print when it is due and change nothing.")
+def renew_cmd(endpoints: str, cacert: str, server_cert: str, server_key: str, peer_cert: str, peer_key: str,
+              before: str) -> None:
     """Renew this member's server and peer certificates through a signing member (no CA key here).
 
     New keys are made here; the member's current peer certificate authenticates the request;
@@ -170,6 +173,20 @@ def renew_cmd(endpoints: str, cacert: str, server_cert: str, server_key: str, pe
     """
     from securekv.cluster.join import RenewSpec, renew
 
+    if before:
+        from datetime import datetime, timezone
+
+        from securekv.pki.duration import parse_duration
+        from securekv.pki.verify import load_cert
+
+        try:
+            window = parse_duration(before, what="--before")
+            ends = min(load_cert(server_cert).not_valid_after_utc, load_cert(peer_cert).not_valid_after_utc)
+        except SecureKVError as exc:
+            _fail(exc)
+        if ends - datetime.now(timezone.utc) > window:
+            click.echo(f"not due: the first certificate expires {ends.isoformat()}, renewal within {before} of it")
+            return
     try:
         written = renew(RenewSpec(tuple(e for e in endpoints.split(",") if e.strip()), cacert, server_cert,
                                   server_key, peer_cert, peer_key))

@@ -269,11 +269,12 @@ class JoinService:
             if set(m.peer_urls) & set(req.peer_urls):
                 raise _bad(f"peer URL {', '.join(sorted(set(m.peer_urls) & set(req.peer_urls)))} is already "
                            f"member {m.name or format(m.id, 'x')}'s")
-        server = signer.sign(req.server_csr, "server", req.name, hosts, [])
-        peer = signer.sign(req.peer_csr, "peer", req.name, hosts, [member_uri(req.name)])
         digest = secret_hash(req.token_secret)
         now = int(self.clock())
-        self.tokens.check(req.token_id, digest, now)  # a clear answer without a log entry
+        # A clear answer without a log entry, and before any signature: no token, no work.
+        self.tokens.check(req.token_id, digest, now)
+        server = signer.sign(req.server_csr, "server", req.name, hosts, [])
+        peer = signer.sign(req.peer_csr, "peer", req.name, hosts, [member_uri(req.name)])
         # The decision that counts: applied on every member in log order (single use).
         await self.etcd._propose_unchecked(SERVER_CALLER, join_token_consume=join_pb2.JoinTokenConsumeRequest(
             id=req.token_id, secret_hash=digest, now_unix=now, member_name=req.name))

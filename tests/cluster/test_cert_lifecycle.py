@@ -168,6 +168,14 @@ def test_renewal_and_ca_rotation_under_load(cluster: JoinCluster, tmp_path: Path
         load.wait_progress("fresh")
 
         # -- renewal through the CSR path, each member by its own peer certificate ------------
+        # Not due yet (what a daily timer sees most days): nothing changes.
+        m1_files = [(old_ca / f"m1-{p}.pem").read_bytes() for p in ("server", "server-key", "peer", "peer-key")]
+        idle = c.cli("cluster", "renew", "--endpoints", c.members[0].endpoint, "--cacert", str(c.trust),
+                     "--server-cert", str(old_ca / "m1-server.pem"), "--server-key", str(old_ca / "m1-server-key.pem"),
+                     "--peer-cert", str(old_ca / "m1-peer.pem"), "--peer-key", str(old_ca / "m1-peer-key.pem"),
+                     "--before", "30d")
+        assert "not due" in idle.stdout
+        assert m1_files == [(old_ca / f"m1-{p}.pem").read_bytes() for p in ("server", "server-key", "peer", "peer-key")]
         for m in c.members:
             before = _served_serial(m.client_port, c.cert, c.key)
             out = c.cli("cluster", "renew", "--endpoints", c.members[0].endpoint, "--cacert", str(c.trust),
