@@ -126,11 +126,13 @@ def revoke_cmd(ctx: click.Context, token_id: str) -> None:
 @click.option("--client-port", default=2379, show_default=True, type=int)
 @click.option("--peer-port", default=2380, show_default=True, type=int)
 @click.option("--root", default="", help="Write everything under this directory instead of / (as `install` does).")
-@click.option("--data-dir", default="/var/lib/securekv", show_default=True)
+@click.option("--data-dir", default="/var/lib/securekv", show_default=True, help="Data directory of the member.")
+@click.option("--exec", "exec_path", default=None, metavar="COMMAND",
+              help="ExecStart of the unit: an absolute program plus arguments (default: this installation).")
 @click.option("--user", "service_user", default="securekv", show_default=True, help="Service user of the unit.")
 def join_cmd(token: str, ca_cert_hash: str, endpoints: str, name: str, addresses: tuple[str, ...],
              dns_names: tuple[str, ...], client_port: int, peer_port: int, root: str, data_dir: str,
-             service_user: str) -> None:
+             exec_path: str | None, service_user: str) -> None:
     """Join a running cluster with a join token: no CA key needed on this machine.
 
     Makes this member's keys, pins the cluster's CA by the token's fingerprint, gets server and
@@ -141,16 +143,25 @@ def join_cmd(token: str, ca_cert_hash: str, endpoints: str, name: str, addresses
     from securekv.cluster.token import parse_token
 
     try:
+        exec_start: tuple[str, ...] = ()
+        if exec_path is not None:
+            from securekv.cli.install_cmd import _split_exec
+
+            exec_start = tuple(_split_exec(exec_path))
         spec = JoinSpec(parse_token(token, ca_cert_hash), tuple(e for e in endpoints.split(",") if e.strip()), name,
-                        tuple(addresses), tuple(dns_names), client_port, peer_port, root, data_dir, service_user)
+                        tuple(addresses), tuple(dns_names), client_port, peer_port, root, data_dir, service_user,
+                        exec_start)
         result = join(spec)
     except (SecureKVError, UsageError) as exc:
         _fail(exc)
-    click.echo(f"joined as member {result.member_id:x} ({name}), a learner until it catches up")
+    click.echo(f"joined as member {result.member_id:x} ({name}): a learner until it has caught up, then promoted")
     for path in result.files:
         click.echo(f"wrote {path}")
-    click.echo("start it: systemctl daemon-reload && systemctl enable --now securekv" if not root else
-               f"start it: securekv serve --config-file {result.files[-2]}")
+    if root:
+        click.echo(f"staged under {root} (as `install bundle --root`): put the tree in place on {name}, then "
+                   "`systemctl daemon-reload && systemctl enable --now securekv`")
+    else:
+        click.echo("start it: systemctl enable --now securekv")
 
 
 @click.command("renew")

@@ -12,16 +12,20 @@ except the CA fingerprint in the token. The order of steps is what makes that sa
    never sent) -- so the secret only reaches a member of the pinned CA;
 4. check the returned certificates chain to the pinned CA and carry our public keys, then
    write keys, certificates, the member config (``initial-cluster-state: existing``) and the
-   hardened unit, all at once (``fsutil.atomic_write_many``). A refusal writes nothing.
+   hardened unit, all at once and laid out as ``install bundle`` does
+   (``securekv.deploy.install.write_files``; under ``--root`` staged, DESTDIR-style). A refusal
+   writes nothing, and everything that can be refused locally (not root, already a member,
+   a bad service user) is refused before the token is spent.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -38,8 +42,7 @@ from securekv.pki.verify import load_certs_pem, verify_chain
 from securekv.proto import join_pb2
 from securekv.tlspolicy.contexts import harden
 
-PKI_DIR = "/etc/securekv/pki"
-DATA_DIR = "/var/lib/securekv"
+DATA_DIR = "/var/lib/securekv"  # securekv.deploy.config.STATE_DIR
 TIMEOUT = 30.0
 
 
@@ -151,22 +154,25 @@ class JoinSpec:
         return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def _path(root: str, path: str) -> Path:
-    return Path(root) / path.lstrip("/") if root else Path(path)
-
-
 def join(spec: JoinSpec, timeout: float = TIMEOUT) -> JoinResult:
-    from securekv.deploy.systemd import CONFIG_PATH, UNIT_PATH, UnitOptions, render_config, render_unit
-    from securekv.fsutil import atomic_write_many
+    from securekv.deploy import install as deploy
+    from securekv.deploy.install import default_exec_start
+    from securekv.deploy.systemd import CONFIG_PATH, UNIT_PATH, check_exec_start, check_user
 
     if not spec.addresses and not spec.dns_names:
         raise UsageError("--address (or --dns) is needed: the new member's certificates name it")
     if not spec.endpoints:
         raise UsageError("--endpoints: at least one member's client URL is needed")
-    targets = [_path(spec.root, p) for p in (CONFIG_PATH, UNIT_PATH)]
-    for t in targets:
+    check_user(spec.user)
+    check_exec_start(spec.exec_start or default_exec_start())
+    # Everything that can refuse locally refuses before the token is spent.
+    if not spec.root:
+        deploy.require_root()
+    for p in (CONFIG_PATH, UNIT_PATH):
+        t = deploy.resolve_under_root(spec.root or "/", p)
         if t.exists():
             raise UsageError(f"{t} already exists: this machine is already set up as a member (remove it first)")
+    deploy.check_data_dirs((spec.data_dir,), spec.root or None)
     errors = []
     for endpoint in spec.endpoints:
         host, port = _endpoint(endpoint)
@@ -194,35 +200,28 @@ def join(spec: JoinSpec, timeout: float = TIMEOUT) -> JoinResult:
             continue
         _check_issued(reply.server_cert, server_key, ca, "server")
         _check_issued(reply.peer_cert, peer_key, ca, "peer")
-        return _write(spec, reply, server_key, peer_key, ca, atomic_write_many, render_config, render_unit,
-                      UnitOptions, CONFIG_PATH, UNIT_PATH)
+        return _write(spec, reply, server_key, peer_key)
     raise JoinRefused("no member could be reached: " + "; ".join(errors))
 
 
-def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_key: Any, ca: x509.Certificate,
-           atomic_write_many: Any, render_config: Any, render_unit: Any, UnitOptions: Any, config_path: str,
-           unit_path: str) -> JoinResult:
+def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_key: Any) -> JoinResult:
+    """The member's files, as ``install bundle`` lays them out: under ``--root`` staged
+    (DESTDIR: the config names the target system's paths), else installed on this machine with
+    the service user and data directory created and the keys handed to it (0600)."""
+    from securekv.cluster.bundle import owned_by_service, pki_paths
+    from securekv.cluster.install import service_owner
+    from securekv.deploy import install as deploy
+    from securekv.deploy.firewall import RenderedFile
+    from securekv.deploy.systemd import (CONFIG_PATH, SYSUSERS_PATH, UNIT_PATH, UnitOptions, render_config,
+                                         render_sysusers, render_unit)
     from securekv.deploy.install import default_exec_start
 
-    pki = PKI_DIR
-    files = {
-        f"{pki}/ca.pem": (reply.ca_bundle.encode(), 0o644),
-        f"{pki}/server.pem": (reply.server_cert.encode(), 0o644),
-        f"{pki}/server-key.pem": (keys.key_to_pem(server_key), 0o600),
-        f"{pki}/peer.pem": (reply.peer_cert.encode(), 0o644),
-        f"{pki}/peer-key.pem": (keys.key_to_pem(peer_key), 0o600),
-    }
+    paths = pki_paths(spec.name)
     me = spec.url(spec.peer_port)
-    cluster = [f"{m.name or spec.name}={u}" for m in reply.members for u in m.peer_urls
-               if m.name or u == me]
-    data_dir = str(_path(spec.root, spec.data_dir)) if spec.root else spec.data_dir
-
-    def at(p: str) -> str:
-        return str(_path(spec.root, p))
-
+    cluster = [f"{m.name or spec.name}={u}" for m in reply.members for u in m.peer_urls if m.name or u == me]
     config = {
         "name": spec.name,
-        "data-dir": data_dir,
+        "data-dir": spec.data_dir,
         "listen-client-urls": spec.url(spec.client_port),
         "advertise-client-urls": spec.url(spec.client_port),
         "listen-peer-urls": spec.url(spec.peer_port),
@@ -230,34 +229,35 @@ def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_k
         "initial-cluster": ",".join(cluster),
         "initial-cluster-state": "existing",
         "initial-cluster-token": reply.cluster_token,
-        "client-transport-security": {"cert-file": at(f"{pki}/server.pem"), "key-file": at(f"{pki}/server-key.pem"),
-                                      "trusted-ca-file": at(f"{pki}/ca.pem"), "client-cert-auth": True},
-        "peer-transport-security": {"cert-file": at(f"{pki}/peer.pem"), "key-file": at(f"{pki}/peer-key.pem"),
-                                    "trusted-ca-file": at(f"{pki}/ca.pem"), "client-cert-auth": True},
+        "client-transport-security": {"cert-file": paths["server-cert"], "key-file": paths["server-key"],
+                                      "trusted-ca-file": paths["ca"], "client-cert-auth": True},
+        "peer-transport-security": {"cert-file": paths["peer-cert"], "key-file": paths["peer-key"],
+                                    "trusted-ca-file": paths["ca"], "client-cert-auth": True},
     }
-    text = render_config(config) if not spec.root else _yaml(config)
     unit = render_unit(UnitOptions(exec_start=spec.exec_start or default_exec_start(), user=spec.user,
-                                   config_file=at(config_path)))
-    writes = [(_path(spec.root, p), data, mode) for p, (data, mode) in files.items()]
-    writes.append((_path(spec.root, config_path), text.encode(), 0o640))
-    writes.append((_path(spec.root, unit_path), unit.encode(), 0o644))
-    for path, _data, _mode in writes:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    _path(spec.root, pki).chmod(0o750)
-    atomic_write_many(writes)
-    return JoinResult(reply.member_id, tuple(p for p, _, _ in writes), tuple(cluster))
-
-
-def _yaml(config: dict) -> str:
-    """Under --root the paths are not the installed ones, which the installed-config checks
-    would refuse (they expect /etc/securekv, /var/lib/securekv): plain YAML, same keys."""
-    import yaml
-
-    return "# securekv member config written by `securekv cluster join`.\n" + yaml.safe_dump(
-        config, sort_keys=False, default_flow_style=False)
-
-
-
+                                   config_file=CONFIG_PATH, writable_paths=(spec.data_dir,)))
+    files = (
+        RenderedFile(paths["ca"], reply.ca_bundle, 0o644),
+        RenderedFile(paths["server-cert"], reply.server_cert, 0o644),
+        RenderedFile(paths["server-key"], keys.key_to_pem(server_key).decode(), 0o600),
+        RenderedFile(paths["peer-cert"], reply.peer_cert, 0o644),
+        RenderedFile(paths["peer-key"], keys.key_to_pem(peer_key).decode(), 0o600),
+        RenderedFile(CONFIG_PATH, render_config(config), 0o644),
+        RenderedFile(UNIT_PATH, unit, 0o644),
+        RenderedFile(SYSUSERS_PATH, render_sysusers(spec.user), 0o644),
+    )
+    if spec.root:
+        written = deploy.write_files(files, spec.root)
+        return JoinResult(reply.member_id, tuple(written), tuple(cluster))
+    written = deploy.write_files(files, "/")
+    deploy.apply_systemd(deploy.Plan(files), spec.user, (spec.data_dir,))
+    owner = service_owner(spec.user)
+    if owner is None:
+        raise UsageError(f"the service user {spec.user!r} was not created")
+    for f in files:
+        if owned_by_service(f.path):
+            os.chown(f.path, owner[0], owner[1], follow_symlinks=False)
+    return JoinResult(reply.member_id, tuple(written), tuple(cluster))
 
 
 # -- renewal: the same CSR path, authenticated by the member's current peer certificate --------

@@ -16,7 +16,6 @@ import secrets
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from securekv.errors import UsageError
 
@@ -64,9 +63,11 @@ def parse_token(text: str, ca_cert_hash: str = "") -> JoinToken:
 
 
 def spki_hash(cert: x509.Certificate) -> str:
-    """kubeadm's CA pin: SHA-256 of the certificate's DER SubjectPublicKeyInfo."""
-    der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + hashlib.sha256(der).hexdigest()
+    """kubeadm's CA pin, ``sha256:<hex>`` of the SubjectPublicKeyInfo: the same fingerprint a
+    planned bundle records (``securekv.cluster.bundle.ca_fingerprint``)."""
+    from securekv.cluster.bundle import ca_fingerprint
+
+    return ca_fingerprint(cert)
 
 
 __all__ = ["JoinToken", "new_token", "parse_token", "secret_hash", "spki_hash"]

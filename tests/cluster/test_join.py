@@ -127,13 +127,19 @@ def test_fourth_member_joins_with_a_token(cluster: JoinCluster, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     files = _written(root)
     names = sorted(p.name for p in files)
-    assert names == ["ca.pem", "peer-key.pem", "peer.pem", "securekv.service", "securekv.yaml",
-                     "server-key.pem", "server.pem"], names
+    assert names == ["ca.pem", "n4-key.pem", "n4-peer-key.pem", "n4-peer.pem", "n4.pem", "securekv.conf",
+                     "securekv.service", "securekv.yaml"], names
     for p in files:  # no CA key on the new member: its only private keys are its own two
         if b"PRIVATE KEY" in p.read_bytes():
-            assert p.name in ("server-key.pem", "peer-key.pem"), p
+            assert p.name in ("n4-key.pem", "n4-peer-key.pem"), p
             assert p.stat().st_mode & 0o777 == 0o600
-    config = root / "etc" / "securekv" / "securekv.yaml"
+    # Staged as `install bundle --root` stages (DESTDIR: the config names /etc/securekv/...,
+    # /var/lib/securekv): run it from the staging tree by rewriting those prefixes.
+    staged = (root / "etc" / "securekv" / "securekv.yaml").read_text()
+    assert "initial-cluster-state: existing" in staged and "/etc/securekv/pki/n4-peer.pem" in staged
+    config = tmp_path / "n4.yaml"
+    config.write_text(staged.replace("/etc/securekv/", f"{root}/etc/securekv/")
+                      .replace("/var/lib/securekv", f"{root}/var/lib/securekv"))
 
     # Second use of the same token: refused, nothing written.
     again = tmp_path / "again"
