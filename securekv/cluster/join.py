@@ -201,7 +201,9 @@ def join(spec: JoinSpec, timeout: float = TIMEOUT) -> JoinResult:
         _check_issued(reply.server_cert, server_key, ca, "server")
         _check_issued(reply.peer_cert, peer_key, ca, "peer")
         return _write(spec, reply, server_key, peer_key)
-    raise JoinRefused("no member could be reached: " + "; ".join(errors))
+    raise JoinRefused("no member could be reached: " + "; ".join(errors) + " (--endpoints must name a member "
+                      "started with --signing-ca-cert-file/--signing-ca-key-file: the others require a client "
+                      "certificate)")
 
 
 def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_key: Any) -> JoinResult:

@@ -35,9 +35,9 @@ def _token(c: JoinCluster, ttl: str = "1h") -> str:
     return token
 
 
-def _join(c: JoinCluster, token: str, root: Path, name: str = "n4", check: bool = False, **ports: int):
+def _join(c: JoinCluster, token: str, root: Path, name: str = "n4", check: bool = False, via: int = 0, **ports: int):
     client_port, peer_port = ports.get("client", free_port()), ports.get("peer", free_port())
-    return c.cli("cluster", "join", "--token", token, "--endpoints", c.members[0].endpoint, "--name", name,
+    return c.cli("cluster", "join", "--token", token, "--endpoints", c.members[via].endpoint, "--name", name,
                  "--address", "127.0.0.1", "--client-port", str(client_port), "--peer-port", str(peer_port),
                  "--root", str(root), check=check), client_port, peer_port
 
@@ -83,6 +83,12 @@ def test_refusals_write_nothing(cluster: JoinCluster, tmp_path: Path) -> None:
         assert proc.returncode != 0, (case, proc.stdout)
         assert expected[case] in proc.stderr, (case, proc.stderr)
         assert _written(root) == [], (case, _written(root))
+
+    # A member without a signing CA: the handshake needs a certificate, and the answer says why.
+    root = tmp_path / "no-signer"
+    proc, _, _ = _join(cluster, good, root, via=1)
+    assert proc.returncode != 0 and "--signing-ca-cert-file" in proc.stderr, proc.stderr
+    assert _written(root) == []
 
     short = _token(cluster, ttl="1s")
     time.sleep(1.5)  # the token's own lifetime: nothing to wait on but the clock
