@@ -105,19 +105,31 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
     fsync_dir(target.parent)
 
 
-def atomic_write_many(files: Iterable[tuple[str | os.PathLike[str], bytes | str, int]]) -> None:
+def atomic_write_many(files: Iterable[tuple[str | os.PathLike[str], bytes | str, int]], *,
+                      keep_owner: bool = False) -> None:
     """Write several files so that either all new contents are in place or none are.
 
     All temp files are written and fsynced first; only then are they renamed. A failure
     while writing leaves every target untouched; a failure during the renames puts back what
     was already replaced (old contents are kept as hard links until the last rename), so an
     error never leaves a mix of old and new files, nor stray temp files.
+
+    ``keep_owner``: a file that exists keeps its owner and group (the temp file is given them
+    before the rename): root replacing a service user's key must not leave it unreadable.
     """
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data, mode in files:
             target = Path(path)
-            staged.append((_write_temp(target, data, mode), target))
+            tmp = _write_temp(target, data, mode)
+            staged.append((tmp, target))
+            if keep_owner:
+                try:
+                    st = os.stat(target)
+                except FileNotFoundError:
+                    continue
+                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                    os.chown(tmp, st.st_uid, st.st_gid)
     except BaseException:
         for tmp, _ in staged:
             _unlink(tmp)

@@ -50,3 +50,16 @@ def test_many_failing_write_touches_nothing(tmp_path: Path) -> None:
         atomic_write_many([(tmp_path / "a", b"new-a", 0o644), (tmp_path / "missing" / "b", b"x", 0o644)])
     assert _listing(tmp_path) == before
     assert os.path.exists(tmp_path / "a")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_atomic_write_many_keep_owner(tmp_path: Path) -> None:
+    """Root renewing a service user's key: the new file keeps the old owner (the service must
+    still read it), and a new file is root's as usual."""
+    key = tmp_path / "member-key.pem"
+    key.write_bytes(b"old")
+    os.chown(key, 65534, 65534)
+    atomic_write_many([(key, b"new", 0o600), (tmp_path / "fresh.pem", b"x", 0o644)], keep_owner=True)
+    st = key.stat()
+    assert key.read_bytes() == b"new" and (st.st_uid, st.st_gid) == (65534, 65534) and st.st_mode & 0o777 == 0o600
+    assert (tmp_path / "fresh.pem").stat().st_uid == 0

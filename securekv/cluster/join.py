@@ -337,7 +337,7 @@ def renew(spec: RenewSpec, timeout: float = TIMEOUT) -> tuple[Path, ...]:
             (Path(spec.peer_key), keys.key_to_pem(peer_key), 0o600),
             (Path(spec.peer_cert), reply.peer_cert.encode(), mode(spec.peer_cert, 0o644)),
         ]
-        atomic_write_many(writes)
+        atomic_write_many(writes, keep_owner=True)  # run by root for a service user's files
         return tuple(p for p, _, _ in writes)
     raise JoinRefused("no signing member could be reached: " + "; ".join(errors))
 
