@@ -159,9 +159,9 @@ def join_cmd(token: str, ca_cert_hash: str, endpoints: str, name: str, addresses
         click.echo(f"wrote {path}")
     if root:
         click.echo(f"staged under {root} (as `install bundle --root`): put the tree in place on {name}, then "
-                   "`systemctl daemon-reload && systemctl enable --now securekv`")
+                   "`systemctl daemon-reload && systemctl enable --now securekv securekv-renew.timer`")
     else:
-        click.echo("start it: systemctl enable --now securekv")
+        click.echo("start it: systemctl enable --now securekv securekv-renew.timer")
 
 
 @click.command("renew")

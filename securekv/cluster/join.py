@@ -210,6 +210,7 @@ def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_k
     """The member's files, as ``install bundle`` lays them out: under ``--root`` staged
     (DESTDIR: the config names the target system's paths), else installed on this machine with
     the service user and data directory created and the keys handed to it (0600)."""
+    from securekv.cluster import renew_timer
     from securekv.cluster.bundle import owned_by_service, pki_paths
     from securekv.cluster.install import service_owner
     from securekv.deploy import install as deploy
@@ -247,6 +248,10 @@ def _write(spec: JoinSpec, reply: join_pb2.JoinResponse, server_key: Any, peer_k
         RenderedFile(CONFIG_PATH, render_config(config), 0o644),
         RenderedFile(UNIT_PATH, unit, 0o644),
         RenderedFile(SYSUSERS_PATH, render_sysusers(spec.user), 0o644),
+        # Renewal before expiry, through the member that signed (docs/pki.md).
+        RenderedFile(renew_timer.SERVICE_PATH, renew_timer.render_service(
+            spec.exec_start or default_exec_start(), spec.endpoints, paths, os.path.dirname(paths["ca"])), 0o644),
+        RenderedFile(renew_timer.TIMER_PATH, renew_timer.render_timer(), 0o644),
     )
     if spec.root:
         written = deploy.write_files(files, spec.root)

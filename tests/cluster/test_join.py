@@ -133,8 +133,17 @@ def test_fourth_member_joins_with_a_token(cluster: JoinCluster, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     files = _written(root)
     names = sorted(p.name for p in files)
-    assert names == ["ca.pem", "n4-key.pem", "n4-peer-key.pem", "n4-peer.pem", "n4.pem", "securekv.conf",
-                     "securekv.service", "securekv.yaml"], names
+    assert names == ["ca.pem", "n4-key.pem", "n4-peer-key.pem", "n4-peer.pem", "n4.pem", "securekv-renew.service",
+                     "securekv-renew.timer", "securekv.conf", "securekv.service", "securekv.yaml"], names
+    units = root / "etc" / "systemd" / "system"
+    renew_unit = (units / "securekv-renew.service").read_text()
+    assert "cluster renew --endpoints " + cluster.members[0].endpoint in renew_unit and "--before 30d" in renew_unit
+    import shutil
+    import subprocess
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "securekv-renew.service"),
+                                str(units / "securekv-renew.timer")], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
     for p in files:  # no CA key on the new member: its only private keys are its own two
         if b"PRIVATE KEY" in p.read_bytes():
             assert p.name in ("n4-key.pem", "n4-peer-key.pem"), p
