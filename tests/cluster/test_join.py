@@ -84,6 +84,12 @@ def test_refusals_write_nothing(cluster: JoinCluster, tmp_path: Path) -> None:
         assert expected[case] in proc.stderr, (case, proc.stderr)
         assert _written(root) == [], (case, _written(root))
 
+    # Bad input: a name already in the cluster; refused before the token is spent.
+    root = tmp_path / "taken-name"
+    proc, _, _ = _join(cluster, good, root, name="m2")
+    assert proc.returncode != 0 and "a member named 'm2' is already in the cluster" in proc.stderr, proc.stderr
+    assert _written(root) == []
+
     # A member without a signing CA: the handshake needs a certificate, and the answer says why.
     root = tmp_path / "no-signer"
     proc, _, _ = _join(cluster, good, root, via=1)
