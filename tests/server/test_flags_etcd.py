@@ -208,33 +208,36 @@ def _sample_config(certs: Certs, port: int, peer: int, data: Path, tls: bool) ->
 
 
 def _run_until_ready(argv: list[str], env: dict, cwd: Path) -> str:
-    """Start a member, wait for etcd's readiness line, stop it with SIGTERM; its whole log."""
+    """Start a member, wait for etcd's readiness line, stop it with SIGTERM; its whole log.
+
+    Reads the pipe's file descriptor directly: selecting on a buffered text pipe and then
+    calling readline() leaves lines that arrived in the same read in Python's buffer, where
+    select() never sees them (the readiness line was missed that way under load)."""
+    import os
     import selectors
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "securekv", "serve", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
-    lines: list[str] = []
+                            stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    received = bytearray()
     deadline = time.monotonic() + 60
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and b"serving client traffic securely" not in received:
             if not sel.select(timeout=1):
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
                 break
-            lines.append(line)
-            if "serving client traffic securely" in line:
-                break
+            received += chunk
     finally:
         sel.close()
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)
-        lines.append(rest)
-    return "".join(lines)
+        received += rest
+    return received.decode(errors="replace")
 
 
 def test_etcd_sample_config_starts_or_names_the_reason(tmp_path: Path, certs: Certs) -> None:
