@@ -156,3 +156,21 @@ def atomic_write_many(files: Iterable[tuple[str | os.PathLike[str], bytes | str,
                 _unlink(backup)
     for directory in {target.parent for _, target in staged}:
         fsync_dir(directory)
+
+
+FileStamp = tuple[str, "int | None", "int | None", "int | None"]
+
+
+def file_stamps(paths: Iterable[str]) -> tuple[FileStamp, ...]:
+    """(path, inode, size, mtime) of each path, None for a missing one.
+
+    Reloaders compare stamps instead of contents: a replaced file (new inode, as atomic_write
+    makes) or an edited one shows up without reading it on every poll."""
+    out: list[FileStamp] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p, None, None, None))
+    return tuple(out)

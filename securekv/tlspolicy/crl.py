@@ -17,7 +17,6 @@ number for an issuer, keeps the list in force and logs why.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ import attrs
 from cryptography import x509
 
 from securekv.errors import UsageError
+from securekv.fsutil import file_stamps
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +163,6 @@ def load_revocation_list(path: str, issuers: Sequence[x509.Certificate], flag: s
     return build_revocation_list(split_crl_file(data, source), issuers, source, path)
 
 
-def _stamp(paths: Sequence[str]) -> tuple:
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((p, None, None, None))
-    return tuple(out)
-
-
 class CRLWatcher:
     """Holds the revocation list in force for one endpoint and reloads it when its files change.
 
@@ -190,7 +179,7 @@ class CRLWatcher:
         self._paths = tuple(dict.fromkeys((path, *watch)))
         self._clock = clock
         self.current = load_revocation_list(path, issuers(), flag)
-        self._stamp = _stamp(self._paths)
+        self._stamp = file_stamps(self._paths)
         self._bad_stamp: tuple | None = None
         self._expired_logged: float | None = None
         self.reloads = 0
@@ -199,7 +188,7 @@ class CRLWatcher:
 
     def check(self, now: datetime | None = None) -> RevocationList | None:
         changed: RevocationList | None = None
-        stamp = _stamp(self._paths)
+        stamp = file_stamps(self._paths)
         if stamp != self._stamp and stamp != self._bad_stamp:
             try:
                 new = load_revocation_list(self.path, self._issuers(), self.flag)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from typing import Any, Callable
 
 from cryptography import x509
 
 from securekv.errors import PeerError, UsageError
+from securekv.fsutil import file_stamps
 from securekv.tlspolicy.contexts import TLSFiles, server_context
 from securekv.tlspolicy.crl import CRLWatcher, RevocationList
 from securekv.tlspolicy.identity import VerifiedPeer, verified_peer
@@ -53,17 +53,6 @@ def crl_watcher(files: TLSFiles) -> CRLWatcher | None:
                       watch=tuple(p for p in (files.trusted_ca_file, files.cert_file) if p), flag=files.flag(3))
 
 
-def _stamp(paths: tuple[str, ...]) -> tuple:
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((p, None, None, None))
-    return tuple(out)
-
-
 class ReloadingContext:
     """Holds the current context; ``check()`` swaps in a new one when the files changed.
 
@@ -77,12 +66,12 @@ class ReloadingContext:
         self._builder = builder
         self._paths = tuple(p for p in (files.cert_file, files.key_file, files.trusted_ca_file) if p)
         self.current = builder(files)
-        self._stamp = _stamp(self._paths)
+        self._stamp = file_stamps(self._paths)
         self._bad_stamp: tuple | None = None
         self.reloads = 0
 
     def check(self) -> bool:
-        stamp = _stamp(self._paths)
+        stamp = file_stamps(self._paths)
         if stamp == self._stamp or stamp == self._bad_stamp:
             return False
         try:
