@@ -224,6 +224,7 @@ class Gateway:
                 response = await _run_cb(fn, request, caller)
             else:
                 response = await fn(request, caller)
+            self.server.check_response_size(response.ByteSize())  # --max-response-bytes
         except trio.Cancelled:
             observe("CANCELLED")
             raise

@@ -139,6 +139,8 @@ class Config:
     max_connections_per_listener: int
     max_calls_per_identity: int
     max_watches_per_identity: int
+    max_leases_per_identity: int
+    max_response_bytes: int
     insecure_allow_plaintext: bool
     backup: BackupSettings = BackupSettings()
     auth_token: str = "simple"

@@ -173,6 +173,10 @@ OPTIONS: tuple[Option, ...] = (
            "Most concurrent gRPC calls (unary and streams) of one client identity (certificate CN or user)."),
     Option("max-watches-per-identity", INT, 100000,
            "Most watchers one client identity may hold open; more creates are canceled."),
+    Option("max-leases-per-identity", INT, 100000,
+           "Most leases one client identity may hold granted through this member; more grants are refused."),
+    Option("max-response-bytes", INT, 268435456,
+           "Largest response sent to a client, in bytes (etcd: 2 GiB); a larger range is refused, not built."),
     Option(
         "insecure-allow-plaintext",
         BOOL,

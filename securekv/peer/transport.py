@@ -698,6 +698,8 @@ class PeerTransport:
         except Exception:
             log.exception("peer connection from %s failed unexpectedly", remote)
         finally:
+            if conn is not None:
+                conn.peer.incoming.discard(conn)  # _accept took the slot; _run_incoming may not have run
             await trio.aclose_forcefully(conn.stream if conn is not None else tcp)
 
     async def _accept(self, tcp: trio.SocketStream, remote: str) -> _Conn | None:
@@ -773,7 +775,15 @@ class PeerTransport:
         conn.identity = identity
         conn.reader = reader
         reader.on_bytes = conn._count_in
-        await conn.send_frame(codec.frame(FrameKind.HELLO_OK, codec.encode_hello_ok(self.cluster_id, self.member_id)))
+        # Take the member's slot now, before the first await: HELLOs arriving together must see
+        # each other, or all of them pass the MAX_INCOMING_PER_PEER check above.
+        peer.incoming.add(conn)
+        try:
+            await conn.send_frame(codec.frame(FrameKind.HELLO_OK,
+                                              codec.encode_hello_ok(self.cluster_id, self.member_id)))
+        except BaseException:
+            peer.incoming.discard(conn)
+            raise
         return conn
 
     async def _send_refusal(self, stream: trio.abc.Stream, reason: str) -> None:
@@ -811,7 +821,7 @@ class PeerTransport:
 
     async def _run_incoming(self, conn: _Conn) -> None:
         peer = conn.peer
-        peer.incoming.add(conn)  # a newer connection never displaces a live one: see MAX_INCOMING_PER_PEER
+        peer.incoming.add(conn)  # (taken in _accept) a newer connection never displaces a live one
         token = self._track(conn)
         try:
             async with trio.open_nursery() as nursery:

@@ -441,6 +441,8 @@ async def serve(
         etcd.bcrypt_cost = effective_bcrypt_cost(config.bcrypt_cost)
         etcd.login_limiter = LoginLimiter()
         etcd.max_watches_per_identity = config.max_watches_per_identity
+        etcd.max_leases_per_identity = config.max_leases_per_identity
+        etcd.max_response_bytes = config.max_response_bytes
         dispatcher = Dispatcher(etcd, gate, metrics, Limits(max_calls_per_identity=config.max_calls_per_identity),
                                 has_leader=lambda: node.leader != 0)
         grpc_settings = GrpcSettings(

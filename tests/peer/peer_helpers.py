@@ -40,7 +40,7 @@ def build_certs(base: Path) -> PeerCerts:
 
     ca_dir, foreign_dir = base / "ca", base / "foreign"
     init_ca(ca_dir, cn="peer CA")
-    for name in ("m1", "m2", "m3", "m4", "outsider", "gone"):
+    for name in ("m1", "m2", "m3", "m4", "outsider", "gone", "ghost"):  # ghost: names no member at all
         issue_cert(ca_dir, "peer", name, hosts=["127.0.0.1", "localhost"])
     issue_cert(ca_dir, "peer", "elsewhere", hosts=["192.0.2.1", "elsewhere.example"])  # SAN not loopback
     issue_cert(ca_dir, "client", "clientonly")  # client auth only: not a peer certificate

@@ -136,12 +136,14 @@ async def test_revoked_member_certificate_refused(peer_certs, listener) -> None:
     ("m1", 2),   # the listener's own name claiming member 2
     ("m2", 5),   # an existing member claiming a member that was added but has not started
     ("shared", 2),  # a certificate naming no member, without --peer-cert-allowed-cn
+    ("ghost", 2),   # a member certificate of the CA naming a member that does not exist
+    ("ghost", 4),   # ...claiming a member this listener does not know either
 ])
 async def test_certificate_of_another_member_refused(peer_certs, listener, cert, sender) -> None:
     p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert(cert)), sender=sender)
     assert p.outcome == "refused", (cert, sender, p.text)
     assert_no_ids(p.text)
-    if sender == 1:
+    if sender in (1, 4):
         assert p.text == "the dialing member is not a member of this cluster (unknown or removed)"
     else:
         name = {"shared": "shared-peer"}.get(cert, cert)
@@ -208,6 +210,27 @@ async def test_second_connection_does_not_displace_the_live_one(peer_certs, nurs
     await a.wait_delivered(1)
     assert b.transport.stats()["peers"][1]["connects"] == 1
     await second.close()
+
+
+async def test_concurrent_connections_claiming_a_member_never_exceed_its_live_links(peer_certs, listener) -> None:
+    """Many HELLOs for one member at the same moment: the slot is taken when the HELLO is
+    accepted, not later, so the cap (2 live links per member) holds under a race."""
+    ctx = context(peer_certs.ca, peer_certs.cert("m2"))
+    probes: list[Probe] = []
+
+    async def one() -> None:
+        probes.append(await probe(listener.port, ctx, keep=True))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(one)
+    try:
+        outcomes = sorted(p.outcome for p in probes)
+        assert outcomes.count("ok") == listener.transport.max_incoming_per_peer == 2, [p.text for p in probes]
+        assert all("already has as many live connections" in p.text for p in probes if p.outcome != "ok")
+    finally:
+        for p in probes:
+            await p.close()
 
 
 async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs, listener) -> None:
