@@ -233,6 +233,39 @@ async def test_concurrent_connections_claiming_a_member_never_exceed_its_live_li
             await p.close()
 
 
+async def test_connections_still_in_their_handshake_are_capped(peer_certs, nursery) -> None:
+    """A stranger opening connections and never finishing the handshake holds at most
+    max_pending_per_host of them (more are closed at once, before TLS); when they go, a member
+    is served again. The same for the total over all addresses."""
+    a = Member(1, make_tls(peer_certs, "m1"), max_pending_per_host=4, max_pending=6)
+    await a.listen()
+    a.transport.add_peer(2, ["https://127.0.0.1:1"])
+    await a.start(nursery)
+    ctx = context(peer_certs.ca, peer_certs.cert("m2"))
+    silent = [await trio.open_tcp_stream("127.0.0.1", a.port) for _ in range(4)]
+    await wait_for(lambda: a.transport._pending_total == 4, what="four silent connections pending")
+    p = await probe(a.port, ctx)
+    assert p.outcome == "closed", p.text
+    assert a.transport.stats()["pending_refused"] == 1
+    for s in silent:
+        await s.aclose()
+    await wait_for(lambda: a.transport._pending_total == 0, what="the silent connections gone")
+    assert (await probe(a.port, ctx)).outcome == "ok"
+    # The total: six from two loopback addresses fill it; a seventh from a third is closed.
+    silent = []
+    for host in ("127.0.0.2", "127.0.0.3"):
+        for _ in range(3):
+            sock = trio.socket.socket()
+            await sock.bind((host, 0))
+            await sock.connect(("127.0.0.1", a.port))
+            silent.append(trio.SocketStream(sock))
+    await wait_for(lambda: a.transport._pending_total == 6, what="six silent connections pending")
+    assert (await probe(a.port, ctx)).outcome == "closed"
+    assert a.transport.stats()["pending_refused"] == 2
+    for s in silent:
+        await s.aclose()
+
+
 async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs, listener) -> None:
     """etcd's peer-listener SAN check: an IP SAN equal to the address the member connects from,
     or a DNS SAN resolving to it; skipped by --experimental-peer-skip-client-san-verification."""
