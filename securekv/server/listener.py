@@ -33,6 +33,11 @@ from securekv.tlspolicy import ServerTLS, VerifiedPeer
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: Connections from one address still in their TLS handshake at once; more from that address are
+#: closed before TLS. The listener's cap (--max-connections-per-listener) bounds them all, but a
+#: stranger who holds it full of silent handshakes (each up to --tls-handshake-timeout) from
+#: one address would lock every client out; this keeps the rest for other addresses.
+MAX_PENDING_PER_HOST = 64
 
 HttpHandler = Callable[[trio.abc.Stream, Identity], Awaitable[None]]
 GrpcHandler = Callable[[trio.abc.Stream, Identity, "LiveConnection"], Awaitable[None]]
@@ -124,6 +129,7 @@ class LiveConnections:
 class ListenerStats:
     accepted: int = 0
     refused: int = 0  # over the connection cap
+    pending_refused: int = 0  # over MAX_PENDING_PER_HOST handshakes from one address
     handshake_failures: int = 0
     grpc_connections: int = 0
     http_connections: int = 0
@@ -138,6 +144,7 @@ class ClientListener:
         handshake_timeout: float,
         max_connections: int,
         join_handler: HttpHandler | None = None,
+        max_pending_per_host: int = MAX_PENDING_PER_HOST,
     ) -> None:
         self.tls = tls
         # HTTP/1.1 for a TLS connection without a client certificate when the policy lets one
@@ -147,6 +154,8 @@ class ClientListener:
         self.grpc_handler = grpc_handler
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
+        self.max_pending_per_host = max_pending_per_host
+        self._pending: dict[str, int] = {}  # remote host -> connections still in the TLS handshake
         self.live = LiveConnections()
         self.stats = ListenerStats()
         self._refusals_logged = 0
@@ -166,6 +175,15 @@ class ClientListener:
             remote = "%s:%s" % tcp.socket.getpeername()[:2]
         except OSError:
             remote = "?"
+        if self.tls is not None and self._pending.get(remote.rsplit(":", 1)[0], 0) >= self.max_pending_per_host:
+            self.stats.pending_refused += 1
+            if self._refusals_logged < 10 or self.stats.pending_refused % 1000 == 0:
+                self._refusals_logged += 1
+                log.warning("connection from %s refused: %d connections from this address are still in their TLS "
+                            "handshake; %d refused so far", remote, self.max_pending_per_host,
+                            self.stats.pending_refused)
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         except OSError:
@@ -189,14 +207,23 @@ class ClientListener:
         try:
             if self.tls is not None:
                 ssl_stream = trio.SSLStream(tcp, self.tls.current, server_side=True)
-                with trio.move_on_after(self.handshake_timeout) as scope:
-                    try:
-                        await ssl_stream.do_handshake()
-                    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-                        self.stats.handshake_failures += 1
-                        rejected_connection(log, remote, _reason(exc))  # etcd's log line
-                        await trio.aclose_forcefully(tcp)
-                        return
+                host = remote.rsplit(":", 1)[0]
+                self._pending[host] = self._pending.get(host, 0) + 1
+                try:
+                    with trio.move_on_after(self.handshake_timeout) as scope:
+                        try:
+                            await ssl_stream.do_handshake()
+                        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                            self.stats.handshake_failures += 1
+                            rejected_connection(log, remote, _reason(exc))  # etcd's log line
+                            await trio.aclose_forcefully(tcp)
+                            return
+                finally:
+                    left = self._pending[host] - 1
+                    if left:
+                        self._pending[host] = left
+                    else:
+                        del self._pending[host]
                 if scope.cancelled_caught:
                     self.stats.handshake_failures += 1
                     rejected_connection(log, remote, "tls: handshake timed out")

@@ -172,6 +172,47 @@ def test_connection_cap_per_listener(make_member) -> None:
         time.sleep(0.1)
 
 
+def test_silent_handshakes_from_one_address_do_not_lock_others_out(make_member) -> None:
+    """64 connections from one address that never start TLS hold that address's handshake
+    slots, not the listener: the 65th from that address is closed at once, a client on another
+    loopback address is served, and the address is served again once they go."""
+    m = make_member(extra=["--max-connections-per-listener", "100"])
+    held = [socket.create_connection(("127.0.0.1", m.port), timeout=10) for _ in range(64)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # accepted one by one by the server: wait until the 65th is refused
+            with socket.create_connection(("127.0.0.1", m.port), timeout=10) as extra:
+                extra.settimeout(2)
+                try:
+                    refused = extra.recv(1) == b""  # closed before any TLS byte
+                except socket.timeout:
+                    refused = False  # still in its handshake: not every silent one was accepted yet
+            if refused:
+                break
+            assert time.monotonic() < deadline
+        ctx = ssl.create_default_context(cafile=str(m.certs.ca))
+        ctx.load_cert_chain(str(m.certs.client_cert), str(m.certs.client_key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", m.port), timeout=10, source_address=("127.0.0.2", 0))
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b'{"health":"true"}' in s.recv(4096) + s.recv(4096)
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with tls(m, "http/1.1") as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b'{"health":"true"}' in s.recv(4096) + s.recv(4096):
+                    break
+        except (ssl.SSLError, OSError):
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_slow_loris_heads_and_silent_h2_clients_are_closed(make_member) -> None:
     m = make_member(extra=["--tls-handshake-timeout", "2"])
     with tls(m, "http/1.1") as s:
