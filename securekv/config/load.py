@@ -284,7 +284,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
                          '"discovery" or "discovery-srv"')
     if values["tls_handshake_timeout"] <= 0:
         raise UsageError("--tls-handshake-timeout must be positive")
-    for field in ("max_connections_per_listener", "max_calls_per_identity", "max_watches_per_identity",
+    for field in ("max_connections_per_listener", "max_connections_per_identity", "max_calls_per_identity",
+                  "max_watches_per_identity",
                   "max_leases_per_identity", "max_response_bytes"):
         if values[field] <= 0:
             raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
@@ -375,6 +376,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         log_level=log_level,
         tls_handshake_timeout=values["tls_handshake_timeout"],
         max_connections_per_listener=values["max_connections_per_listener"],
+        max_connections_per_identity=values["max_connections_per_identity"],
         max_calls_per_identity=values["max_calls_per_identity"],
         max_watches_per_identity=values["max_watches_per_identity"],
         max_leases_per_identity=values["max_leases_per_identity"],

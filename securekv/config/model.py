@@ -137,6 +137,7 @@ class Config:
     log_level: str
     tls_handshake_timeout: float
     max_connections_per_listener: int
+    max_connections_per_identity: int
     max_calls_per_identity: int
     max_watches_per_identity: int
     max_leases_per_identity: int

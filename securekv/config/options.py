@@ -169,6 +169,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls-handshake-timeout", FLOAT, 10.0, "Seconds a client may take to finish the TLS handshake."),
     Option("max-connections-per-listener", INT, 4096,
            "Most client connections one client URL (or metrics URL) serves at once; more are closed at once."),
+    Option("max-connections-per-identity", INT, 1024,
+           "Most client connections one identity (certificate CN) may hold on one client URL; more are closed."),
     Option("max-calls-per-identity", INT, 10000,
            "Most concurrent gRPC calls (unary and streams) of one client identity (certificate CN or user)."),
     Option("max-watches-per-identity", INT, 100000,
