@@ -545,7 +545,7 @@ class PeerTransport:
                     await ssl_stream.do_handshake()
                     try:
                         identity = self.tls.admit(ssl_stream, url)
-                        reason = self.tls.bind(identity, peer.id, self.names())
+                        reason = self.tls.bind(identity, peer.id, self.names(), peer.urls)
                         if reason:
                             raise PeerError(reason)
                     except PeerError as exc:
@@ -845,7 +845,7 @@ class PeerTransport:
         if peer is None or sender == self.member_id:
             return "the dialing member is not a member of this cluster (unknown or removed)"
         if self.tls is not None and identity is not None:
-            reason = self.tls.bind(identity, sender, self.names())
+            reason = self.tls.bind(identity, sender, self.names(), peer.urls)
             if reason:
                 return reason
         live = [c for c in peer.incoming if c.scope is None or not c.scope.cancel_called]

@@ -14,8 +14,8 @@ from securekv.raft.types import Message
 
 CLUSTER = 0xC1
 #: The membership every test transport binds certificates against: member ID -> name (the
-#: name in the member's certificate). Member 5 was added but has not started (no name yet).
-NAMES = {1: "m1", 2: "m2", 3: "m3", 4: "m4", 5: ""}
+#: name in the member's certificate). Members 5 and 6 were added but have not started (no name yet).
+NAMES = {1: "m1", 2: "m2", 3: "m3", 4: "m4", 5: "", 6: ""}
 
 
 @attrs.frozen

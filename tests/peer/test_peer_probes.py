@@ -87,8 +87,10 @@ def assert_no_ids(text: str) -> None:
 async def listener(peer_certs, nursery) -> Member:
     a = Member(1, make_tls(peer_certs, "m1"))
     await a.listen()
-    for mid in (2, 3, 5):
+    for mid in (2, 3):
         a.transport.add_peer(mid, ["https://127.0.0.1:1"])  # known members; a never reaches them
+    a.transport.add_peer(5, ["https://localhost:1"])  # added, not started, on this machine
+    a.transport.add_peer(6, ["https://10.9.9.9:1"])  # added, not started, on another machine
     await a.start(nursery)
     return a
 
@@ -155,6 +157,18 @@ async def test_unnamed_member_accepts_a_certificate_naming_no_other_member(peer_
     accepted with its own certificate (the name is then published through the log)."""
     p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert("outsider")), sender=5)
     assert p.outcome == "ok", p.text
+
+
+async def test_unnamed_member_is_bound_to_its_peer_urls(peer_certs, listener) -> None:
+    """Member 6 was added at 10.9.9.9 and has not started: a peer certificate of the CA that
+    names no member (a spare, or a member that does not exist) but is not for 10.9.9.9 cannot
+    take its place — the real member's certificate covers its peer URL, the others dial it there."""
+    for cert in ("ghost", "outsider"):
+        p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert(cert)), sender=6)
+        assert p.outcome == "refused", (cert, p.text)
+        assert p.text == ("the certificate covers none of the peer URL hosts of the member the connection claims "
+                          "to be (a member added but not started yet is bound to its peer URLs)")
+        assert_no_ids(p.text)
 
 
 async def test_shared_certificate_with_allowed_cn_may_speak_for_any_member(peer_certs, nursery) -> None:
@@ -282,7 +296,7 @@ async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs,
 async def test_client_san_check_can_be_skipped_as_in_etcd(peer_certs, nursery) -> None:
     a = Member(1, make_tls(peer_certs, "m1", skip_client_san_verification=True))
     await a.listen()
-    a.transport.add_peer(5, ["https://127.0.0.1:1"])
+    a.transport.add_peer(5, ["https://192.0.2.7:1"])  # its certificate's address; it dials from loopback
     await a.start(nursery)
     p = await probe(a.port, context(peer_certs.ca, peer_certs.cert("farip")), sender=5)
     assert p.outcome == "ok", p.text
