@@ -104,3 +104,47 @@ def test_gateway_request_of_a_million_json_values_costs_little_server_cpu(make_m
                 assert code == 200 and "succeeded" not in answer and len(answer["responses"]) == 128, answer
     assert min(costs["hostile"]) < CPU_BUDGET, costs
     assert min(costs["legit"]) < 2 * CPU_BUDGET, costs  # includes receiving and answering ~50 KB of JSON
+
+
+def test_gateway_body_in_a_million_one_byte_chunks_costs_little_server_cpu(make_member, certs: Certs) -> None:
+    """A body's size does not bound h11's work either: ~5 us a chunk, so a body of 1-byte
+    chunks cost seconds of CPU. More than MAX_BODY_PIECES chunks is refused (413) as soon as
+    they arrive; a body in a few thousand chunks (a streaming client) is served."""
+    import socket
+    import ssl
+
+    from securekv.server.http import MAX_BODY_PIECES
+
+    m = make_member()
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    def post_chunked(chunks: list[bytes]) -> bytes:
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+        raw = socket.create_connection(("127.0.0.1", m.port), timeout=30)
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Connection: close\r\n\r\n")
+            try:
+                s.sendall(wire)
+            except (ssl.SSLError, OSError):
+                pass  # the server answered and closed before reading it all
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except (ssl.SSLError, OSError):
+                pass
+        return data
+
+    body = b'{"key":"YQ=="}'
+    ok = post_chunked([bytes([c]) for c in body] + [b" "] * 3000)  # a slow streaming client's pieces
+    assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
+    before = process_cpu(m.proc.pid)
+    refused = post_chunked([b" "] * 200_000 + [body])
+    cost = process_cpu(m.proc.pid) - before
+    assert refused.startswith(b"HTTP/1.1 413 "), refused[:200]
+    # MAX_BODY_PIECES pieces at ~5 us each, plus TLS for what was read meanwhile
+    assert cost < 4 * CPU_BUDGET, cost
+    assert MAX_BODY_PIECES >= 4096  # room for a streaming gateway body of MAX_STREAM_OBJECTS objects
