@@ -37,6 +37,12 @@ def err(template: EtcdError) -> EtcdError:
     return EtcdError(template.code, template.message)
 
 
+def response_too_large(size: int, limit: int) -> EtcdError:
+    """A response above ``--max-response-bytes``: grpc-go's text when a server's answer exceeds
+    its send limit (etcd's is 2 GiB - 1, so etcd clients know this error from there)."""
+    return EtcdError("RESOURCE_EXHAUSTED", f"grpc: trying to send message larger than max ({size} vs. {limit})")
+
+
 ERR_EMPTY_KEY = _e("INVALID_ARGUMENT", "etcdserver: key is not provided")
 ERR_KEY_NOT_FOUND = _e("INVALID_ARGUMENT", "etcdserver: key not found")
 ERR_VALUE_PROVIDED = _e("INVALID_ARGUMENT", "etcdserver: value is provided")

@@ -63,3 +63,39 @@ def test_atomic_write_many_keep_owner(tmp_path: Path) -> None:
     st = key.stat()
     assert key.read_bytes() == b"new" and (st.st_uid, st.st_gid) == (65534, 65534) and st.st_mode & 0o777 == 0o600
     assert (tmp_path / "fresh.pem").stat().st_uid == 0
+
+
+def test_temp_files_have_random_names_and_never_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    """Issue 12: temp names were predictable (``.name.part-<pid>``), so another user could plant
+    a symlink there and have securekv write through it. Now: 64 random bits per name, and the
+    create is O_EXCL|O_NOFOLLOW, so even a guessed name fails instead of following the link."""
+    from securekv.fsutil import TEMP_FLAGS, create_temp
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    # What an attacker could plant under the old scheme: every pid's name.
+    for pid in range(os.getpid() - 50, os.getpid() + 50):
+        (shared / f".snap.db.part-{pid}").symlink_to(victim)
+    names = set()
+    for _ in range(50):
+        fd, path = create_temp(shared, ".snap.db.part-")
+        os.close(fd)
+        assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
+        suffix = path.name.removeprefix(".snap.db.part-")
+        assert len(suffix) == 16 and int(suffix, 16) >= 0
+        names.add(path.name)
+    assert len(names) == 50
+    # A name guessed right is refused, not followed: the flags every temp file is created with.
+    planted = shared / ".snap.db.part-0123456789abcdef"
+    planted.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        os.open(planted, TEMP_FLAGS, 0o600)
+    dangling = shared / ".dangling"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    with pytest.raises(FileExistsError):
+        os.open(dangling, TEMP_FLAGS, 0o600)
+    assert not (tmp_path / "would-be-created").exists()
+    atomic_write(shared / "snap.db", b"new")
+    assert (shared / "snap.db").read_bytes() == b"new" and victim.read_bytes() == b"precious"

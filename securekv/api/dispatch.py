@@ -150,7 +150,13 @@ class Dispatcher:
         if kind is Kind.HOT:
             def reply(response: Any, error: BaseException | None) -> None:
                 if error is None:
-                    call.reply(response.SerializeToString())
+                    payload = response.SerializeToString()
+                    try:
+                        self.server.check_response_size(len(payload))
+                    except EtcdError as exc:
+                        self._fail(call, exc)
+                        return
+                    call.reply(payload)
                 else:
                     self._fail(call, error)
 
@@ -178,7 +184,9 @@ class Dispatcher:
         try:
             with call.scope:
                 response = await bound.fn(request, call.caller)
-                call.reply(response.SerializeToString())
+                payload = response.SerializeToString()
+                self.server.check_response_size(len(payload))  # --max-response-bytes
+                call.reply(payload)
                 return
             if call.expired:
                 call.fail(DEADLINE_EXCEEDED, "context deadline exceeded")

@@ -33,7 +33,7 @@ from securekv.api.goerrors import check_bytes_fields, json_error
 from securekv.api.identity import Identity
 from securekv.api.status import HTTP_STATUS, code_number, status_of
 from securekv.api.table import GATEWAY, Kind, Rpc
-from securekv.rpctypes import EtcdError
+from securekv.rpctypes import ERR_REQUEST_TOO_LARGE, EtcdError, err
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 PREFIXES = ("/v3/", "/v3beta/")
 # Most request objects one streaming body may carry (a body is also bounded in bytes).
 MAX_STREAM_OBJECTS = 4096
+# JSON values a body may hold, counted before it is parsed (``json_marks``). Bytes alone do not
+# bound the work: protobuf's ParseDict is pure Python, ~6 us a value, and a 3 MiB body of
+# ``{"compare":[{},{},...]}`` holds a million values (7 s of the single trio thread, found
+# probing issue 12). A unary body may hold 8192 (at least 24 per --max-txn-ops; the largest
+# txn the default limits accept has ~3,000) — under 50 ms to parse; a streaming body 16 per
+# object on average (a watch create has ~8) — under 0.2 s for the largest.
+MAX_UNARY_MARKS = 8192
+MARKS_PER_STREAM_OBJECT = 16
 
 HTTP_REASON = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -143,13 +151,26 @@ def stream_error(code: str, message: str) -> bytes:
     return json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
 
 
-def decode_all(body: bytes, message_type: type, limit: int = 1) -> list[Any]:
+def json_marks(text: str) -> int:
+    """An upper bound of the JSON values in ``text`` minus one, in C speed (str.count): each
+    value after the first follows a ``[``, ``,`` or ``:``, and each object adds one ``{``.
+    Marks inside strings count too (base64 has none), which only makes the bound safer."""
+    return text.count(",") + text.count(":") + text.count("[") + text.count("{")
+
+
+def decode_all(body: bytes, message_type: type, limit: int = 1, max_marks: int | None = None) -> list[Any]:
     """The body's JSON objects, in order (an empty body is one empty request); more than
-    ``limit`` objects is an error."""
+    ``limit`` objects is an error, and so is a body with more than ``max_marks`` JSON values
+    (default: MAX_UNARY_MARKS for one object, MARKS_PER_STREAM_OBJECT per object for a
+    stream), refused as too large before any parsing."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EtcdError("INVALID_ARGUMENT", f"request body is not UTF-8: {exc}") from None
+    if max_marks is None:
+        max_marks = MAX_UNARY_MARKS if limit == 1 else MARKS_PER_STREAM_OBJECT * limit
+    if json_marks(text) > max_marks:
+        raise err(ERR_REQUEST_TOO_LARGE)
     decoder = json.JSONDecoder()
     out: list[Any] = []
     pos = 0
@@ -206,7 +227,8 @@ class Gateway:
         client_stream = rpc.kind is Kind.BIDI_STREAM
         called = False  # the body was read: from here on a stream fails in the stream form
         try:
-            requests = decode_all(body, rpc.request, MAX_STREAM_OBJECTS if client_stream else 1)
+            requests = decode_all(body, rpc.request, MAX_STREAM_OBJECTS if client_stream else 1,
+                                  None if client_stream else max(MAX_UNARY_MARKS, 24 * self.server.max_txn_ops))
             called = True
             caller = self.gate.caller_for(identity, token)
             fn = getattr(self.server, rpc.handler)
@@ -224,6 +246,7 @@ class Gateway:
                 response = await _run_cb(fn, request, caller)
             else:
                 response = await fn(request, caller)
+            self.server.check_response_size(response.ByteSize())  # --max-response-bytes
         except trio.Cancelled:
             observe("CANCELLED")
             raise

@@ -127,7 +127,9 @@ def _tls_ok(host: str, port: int, ca_file: str, resolver) -> bool:
     import socket
     import ssl
 
-    ctx = ssl.create_default_context(cafile=ca_file)
+    from securekv.tlspolicy import simple_client_context
+
+    ctx = simple_client_context(ca_file)  # the one TLS policy (securekv/tlspolicy), as every dialer
     try:
         address = resolver.addresses(host)[0]
         with socket.create_connection((address, port), timeout=5) as raw:

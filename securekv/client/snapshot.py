@@ -1,9 +1,10 @@
 """Snapshot save: stream Maintenance.Snapshot into a file, verify, then rename into place.
 
-The file is written as ``.<name>.part-<pid>`` (0600) next to the target, fsynced, checked
-(etcdctl's ``size % 512 == 32`` rule plus the trailing SHA-256 over everything before it),
-renamed and the directory fsynced — a failure never leaves a partial file at ``path``. The
-digest stays at the end of the file, as etcdctl keeps it (``snapshot restore`` checks it).
+The file is written as ``.<name>.part-<random>`` (0600, ``O_EXCL|O_NOFOLLOW``:
+``fsutil.create_temp``) next to the target, fsynced, checked (etcdctl's ``size % 512 == 32``
+rule plus the trailing SHA-256 over everything before it), renamed and the directory fsynced —
+a failure never leaves a partial file at ``path``. The digest stays at the end of the file, as
+etcdctl keeps it (``snapshot restore`` checks it).
 
 With ``encryption`` the same stream is sealed on the fly (``securekv.snapcrypt.format``) and
 never touches the disk in clear: the first message announces the size (etcd's

@@ -292,8 +292,7 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
         if (sec.get("cert-file"), sec.get("key-file"), sec.get("trusted-ca-file")) != (cert_file, key_file, paths["ca"]):
             raise BundleError(f"the bundle's config {section} does not use the certificates the bundle installs "
                               f"({cert_file}, {key_file}, {paths['ca']})")
-    if CONFIG_PATH not in bundle.unit:
-        raise BundleError(f"the bundle's unit does not start securekv with {CONFIG_PATH}")
+    _check_unit_files(bundle)
 
     anchors = _certs(bundle, "ca")
     if len(anchors) != 1 or not is_ca(anchors[0]):
@@ -347,6 +346,40 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
         raise BundleError(f"the bundle's firewall ports ({spec.client_port}, {spec.peer_port}) are not the ports its "
                           "config listens on")
     return Verified(bundle, config, fingerprint, earliest, spec, tuple(warnings))
+
+
+def _check_unit_files(bundle: Bundle) -> None:
+    """The unit and the sysusers entry must be exactly what securekv renders for the bundle's
+    user and program. They are installed as root-owned system files: a line added to the unit
+    (``ExecStartPre=+...``: a command run as root outside the sandbox) or to the sysusers entry
+    is not caught by the digest (anyone can recompute it) nor by the certificate checks or the
+    CA pin (the certificates can be the real ones), so the text itself is checked. Only the
+    program (``--exec`` of ``cluster plan``) may vary; it is read back from the ExecStart= line
+    and must pass the same checks as at plan time."""
+    import shlex
+
+    from securekv.deploy.systemd import UnitOptions, render_sysusers, render_unit
+
+    if bundle.sysusers != render_sysusers(bundle.user):
+        raise BundleError("the bundle's sysusers entry is not the one securekv renders for user "
+                          f"{bundle.user!r} (edited?); refusing to install it")
+    lines = [line for line in bundle.unit.splitlines() if line.startswith("ExecStart=")]
+    words: list[str] = []
+    if len(lines) == 1:
+        try:
+            words = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(lines[0][len("ExecStart="):])]
+        except ValueError:
+            words = []
+    for end in range(1, len(words) + 1):
+        try:
+            expected = render_unit(UnitOptions(exec_start=tuple(words[:end]), user=bundle.user,
+                                               config_file=CONFIG_PATH))
+        except UsageError:
+            continue
+        if expected == bundle.unit:
+            return
+    raise BundleError(f"the bundle's unit is not the unit securekv renders for user {bundle.user!r} and its "
+                      f"ExecStart= program (edited?); refusing to install it")
 
 
 def _other_members(config: MemberConfig) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:

@@ -284,7 +284,9 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
                          '"discovery" or "discovery-srv"')
     if values["tls_handshake_timeout"] <= 0:
         raise UsageError("--tls-handshake-timeout must be positive")
-    for field in ("max_connections_per_listener", "max_calls_per_identity", "max_watches_per_identity"):
+    for field in ("max_connections_per_listener", "max_connections_per_identity", "max_calls_per_identity",
+                  "max_watches_per_identity",
+                  "max_leases_per_identity", "max_response_bytes"):
         if values[field] <= 0:
             raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
     if values["max_concurrent_streams"] > 2**31 - 1:
@@ -374,8 +376,11 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         log_level=log_level,
         tls_handshake_timeout=values["tls_handshake_timeout"],
         max_connections_per_listener=values["max_connections_per_listener"],
+        max_connections_per_identity=values["max_connections_per_identity"],
         max_calls_per_identity=values["max_calls_per_identity"],
         max_watches_per_identity=values["max_watches_per_identity"],
+        max_leases_per_identity=values["max_leases_per_identity"],
+        max_response_bytes=values["max_response_bytes"],
         insecure_allow_plaintext=insecure,
         backup=_backup_settings(values),
         auth_token=values.get("auth_token", "simple"),

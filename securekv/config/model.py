@@ -137,8 +137,11 @@ class Config:
     log_level: str
     tls_handshake_timeout: float
     max_connections_per_listener: int
+    max_connections_per_identity: int
     max_calls_per_identity: int
     max_watches_per_identity: int
+    max_leases_per_identity: int
+    max_response_bytes: int
     insecure_allow_plaintext: bool
     backup: BackupSettings = BackupSettings()
     auth_token: str = "simple"

@@ -97,6 +97,9 @@ class Lessor:
         # (``_deadline``) equals the entry's — everything else is discarded lazily.
         self._heap: list[tuple[float, int]] = []
         self._deadline: dict[int, float] = {}
+        # Bumped whenever leases go away (revoke, restore): lets a caller cache "none of these
+        # leases went away" (the server's per-identity lease cap). Not state: never persisted.
+        self.removals = 0
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class Lessor:
         state = self._leases.pop(lease_id, None)
         if state is None:
             raise err(ERR_LEASE_NOT_FOUND)
+        self.removals += 1
         self._deadline.pop(lease_id, None)
         self._maybe_compact_heap()
         return state.snapshot()
@@ -243,6 +247,7 @@ class Lessor:
 
     def restore(self, rows: Iterable[LeaseRow], now: float) -> None:
         self._leases = {r.id: _State(r.id, r.ttl, remaining_ttl=r.remaining_ttl) for r in rows}
+        self.removals += 1
         self._heap.clear()
         self._deadline.clear()
         if self._primary:

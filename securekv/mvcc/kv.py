@@ -12,7 +12,14 @@ from typing import Any, Protocol
 import attrs
 
 from securekv.proto import rpc_pb2
-from securekv.rpctypes import ERR_COMPACTED, ERR_FUTURE_REV, ERR_KEY_NOT_FOUND, ERR_LEASE_NOT_FOUND, err
+from securekv.rpctypes import (
+    ERR_COMPACTED,
+    ERR_FUTURE_REV,
+    ERR_KEY_NOT_FOUND,
+    ERR_LEASE_NOT_FOUND,
+    err,
+    response_too_large,
+)
 
 from .store import Change, KVWriteBatch, MVCCStore, Rec, WriteTxn
 
@@ -52,7 +59,29 @@ class KVOutcome:
 
 
 # ---------------------------------------------------------------------------- Range
-def range_response(view: ReadView, r: Any) -> Any:
+class ResponseBudget:
+    """Bytes one read response may still take (``--max-response-bytes``), checked *before* the
+    records become protobuf messages: a range over the whole store is refused without
+    materialising it. Each record counts its key and value bytes only, a lower bound of its
+    encoded size, so a response the budget refuses is surely larger than the limit; the send
+    path checks the exact size of what passes (``server/etcdserver.py``)."""
+
+    __slots__ = ("limit", "spent")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+
+    def spend(self, recs: list[Rec], keys_only: bool) -> None:
+        if keys_only:
+            self.spent += sum(len(r.key) for r in recs)
+        else:
+            self.spent += sum(len(r.key) + len(r.value) for r in recs)
+        if self.spent > self.limit:
+            raise response_too_large(self.spent, self.limit)
+
+
+def range_response(view: ReadView, r: Any, budget: ResponseBudget | None = None) -> Any:
     """etcd's Range: fetch, filter by min/max revisions, sort, then truncate to ``limit``."""
     limit = r.limit
     filtered = r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
@@ -85,6 +114,8 @@ def range_response(view: ReadView, r: Any) -> Any:
         recs = recs[:limit]
         more = True
     keys_only = r.keys_only
+    if budget is not None:
+        budget.spend(recs, keys_only)
     return RangeResponse(
         header=ResponseHeader(revision=cur),
         kvs=[x.to_pb(keys_only) for x in recs],
@@ -249,20 +280,20 @@ def _check_range(store: MVCCStore) -> Callable[[ReadView, Any], None]:
     return check
 
 
-def _exec(tw: ReadView, rt: Any, path: _Path) -> Any:
+def _exec(tw: ReadView, rt: Any, path: _Path, budget: ResponseBudget | None = None) -> Any:
     ok, nested = path
     it = iter(nested)
     resps = []
     for op in rt.success if ok else rt.failure:
         kind = op.WhichOneof("request")
         if kind == "request_range":
-            resps.append(ResponseOp(response_range=range_response(tw, op.request_range)))
+            resps.append(ResponseOp(response_range=range_response(tw, op.request_range, budget)))
         elif kind == "request_put":
             resps.append(ResponseOp(response_put=_put(tw, op.request_put)))  # type: ignore[arg-type]
         elif kind == "request_delete_range":
             resps.append(ResponseOp(response_delete_range=_delete_range(tw, op.request_delete_range)))  # type: ignore[arg-type]
         elif kind == "request_txn":
-            resps.append(ResponseOp(response_txn=_exec(tw, op.request_txn, next(it))))
+            resps.append(ResponseOp(response_txn=_exec(tw, op.request_txn, next(it), budget)))
         else:
             resps.append(ResponseOp())  # empty union (rejected by validate_txn)
     # Nested txn responses carry an empty header, exactly as etcd's.
@@ -284,10 +315,11 @@ def txn(store: MVCCStore, rt: Any, lease_exists: LeaseExists) -> KVOutcome:
     return KVOutcome(resp, tuple(tw.changes), batch)
 
 
-def txn_readonly(store: MVCCStore, rt: Any) -> Any:
-    """A read-only Txn (``is_txn_readonly``) served locally, without a log entry."""
+def txn_readonly(store: MVCCStore, rt: Any, budget: ResponseBudget | None = None) -> Any:
+    """A read-only Txn (``is_txn_readonly``) served locally, without a log entry; all its
+    ranges share one ``budget``."""
     path = _compare_to_path(store, rt)
     _check(store, rt, path, _check_range(store))
-    resp = _exec(store, rt, path)
+    resp = _exec(store, rt, path, budget)
     resp.header.revision = store.current_revision
     return resp

@@ -227,17 +227,19 @@ class MVCCStore:
         recs, count = self.scan(key, range_end, rev, limit, count_only)
         return recs, count, cur
 
-    def range(self, req: Any) -> Any:
-        """Serve a RangeRequest at the current revision (header.revision set)."""
-        from .kv import range_response
+    def range(self, req: Any, max_bytes: int = 0) -> Any:
+        """Serve a RangeRequest at the current revision (header.revision set); ``max_bytes`` > 0
+        refuses a larger response (RESOURCE_EXHAUSTED) before building it."""
+        from .kv import ResponseBudget, range_response
 
-        return range_response(self, req)
+        return range_response(self, req, ResponseBudget(max_bytes) if max_bytes > 0 else None)
 
-    def txn_readonly(self, req: Any) -> Any:
-        """Serve a read-only TxnRequest (``is_txn_readonly``) without a log entry."""
-        from .kv import txn_readonly
+    def txn_readonly(self, req: Any, max_bytes: int = 0) -> Any:
+        """Serve a read-only TxnRequest (``is_txn_readonly``) without a log entry (``max_bytes``
+        as for :meth:`range`, for all its ranges together)."""
+        from .kv import ResponseBudget, txn_readonly
 
-        return txn_readonly(self, req)
+        return txn_readonly(self, req, ResponseBudget(max_bytes) if max_bytes > 0 else None)
 
     def live_items(self) -> Iterable[Rec]:
         """Every live record at the current revision, ascending by key."""

@@ -54,5 +54,8 @@ class PeerCollector:
         yield from (sent, received, failures, active, disconnected, msgs_sent, msgs_recv)
         yield CounterMetricFamily("securekv_peer_handshake_failures", "Incoming peer connections that failed "
                                   "TLS or the handshake.", value=s["handshake_failures"])
+        yield CounterMetricFamily("securekv_peer_pending_refused", "Incoming peer connections closed before the "
+                                  "TLS handshake: too many still in their handshake (per address or in all).",
+                                  value=s["pending_refused"])
         yield CounterMetricFamily("securekv_peer_refused", "Incoming peer connections refused (cluster ID, "
                                   "member ID, unknown member).", value=s["refused"])

@@ -50,6 +50,13 @@ LOG_EVERY = 30.0
 #: live one (an impostor must not cut the real member's link); two leave room for a member that
 #: reconnects before its old, silently dead link hits the idle timeout.
 MAX_INCOMING_PER_PEER = 2
+#: Incoming connections not yet bound to a member (TLS handshake, certificate checks, HELLO) at
+#: once, per remote address and in all; more are closed at once, before the TLS handshake.
+#: With MAX_INCOMING_PER_PEER this bounds every connection the peer port holds: a stranger who
+#: reaches it cannot pile up handshakes (tasks, memory, CPU), and from one address cannot take
+#: the slots members on other addresses need.
+MAX_PENDING_PER_HOST = 16
+MAX_PENDING = 256
 
 MemberNames = Callable[[], Mapping[int, str]]
 
@@ -258,6 +265,8 @@ class PeerTransport:
         member_names: MemberNames | None = None,
         tls_reload_interval: float = 1.0,
         max_incoming_per_peer: int = MAX_INCOMING_PER_PEER,
+        max_pending_per_host: int = MAX_PENDING_PER_HOST,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         if member_id <= 0 or cluster_id < 0:
             raise UsageError("peer transport needs a positive member ID and a cluster ID")
@@ -281,6 +290,11 @@ class PeerTransport:
         self._member_names: MemberNames = member_names or (lambda: {})
         self.tls_reload_interval = tls_reload_interval
         self.max_incoming_per_peer = max_incoming_per_peer
+        self.max_pending_per_host = max_pending_per_host
+        self.max_pending = max_pending
+        self._pending: dict[str, int] = {}  # remote host -> connections not yet bound to a member
+        self._pending_total = 0
+        self.pending_refused = 0
         self._peers: dict[int, _Peer] = {}
         self._handlers: dict[str, CallHandler] = {}
         self._nursery: trio.Nursery | None = None
@@ -441,6 +455,7 @@ class PeerTransport:
             "dropped_unknown_peer": self.dropped_unknown,
             "handshake_failures": self.handshake_failures,
             "refused": self.refused,
+            "pending_refused": self.pending_refused,
         }
 
     # ---- outgoing --------------------------------------------------------------------------
@@ -530,7 +545,7 @@ class PeerTransport:
                     await ssl_stream.do_handshake()
                     try:
                         identity = self.tls.admit(ssl_stream, url)
-                        reason = self.tls.bind(identity, peer.id, self.names())
+                        reason = self.tls.bind(identity, peer.id, self.names(), peer.urls)
                         if reason:
                             raise PeerError(reason)
                     except PeerError as exc:
@@ -683,10 +698,30 @@ class PeerTransport:
             remote = "%s:%s" % tcp.socket.getpeername()[:2]
         except OSError:
             remote = "?"
+        host = remote.rsplit(":", 1)[0]
+        if self._pending_total >= self.max_pending or self._pending.get(host, 0) >= self.max_pending_per_host:
+            self.pending_refused += 1
+            self._log_limited(logging.WARNING, ("pending", host),
+                              "refusing peer connection from %s: too many connections still in their handshake "
+                              "(%d from this address, %d in all; at most %d and %d)", remote,
+                              self._pending.get(host, 0), self._pending_total, self.max_pending_per_host,
+                              self.max_pending)
+            await trio.aclose_forcefully(tcp)
+            return
         conn: _Conn | None = None
         try:
-            with trio.move_on_after(self.handshake_timeout) as scope:
-                conn = await self._accept(tcp, remote)
+            self._pending[host] = self._pending.get(host, 0) + 1
+            self._pending_total += 1
+            try:
+                with trio.move_on_after(self.handshake_timeout) as scope:
+                    conn = await self._accept(tcp, remote)
+            finally:
+                self._pending_total -= 1
+                left = self._pending[host] - 1
+                if left:
+                    self._pending[host] = left
+                else:
+                    del self._pending[host]
             if scope.cancelled_caught:
                 self.handshake_failures += 1
                 self._log_limited(logging.WARNING, ("hs-timeout", remote.rsplit(":", 1)[0]),
@@ -698,6 +733,8 @@ class PeerTransport:
         except Exception:
             log.exception("peer connection from %s failed unexpectedly", remote)
         finally:
+            if conn is not None:
+                conn.peer.incoming.discard(conn)  # _accept took the slot; _run_incoming may not have run
             await trio.aclose_forcefully(conn.stream if conn is not None else tcp)
 
     async def _accept(self, tcp: trio.SocketStream, remote: str) -> _Conn | None:
@@ -773,7 +810,15 @@ class PeerTransport:
         conn.identity = identity
         conn.reader = reader
         reader.on_bytes = conn._count_in
-        await conn.send_frame(codec.frame(FrameKind.HELLO_OK, codec.encode_hello_ok(self.cluster_id, self.member_id)))
+        # Take the member's slot now, before the first await: HELLOs arriving together must see
+        # each other, or all of them pass the MAX_INCOMING_PER_PEER check above.
+        peer.incoming.add(conn)
+        try:
+            await conn.send_frame(codec.frame(FrameKind.HELLO_OK,
+                                              codec.encode_hello_ok(self.cluster_id, self.member_id)))
+        except BaseException:
+            peer.incoming.discard(conn)
+            raise
         return conn
 
     async def _send_refusal(self, stream: trio.abc.Stream, reason: str) -> None:
@@ -800,7 +845,7 @@ class PeerTransport:
         if peer is None or sender == self.member_id:
             return "the dialing member is not a member of this cluster (unknown or removed)"
         if self.tls is not None and identity is not None:
-            reason = self.tls.bind(identity, sender, self.names())
+            reason = self.tls.bind(identity, sender, self.names(), peer.urls)
             if reason:
                 return reason
         live = [c for c in peer.incoming if c.scope is None or not c.scope.cancel_called]
@@ -811,7 +856,7 @@ class PeerTransport:
 
     async def _run_incoming(self, conn: _Conn) -> None:
         peer = conn.peer
-        peer.incoming.add(conn)  # a newer connection never displaces a live one: see MAX_INCOMING_PER_PEER
+        peer.incoming.add(conn)  # (taken in _accept) a newer connection never displaces a live one
         token = self._track(conn)
         try:
             async with trio.open_nursery() as nursery:

@@ -27,7 +27,7 @@ from securekv.api.status import go_status_string
 from securekv.auth.rules import PEER
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
 from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER,
-                               ERR_NOT_LEADER, EtcdError, err)
+                               ERR_NOT_LEADER, EtcdError, err, response_too_large)
 from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
 from securekv.server.node import Prepared
@@ -54,6 +54,9 @@ def snapshot_free_reserve(total_bytes: int) -> int:
     return min(SNAPSHOT_FREE_RESERVE, int(total_bytes * SNAPSHOT_FREE_FRACTION))
 LOCK_SESSION_TTL = 60
 ERR_ELECTION_NOT_LEADER = EtcdError("UNKNOWN", "election: not leader")
+#: A LeaseGrant above --max-leases-per-identity (etcd has no such cap; RESOURCE_EXHAUSTED as
+#: securekv's other per-identity caps).
+ERR_TOO_MANY_LEASES_REASON = "securekv: too many leases for this client identity"
 ERR_ELECTION_NO_LEADER = EtcdError("UNKNOWN", "election: no leader")
 
 
@@ -122,6 +125,9 @@ class EtcdServer(AuthHandlers):
         self.clock = clock
         self.rng = random.SystemRandom()
         self._changed = trio.Event()  # set (and replaced) whenever the store's revision moves
+        # Leases granted through this member, by identity (--max-leases-per-identity).
+        self._lease_grants: dict[str, set[int]] = {}
+        self._lease_grants_full: dict[str, int] = {}  # identity -> lessor.removals when last found full
         self._watch_wakeups: dict[int, "WatchSession"] = {}
         self._watch_owners: dict[str, set["WatchSession"]] = {}  # identity -> its watch streams
         self.transport: Any = None
@@ -148,6 +154,16 @@ class EtcdServer(AuthHandlers):
         header.raft_term = self.term
         if revision is not None:
             header.revision = revision
+
+    # Largest response this member sends (--max-response-bytes; 0 = no limit); set by the runtime.
+    max_response_bytes = 0
+    # Most leases one identity may hold through this member (--max-leases-per-identity).
+    max_leases_per_identity = 100_000
+
+    def check_response_size(self, size: int) -> None:
+        """The send path's exact check (gRPC and the gateway), after the read path's early one."""
+        if 0 < self.max_response_bytes < size:
+            raise response_too_large(size, self.max_response_bytes)
 
     def fill(self, response: Any, revision: int | None = None) -> Any:
         """Top-level header fields; keeps the store's revision unless one is given."""
@@ -233,13 +249,13 @@ class EtcdServer(AuthHandlers):
                     return
                 try:
                     self.gate.refresh(caller, "Range", req)  # auth may have changed meanwhile
-                    reply(self.fill(self.store.range(req), self.store.current_revision), None)
+                    reply(self.fill(self.store.range(req, self.max_response_bytes), self.store.current_revision), None)
                 except BaseException as exc:
                     reply(None, exc)
 
             self.node.read_index(ready)
             return
-        reply(self.fill(self.store.range(req), self.store.current_revision), None)
+        reply(self.fill(self.store.range(req, self.max_response_bytes), self.store.current_revision), None)
 
     def prepare(self, field: str, payload: bytes, caller: Caller) -> Prepared:
         """A hot write received as bytes, made into its log entry and decoded once (the
@@ -292,13 +308,15 @@ class EtcdServer(AuthHandlers):
                         return
                     try:
                         self.gate.refresh(caller, "Txn", req)  # auth may have changed meanwhile
-                        reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
+                        reply(self.fill(self.store.txn_readonly(req, self.max_response_bytes), self.store.current_revision),
+                              None)
                     except BaseException as exc:
                         reply(None, exc)
 
                 self.node.read_index(ready)
                 return
-            reply(self.fill(self.store.txn_readonly(req), self.store.current_revision), None)
+            reply(self.fill(self.store.txn_readonly(req, self.max_response_bytes), self.store.current_revision),
+                              None)
             return
         self._write_cb(entry, caller, reply)
 
@@ -311,7 +329,7 @@ class EtcdServer(AuthHandlers):
         if self.needs_read_index(req.serializable):
             await self.node.wait_read_index()
             self.gate.refresh(caller, "Range", req)
-        return self.fill(self.store.range(req), self.store.current_revision)
+        return self.fill(self.store.range(req, self.max_response_bytes), self.store.current_revision)
 
     async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
         from securekv.mvcc import validate_put
@@ -332,7 +350,7 @@ class EtcdServer(AuthHandlers):
 
         validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
-            return self.fill(self.store.txn_readonly(req), self.store.current_revision)
+            return self.fill(self.store.txn_readonly(req, self.max_response_bytes), self.store.current_revision)
         result = await self._propose(caller, txn=req)
         return self.fill(result.response)
 
@@ -348,9 +366,21 @@ class EtcdServer(AuthHandlers):
 
         grant = rpc_pb2.LeaseGrantRequest()
         grant.CopyFrom(req)
+        owner = caller.username or caller.identity.remote.rpartition(":")[0]
+        granted = self._lease_grants.setdefault(owner, set())
+        if len(granted) >= self.max_leases_per_identity:
+            self._prune_lease_grants(owner, granted)
+            if len(granted) >= self.max_leases_per_identity:
+                raise EtcdError("RESOURCE_EXHAUSTED", ERR_TOO_MANY_LEASES_REASON)
         if grant.ID == 0:
             grant.ID = new_lease_id(self.rng, exists=self.lessor.__contains__)
-        result = await self._propose(caller, lease_grant=grant)
+        granted.add(grant.ID)  # counted while the proposal is in flight, too
+        try:
+            result = await self._propose(caller, lease_grant=grant)
+        except BaseException:
+            if grant.ID not in self.lessor:
+                granted.discard(grant.ID)
+            raise
         if self.metrics is not None:
             self.metrics.lease_ttl.observe(grant.TTL)
         return self.fill(result.response, self.store.current_revision)
@@ -373,9 +403,23 @@ class EtcdServer(AuthHandlers):
             resp.keys.extend(keys)
         return self.fill(resp, self.store.current_revision)
 
+    def _prune_lease_grants(self, owner: str, granted: set[int]) -> None:
+        """Forget this identity's leases that are gone (revoked, expired). Done only when it is
+        at its cap, and again only after some lease went away, so an identity hammering its cap
+        costs one lookup per refused grant, not a sweep."""
+        removals = self.lessor.removals
+        if self._lease_grants_full.get(owner) == removals:
+            return
+        granted.intersection_update([i for i in granted if i in self.lessor])
+        self._lease_grants_full[owner] = removals
+
     async def lease_leases(self, req: rpc_pb2.LeaseLeasesRequest, caller: Caller) -> rpc_pb2.LeaseLeasesResponse:
         resp = rpc_pb2.LeaseLeasesResponse()
-        for lease_id in self.lessor.leases():
+        ids = self.lessor.leases()
+        if self.max_response_bytes:
+            # each listed lease takes at least 4 bytes (tag, length, ID tag, one-byte varint)
+            self.check_response_size(4 * len(ids))
+        for lease_id in ids:
             resp.leases.add(ID=lease_id)
         return self.fill(resp, self.store.current_revision)
 

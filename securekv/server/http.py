@@ -4,9 +4,10 @@ Serves etcd's GET endpoints ``/health`` (``{"health":"true"}``), ``/version`` an
 ``/metrics``, and on the client port etcd's JSON gateway (``POST /v3/...``,
 :mod:`securekv.api.gateway`). h11 does the HTTP/1.1 framing: keep-alive, chunked bodies,
 ``Expect: 100-continue``. Every request is bounded in size and in time as a whole: its head must
-be complete ``head_timeout`` (``--tls-handshake-timeout``) after its first byte and its body ``BODY_TIMEOUT`` after the head
-(timers on the whole, not per read, so a client trickling one byte at a time -- slow loris --
-is closed on time); a kept-alive connection waits ``IDLE_TIMEOUT`` for the next request.
+be complete ``head_timeout`` (``--tls-handshake-timeout``) after its first byte and its body
+``BODY_TIMEOUT`` after the head (timers on the whole, not per read, so a client trickling one
+byte at a time -- slow loris -- is closed on time), and a body comes in at most
+``MAX_BODY_PIECES`` chunks; a kept-alive connection waits ``IDLE_TIMEOUT`` for the next request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0  # from the first byte of a request to its complete head
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with no new request is closed
 BODY_TIMEOUT = 30.0  # from the complete head to the end of the body
+# Pieces (h11 Data events: chunks, or parts of a chunk split across reads) one body may come in.
+# Bytes alone do not bound the work: h11 spends ~5 us a chunk, and a 3 MiB body sent as 1-byte
+# chunks is 3 million of them (15 s of CPU for one request, found probing issue 12). A client
+# streaming a gateway body one JSON object per chunk sends at most MAX_STREAM_OBJECTS (4096).
+MAX_BODY_PIECES = 16384
 
 CORS = [
     (b"Access-Control-Allow-Origin", b"*"),
@@ -121,12 +127,14 @@ class HttpApp:
         body = bytearray()
         if conn.client_is_waiting_for_100_continue:
             await stream.send_all(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        pieces = 0
         with trio.move_on_after(BODY_TIMEOUT) as scope:
             while True:
                 part = await _next_event(conn, stream)
                 if isinstance(part, h11.Data):
                     body += part.data
-                    if len(body) > self.max_body:
+                    pieces += 1
+                    if len(body) > self.max_body or pieces > MAX_BODY_PIECES:
                         raise _TooLarge()
                 elif isinstance(part, h11.EndOfMessage):
                     break

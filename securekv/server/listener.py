@@ -33,6 +33,15 @@ from securekv.tlspolicy import ServerTLS, VerifiedPeer
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: Connections from one address still in their TLS handshake at once; more from that address are
+#: closed before TLS. The listener's cap (--max-connections-per-listener) bounds them all, but a
+#: stranger who holds it full of silent handshakes (each up to --tls-handshake-timeout) from
+#: one address would lock every client out; this keeps the rest for other addresses.
+MAX_PENDING_PER_HOST = 64
+#: Connections without a client certificate (a member that signs joins lets them finish the
+#: handshake, for the join endpoints only) one address may hold at once: joins are rare, and
+#: these connections are unauthenticated.
+ANONYMOUS_PER_HOST = 8
 
 HttpHandler = Callable[[trio.abc.Stream, Identity], Awaitable[None]]
 GrpcHandler = Callable[[trio.abc.Stream, Identity, "LiveConnection"], Awaitable[None]]
@@ -124,6 +133,8 @@ class LiveConnections:
 class ListenerStats:
     accepted: int = 0
     refused: int = 0  # over the connection cap
+    pending_refused: int = 0  # over MAX_PENDING_PER_HOST handshakes from one address
+    identity_refused: int = 0  # over --max-connections-per-identity
     handshake_failures: int = 0
     grpc_connections: int = 0
     http_connections: int = 0
@@ -138,6 +149,8 @@ class ClientListener:
         handshake_timeout: float,
         max_connections: int,
         join_handler: HttpHandler | None = None,
+        max_pending_per_host: int = MAX_PENDING_PER_HOST,
+        max_per_identity: int = 0,
     ) -> None:
         self.tls = tls
         # HTTP/1.1 for a TLS connection without a client certificate when the policy lets one
@@ -147,6 +160,11 @@ class ClientListener:
         self.grpc_handler = grpc_handler
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
+        self.max_pending_per_host = max_pending_per_host
+        self._pending: dict[str, int] = {}  # remote host -> connections still in the TLS handshake
+        # --max-connections-per-identity (0 = none): certificate CN, or the address without one.
+        self.max_per_identity = max_per_identity
+        self._per_identity: dict[str, int] = {}
         self.live = LiveConnections()
         self.stats = ListenerStats()
         self._refusals_logged = 0
@@ -166,6 +184,15 @@ class ClientListener:
             remote = "%s:%s" % tcp.socket.getpeername()[:2]
         except OSError:
             remote = "?"
+        if self.tls is not None and self._pending.get(remote.rsplit(":", 1)[0], 0) >= self.max_pending_per_host:
+            self.stats.pending_refused += 1
+            if self._refusals_logged < 10 or self.stats.pending_refused % 1000 == 0:
+                self._refusals_logged += 1
+                log.warning("connection from %s refused: %d connections from this address are still in their TLS "
+                            "handshake; %d refused so far", remote, self.max_pending_per_host,
+                            self.stats.pending_refused)
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         except OSError:
@@ -186,17 +213,27 @@ class ClientListener:
         identity = live.identity
         alpn: str | None = None
         token: int | None = None
+        counted: str | None = None  # the identity this connection counts against
         try:
             if self.tls is not None:
                 ssl_stream = trio.SSLStream(tcp, self.tls.current, server_side=True)
-                with trio.move_on_after(self.handshake_timeout) as scope:
-                    try:
-                        await ssl_stream.do_handshake()
-                    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-                        self.stats.handshake_failures += 1
-                        rejected_connection(log, remote, _reason(exc))  # etcd's log line
-                        await trio.aclose_forcefully(tcp)
-                        return
+                host = remote.rsplit(":", 1)[0]
+                self._pending[host] = self._pending.get(host, 0) + 1
+                try:
+                    with trio.move_on_after(self.handshake_timeout) as scope:
+                        try:
+                            await ssl_stream.do_handshake()
+                        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                            self.stats.handshake_failures += 1
+                            rejected_connection(log, remote, _reason(exc))  # etcd's log line
+                            await trio.aclose_forcefully(tcp)
+                            return
+                finally:
+                    left = self._pending[host] - 1
+                    if left:
+                        self._pending[host] = left
+                    else:
+                        del self._pending[host]
                 if scope.cancelled_caught:
                     self.stats.handshake_failures += 1
                     rejected_connection(log, remote, "tls: handshake timed out")
@@ -209,13 +246,26 @@ class ClientListener:
                     self.stats.handshake_failures += 1
                     rejected_connection(log, remote, f"tls: {exc}")
                     return
-                # A reloaded CRL that revokes this certificate (or an issuer) ends the connection.
-                token = self.tls.live.register(peer, lambda reason: live.scope.cancel())
                 alpn = ssl_stream.selected_alpn_protocol()
                 identity = live.identity = _identity(peer, remote)
-                if peer.leaf is None and self.tls.files.client_cert_auth:
+                anonymous = peer.leaf is None and self.tls.files.client_cert_auth
+                host = remote.rsplit(":", 1)[0]
+                if anonymous:
+                    owner, limit, what = f"anonymous@{host}", ANONYMOUS_PER_HOST, "join connections per address"
+                else:
+                    owner, limit, what = identity.common_name or host, self.max_per_identity, \
+                        "--max-connections-per-identity"
+                if limit and self._per_identity.get(owner, 0) >= limit:
+                    self.stats.identity_refused += 1
+                    rejected_connection(log, remote, f"too many connections of {owner!r} ({what} {limit})")
+                    return
+                self._per_identity[owner] = self._per_identity.get(owner, 0) + 1
+                counted = owner
+                if anonymous:
                     await self._anonymous(stream, alpn, remote, identity, live)
                     return
+                # A reloaded CRL that revokes this certificate (or an issuer) ends the connection.
+                token = self.tls.live.register(peer, lambda reason: live.scope.cancel())
             if alpn == "h2":
                 await self._grpc(stream, identity, live)
                 return
@@ -241,6 +291,12 @@ class ClientListener:
         finally:
             if token is not None and self.tls is not None:
                 self.tls.live.unregister(token)
+            if counted is not None:
+                left = self._per_identity[counted] - 1
+                if left:
+                    self._per_identity[counted] = left
+                else:
+                    del self._per_identity[counted]
             await _close(stream)
 
     async def _anonymous(self, stream: trio.abc.Stream, alpn: str | None, remote: str, identity: Identity,

@@ -441,6 +441,8 @@ async def serve(
         etcd.bcrypt_cost = effective_bcrypt_cost(config.bcrypt_cost)
         etcd.login_limiter = LoginLimiter()
         etcd.max_watches_per_identity = config.max_watches_per_identity
+        etcd.max_leases_per_identity = config.max_leases_per_identity
+        etcd.max_response_bytes = config.max_response_bytes
         dispatcher = Dispatcher(etcd, gate, metrics, Limits(max_calls_per_identity=config.max_calls_per_identity),
                                 has_leader=lambda: node.leader != 0)
         grpc_settings = GrpcSettings(
@@ -498,12 +500,14 @@ async def serve(
         def client_listener(url: Any) -> ClientListener:
             return ClientListener(tls if url.is_tls else None, client_http, client_grpc,
                                   config.tls_handshake_timeout, config.max_connections_per_listener,
-                                  join_handler=join_http if signer is not None else None)
+                                  join_handler=join_http if signer is not None else None,
+                                  max_per_identity=config.max_connections_per_identity)
 
         def metrics_listener(url: Any) -> ClientListener:
             # HTTP/1.1 only: gRPC is never served on the metrics listener.
             return ClientListener(tls if url.is_tls else None, metrics_http, None,
-                                  config.tls_handshake_timeout, config.max_connections_per_listener)
+                                  config.tls_handshake_timeout, config.max_connections_per_listener,
+                                  max_per_identity=config.max_connections_per_identity)
 
         accept_scopes: list[trio.CancelScope] = []
         connection_scopes: list[trio.CancelScope] = []

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from securekv.errors import PeerError, UsageError
 from securekv.tlspolicy.contexts import TLSFiles, peer_client_context, peer_server_context
@@ -149,16 +150,34 @@ class PeerTLS:
             return ""
         return client_san_refusal(peer.leaf, remote_host)
 
-    def bind(self, peer: VerifiedPeer, claimed: int, names: Mapping[int, str]) -> str:
+    def bind(self, peer: VerifiedPeer, claimed: int, names: Mapping[int, str],
+             urls: Sequence[str] | None = None) -> str:
         """Why ``peer`` may not speak for member ``claimed`` ("" = it may). ``names``: the applied
-        membership, member ID -> name ("" for a member added but not started yet)."""
+        membership, member ID -> name ("" for a member added but not started yet); ``urls``: the
+        claimed member's peer URLs.
+
+        A member added but not started has no name to bind to yet, so its certificate must at
+        least be the one of the machine it was added as: it must cover the host of one of its
+        peer URLs (the other members will dial that URL and check the same SAN, so the real
+        newcomer's certificate always does). Without this, any peer certificate of the CA
+        naming no member — a spare, or one for a member that does not exist — could take the
+        newcomer's place."""
         if not peer.chain:
             return ""  # only possible with the explicit insecure opt-out (or no CA at all)
         cert_name = peer.member_name
         shared = self.allowed_cn is not None or self.allowed_hostname is not None
         if shared and cert_name not in {n for n in names.values() if n}:
             return ""  # a shared peer certificate admitted by --peer-cert-allowed-*: etcd's rule
-        return binding_refusal(cert_name, claimed, names)
+        reason = binding_refusal(cert_name, claimed, names)
+        if reason or names.get(claimed) or urls is None:
+            return reason
+        leaf = peer.leaf
+        assert leaf is not None
+        hosts = [urlsplit(u).hostname or "" for u in urls]
+        if not any(h and hostname_matches(leaf, h) for h in hosts):
+            return ("the certificate covers none of the peer URL hosts of the member the connection claims to be "
+                    "(a member added but not started yet is bound to its peer URLs)")
+        return ""
 
 
 def _check_own_certificate(files: TLSFiles) -> None:

@@ -32,7 +32,7 @@ def member_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     init_ca(ca, cn="member CA")
     issue_cert(ca, "server", "server", hosts=hosts)
     issue_cert(ca, "client", "root")
-    for name in ("m1", "m2", "m3", "m4"):
+    for name in ("m1", "m2", "m3", "m4", "ghost"):  # ghost: a peer certificate naming no member
         issue_cert(ca, "peer", name, hosts=hosts)
     init_ca(foreign, cn="foreign CA")
     issue_cert(foreign, "peer", "m3", hosts=hosts)
@@ -141,10 +141,15 @@ def test_peer_port_probes_are_refused(cluster: Cluster, member_pki: Path, target
          "refused", "not a member of this cluster"),
         (f"{other}'s certificate claiming m3", ca / f"{other}.pem", hello(cluster_id, member["m3"], member[target]),
          "refused", f"the certificate is for member '{other}'"),
+        (f"a certificate naming no member claiming {other}", ca / "ghost.pem", claims_other, "refused",
+         "the certificate is for member 'ghost', not for the member the connection claims to be"),
+        ("HTTP with a member's own certificate", ca / "m3.pem",
+         b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", "closed", None),
     ]
     for label, cert, data, want, text in cases:
         outcome, body = python_probe(port, ca / "ca.pem", cert, data)
         assert outcome == want, (label, outcome, body)
+        assert b"HTTP/1.1" not in body and b"etcd_" not in body, (label, body)  # the peer port serves no HTTP
         if text:
             assert text in body.decode(), (label, body)
             for mid in (cluster_id, *member.values()):  # refusals never name an ID
@@ -162,6 +167,38 @@ def test_peer_port_probes_are_refused(cluster: Cluster, member_pki: Path, target
     assert "is not a peer certificate" in log and "the certificate is for member 'm3'" in log
     # ...and the cluster is untouched
     assert node.ctl("put", f"after-probes-{target}", "ok").stdout.strip() == "OK"
+
+
+def test_live_link_is_not_displaced(cluster: Cluster, member_pki: Path) -> None:
+    """Connections claiming m3 (with m3's own key: a stolen key or a stale process) while m3's
+    real link to m1 is up: the one free slot is taken, the next is refused, the real link
+    keeps carrying m3's traffic."""
+    ca = member_pki / "ca"
+    cluster_id, member = ids(cluster)
+    m1, m3 = cluster.nodes["m1"], cluster.nodes["m3"]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(ca / "ca.pem"))
+    ctx.load_cert_chain(str(ca / "m3.pem"), str(ca / "m3-key.pem"))
+    held = []
+    try:
+        answers = []
+        for _ in range(2):
+            raw = socket.create_connection(("127.0.0.1", m1.peer_port), timeout=10)
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            held.append(tls)
+            tls.sendall(hello(cluster_id, member["m3"], member["m1"]))
+            answers.append(tls.recv(65536))
+        kinds = [codec.FRAME_HEAD.unpack_from(a)[1] for a in answers]
+        assert kinds == [codec.FrameKind.HELLO_OK, codec.FrameKind.REFUSE], answers
+        assert b"already has as many live connections here as allowed" in answers[1]
+        # m3's own link still works both ways: a write through m3 (forwarded to the leader) and
+        # read back on m1 and m3.
+        assert m3.ctl("put", "not-displaced", "yes").stdout.strip() == "OK"
+        assert m1.get("not-displaced").stdout.strip() == "yes"
+        assert m3.ctl("get", "not-displaced", "--consistency", "l", "--print-value-only").stdout.strip() == "yes"
+    finally:
+        for tls in held:
+            tls.close()
 
 
 def test_added_member_with_its_own_certificate_joins(cluster: Cluster, member_pki: Path) -> None:

@@ -132,6 +132,52 @@ def test_anonymous_connections_reach_only_the_join_endpoints(cluster: JoinCluste
         _anonymous(plain.client_port, "/v3/securekv/join/ca-bundle")
 
 
+def test_anonymous_join_connections_are_capped_per_address(cluster: JoinCluster) -> None:
+    """Issue 12: connections without a certificate are unauthenticated; one address may hold
+    at most ANONYMOUS_PER_HOST of them (idle keep-alive join connections from one address
+    could otherwise fill --max-connections-per-listener for everyone). The next one is closed
+    after the handshake; another address, and a client with a certificate, still get in."""
+    import socket
+
+    from securekv.server.listener import ANONYMOUS_PER_HOST
+
+    signer = cluster.members[0]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    def connect(source: str = "127.0.0.1") -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", signer.client_port), timeout=10, source_address=(source, 0))
+        return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    def bundle(s: ssl.SSLSocket) -> bool:
+        """A keep-alive POST of the CA bundle on ``s``: True when answered."""
+        try:
+            s.sendall(b"POST /v3/securekv/join/ca-bundle HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            data = b""
+            while b"END CERTIFICATE" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return False
+                data += chunk
+            return True
+        except (ssl.SSLError, OSError):
+            return False
+
+    held = [connect() for _ in range(ANONYMOUS_PER_HOST)]
+    try:
+        assert all(bundle(s) for s in held)
+        with connect() as extra:
+            assert not bundle(extra)
+        with connect("127.0.0.2") as other:
+            assert bundle(other)
+        cluster.cli("ctl", *cluster.client_flags(signer.endpoint), "endpoint", "health")  # with a certificate
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_fourth_member_joins_with_a_token(cluster: JoinCluster, tmp_path: Path) -> None:
     token = _token(cluster)
     root = tmp_path / "n4"

@@ -317,6 +317,52 @@ def test_forged_bundles_are_refused(planned: Path, tmp_path: Path) -> None:
     assert not Path(root).exists()
 
 
+def test_bundle_with_an_edited_unit_or_sysusers_is_refused_even_with_the_ca_pinned(planned: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Issue 12: the unit is installed as a root-owned system file. A bundle whose certificates
+    are the real ones (so the CA pin holds) but whose unit gained an ``ExecStartPre=+`` line (a
+    command run as root outside the sandbox), or whose sysusers entry gained a user, re-encoded
+    with a fresh digest, is refused and nothing is written."""
+    from securekv.cluster.bundle import ca_fingerprint, read_bundle
+    from securekv.pki.ca import load_ca
+
+    pin = ca_fingerprint(load_ca(planned / "ca").cert)
+    n1 = read_bundle(planned / "n1.bundle")
+    root = tmp_path / "root"
+    edits = {
+        "ExecStartPre": {"unit": n1.unit.replace("[Service]\n", "[Service]\nExecStartPre=+/bin/sh -c id\n")},
+        "sandbox off": {"unit": n1.unit.replace("ProtectSystem=strict", "ProtectSystem=no")},
+        "ExecStart program": {"unit": n1.unit.replace("ExecStart=/usr/bin/env securekv",
+                                                      "ExecStart=/bin/sh -c id; /usr/bin/env securekv")},
+        "ExecStart user": {"unit": n1.unit.replace("User=securekv", "User=root")},
+        "sysusers": {"sysusers": n1.sysusers + "u evil 0 - /\n"},
+    }
+    for label, change in edits.items():
+        assert change != {"unit": n1.unit}, label  # the edit took
+        edited = _rewrite(planned / "n1.bundle", tmp_path / f"{label}.bundle", **change)
+        _refused(_cli("install", "bundle", str(edited), "--root", str(root), "--ca-fingerprint", pin,
+                      "--firewall", "none"), "(edited?); refusing to install it")
+    assert not root.exists()
+    # The untouched bundle, pinned, installs (its unit is exactly the rendered one).
+    result = _cli("install", "bundle", str(planned / "n1.bundle"), "--root", str(root), "--ca-fingerprint", pin,
+                  "--firewall", "none")
+    assert result.exit_code == 0, result.output
+    assert (root / "etc/systemd/system/securekv.service").read_text() == n1.unit
+
+
+def test_plan_with_an_unusual_program_path_still_installs(tmp_path: Path) -> None:
+    """The unit check reads the program back from ExecStart= (systemd quoting, % and $
+    doubled): a legitimate --exec with such characters is not mistaken for an edit."""
+    out = tmp_path / "out"
+    result = _cli("cluster", "plan", "--name", "odd", "--exec", "/opt/sk%v/bin/securekv --x=$HOME", "--out", str(out),
+                  "--member", "n1=10.0.0.1")
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "root"
+    result = _cli("install", "bundle", str(out / "n1.bundle"), "--root", str(root), "--firewall", "none")
+    assert result.exit_code == 0, result.output
+    assert "ExecStart=/opt/sk%%v/bin/securekv --x=$$HOME serve" in (root / "etc/systemd/system/securekv.service").read_text()
+
+
 def test_expired_bundle_is_refused(tmp_path: Path) -> None:
     from securekv.cli.install_cmd import _split_exec
     from securekv.cluster import bundle, plan

@@ -14,8 +14,8 @@ from securekv.raft.types import Message
 
 CLUSTER = 0xC1
 #: The membership every test transport binds certificates against: member ID -> name (the
-#: name in the member's certificate). Member 5 was added but has not started (no name yet).
-NAMES = {1: "m1", 2: "m2", 3: "m3", 4: "m4", 5: ""}
+#: name in the member's certificate). Members 5 and 6 were added but have not started (no name yet).
+NAMES = {1: "m1", 2: "m2", 3: "m3", 4: "m4", 5: "", 6: ""}
 
 
 @attrs.frozen
@@ -40,7 +40,7 @@ def build_certs(base: Path) -> PeerCerts:
 
     ca_dir, foreign_dir = base / "ca", base / "foreign"
     init_ca(ca_dir, cn="peer CA")
-    for name in ("m1", "m2", "m3", "m4", "outsider", "gone"):
+    for name in ("m1", "m2", "m3", "m4", "outsider", "gone", "ghost"):  # ghost: names no member at all
         issue_cert(ca_dir, "peer", name, hosts=["127.0.0.1", "localhost"])
     issue_cert(ca_dir, "peer", "elsewhere", hosts=["192.0.2.1", "elsewhere.example"])  # SAN not loopback
     issue_cert(ca_dir, "client", "clientonly")  # client auth only: not a peer certificate

@@ -87,8 +87,10 @@ def assert_no_ids(text: str) -> None:
 async def listener(peer_certs, nursery) -> Member:
     a = Member(1, make_tls(peer_certs, "m1"))
     await a.listen()
-    for mid in (2, 3, 5):
+    for mid in (2, 3):
         a.transport.add_peer(mid, ["https://127.0.0.1:1"])  # known members; a never reaches them
+    a.transport.add_peer(5, ["https://localhost:1"])  # added, not started, on this machine
+    a.transport.add_peer(6, ["https://10.9.9.9:1"])  # added, not started, on another machine
     await a.start(nursery)
     return a
 
@@ -136,12 +138,14 @@ async def test_revoked_member_certificate_refused(peer_certs, listener) -> None:
     ("m1", 2),   # the listener's own name claiming member 2
     ("m2", 5),   # an existing member claiming a member that was added but has not started
     ("shared", 2),  # a certificate naming no member, without --peer-cert-allowed-cn
+    ("ghost", 2),   # a member certificate of the CA naming a member that does not exist
+    ("ghost", 4),   # ...claiming a member this listener does not know either
 ])
 async def test_certificate_of_another_member_refused(peer_certs, listener, cert, sender) -> None:
     p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert(cert)), sender=sender)
     assert p.outcome == "refused", (cert, sender, p.text)
     assert_no_ids(p.text)
-    if sender == 1:
+    if sender in (1, 4):
         assert p.text == "the dialing member is not a member of this cluster (unknown or removed)"
     else:
         name = {"shared": "shared-peer"}.get(cert, cert)
@@ -153,6 +157,18 @@ async def test_unnamed_member_accepts_a_certificate_naming_no_other_member(peer_
     accepted with its own certificate (the name is then published through the log)."""
     p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert("outsider")), sender=5)
     assert p.outcome == "ok", p.text
+
+
+async def test_unnamed_member_is_bound_to_its_peer_urls(peer_certs, listener) -> None:
+    """Member 6 was added at 10.9.9.9 and has not started: a peer certificate of the CA that
+    names no member (a spare, or a member that does not exist) but is not for 10.9.9.9 cannot
+    take its place — the real member's certificate covers its peer URL, the others dial it there."""
+    for cert in ("ghost", "outsider"):
+        p = await probe(listener.port, context(peer_certs.ca, peer_certs.cert(cert)), sender=6)
+        assert p.outcome == "refused", (cert, p.text)
+        assert p.text == ("the certificate covers none of the peer URL hosts of the member the connection claims "
+                          "to be (a member added but not started yet is bound to its peer URLs)")
+        assert_no_ids(p.text)
 
 
 async def test_shared_certificate_with_allowed_cn_may_speak_for_any_member(peer_certs, nursery) -> None:
@@ -210,6 +226,60 @@ async def test_second_connection_does_not_displace_the_live_one(peer_certs, nurs
     await second.close()
 
 
+async def test_concurrent_connections_claiming_a_member_never_exceed_its_live_links(peer_certs, listener) -> None:
+    """Many HELLOs for one member at the same moment: the slot is taken when the HELLO is
+    accepted, not later, so the cap (2 live links per member) holds under a race."""
+    ctx = context(peer_certs.ca, peer_certs.cert("m2"))
+    probes: list[Probe] = []
+
+    async def one() -> None:
+        probes.append(await probe(listener.port, ctx, keep=True))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(one)
+    try:
+        outcomes = sorted(p.outcome for p in probes)
+        assert outcomes.count("ok") == listener.transport.max_incoming_per_peer == 2, [p.text for p in probes]
+        assert all("already has as many live connections" in p.text for p in probes if p.outcome != "ok")
+    finally:
+        for p in probes:
+            await p.close()
+
+
+async def test_connections_still_in_their_handshake_are_capped(peer_certs, nursery) -> None:
+    """A stranger opening connections and never finishing the handshake holds at most
+    max_pending_per_host of them (more are closed at once, before TLS); when they go, a member
+    is served again. The same for the total over all addresses."""
+    a = Member(1, make_tls(peer_certs, "m1"), max_pending_per_host=4, max_pending=6)
+    await a.listen()
+    a.transport.add_peer(2, ["https://127.0.0.1:1"])
+    await a.start(nursery)
+    ctx = context(peer_certs.ca, peer_certs.cert("m2"))
+    silent = [await trio.open_tcp_stream("127.0.0.1", a.port) for _ in range(4)]
+    await wait_for(lambda: a.transport._pending_total == 4, what="four silent connections pending")
+    p = await probe(a.port, ctx)
+    assert p.outcome == "closed", p.text
+    assert a.transport.stats()["pending_refused"] == 1
+    for s in silent:
+        await s.aclose()
+    await wait_for(lambda: a.transport._pending_total == 0, what="the silent connections gone")
+    assert (await probe(a.port, ctx)).outcome == "ok"
+    # The total: six from two loopback addresses fill it; a seventh from a third is closed.
+    silent = []
+    for host in ("127.0.0.2", "127.0.0.3"):
+        for _ in range(3):
+            sock = trio.socket.socket()
+            await sock.bind((host, 0))
+            await sock.connect(("127.0.0.1", a.port))
+            silent.append(trio.SocketStream(sock))
+    await wait_for(lambda: a.transport._pending_total == 6, what="six silent connections pending")
+    assert (await probe(a.port, ctx)).outcome == "closed"
+    assert a.transport.stats()["pending_refused"] == 2
+    for s in silent:
+        await s.aclose()
+
+
 async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs, listener) -> None:
     """etcd's peer-listener SAN check: an IP SAN equal to the address the member connects from,
     or a DNS SAN resolving to it; skipped by --experimental-peer-skip-client-san-verification."""
@@ -226,7 +296,7 @@ async def test_client_certificate_sans_must_cover_the_remote_address(peer_certs,
 async def test_client_san_check_can_be_skipped_as_in_etcd(peer_certs, nursery) -> None:
     a = Member(1, make_tls(peer_certs, "m1", skip_client_san_verification=True))
     await a.listen()
-    a.transport.add_peer(5, ["https://127.0.0.1:1"])
+    a.transport.add_peer(5, ["https://192.0.2.7:1"])  # its certificate's address; it dials from loopback
     await a.start(nursery)
     p = await probe(a.port, context(peer_certs.ca, peer_certs.cert("farip")), sender=5)
     assert p.outcome == "ok", p.text

@@ -302,3 +302,18 @@ async def test_peer_auto_tls_encrypts_without_a_ca(tmp_path, nursery) -> None:
         auto = ensure_self_signed(tmp_path / "a", ["127.0.0.1"])
         PeerTLS.from_files(str(auto.cert_path), str(auto.key_path), None, insecure_skip_client_cert_auth=True,
                            allowed_cn="x")
+
+
+def test_peer_insecure_opt_out_is_logged_loudly_each_time(peer_certs, caplog) -> None:
+    """The only way to admit a member without a certificate says so at every start (and
+    `securekv install` refuses it: tests/deploy/test_install_hostile.py)."""
+    cert, key = peer_certs.cert("m1")
+    for _ in range(2):
+        PeerTLS.from_files(str(cert), str(key), str(peer_certs.ca), insecure_skip_client_cert_auth=True)
+    warned = [r for r in caplog.records if r.levelname == "WARNING"
+              and "--peer-insecure-skip-client-cert-auth: the peer port accepts connections WITHOUT a member "
+                  "certificate" in r.getMessage()]
+    assert len(warned) == 2
+    caplog.clear()
+    PeerTLS.from_files(str(cert), str(key), str(peer_certs.ca))
+    assert not [r for r in caplog.records if "WITHOUT" in r.getMessage()]

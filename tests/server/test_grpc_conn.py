@@ -319,3 +319,70 @@ def test_graceful_drain_two_goaways_running_calls_finish() -> None:
     answer = parse_frames(p.server.data_to_send())
     assert [type(f) for f in answer] == [HeadersFrame, DataFrame, HeadersFrame, RstStreamFrame]
     assert not p.server.closed
+
+
+def test_pump_yields_to_other_tasks_while_it_handles_one_read_of_a_flood() -> None:
+    """Issue 12: one 64 KiB read can hold ~2,300 tiny HEADERS+RST_STREAM pairs ("rapid reset");
+    handled in one go (~0.1 s of h2 parsing, ~300 us of call setup each) it stalled Raft and
+    every other client. The pump hands h2 the read in slices and yields every few dozen
+    events: a task that counts its turns runs many times while the one read is handled."""
+    import hpack
+    import trio
+    import trio.testing
+
+    from securekv.api.identity import Identity
+    from securekv.server import grpcpump
+    from securekv.server.grpcpump import GrpcPump
+
+    enc = hpack.Encoder()
+    headers = [(":method", "POST"), (":scheme", "https"), (":path", "/etcdserverpb.KV/Range"),
+               (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+    flood = bytearray()
+    for i in range(2000):
+        block = enc.encode(headers)
+        sid = 2 * i + 1
+        flood += len(block).to_bytes(3, "big") + b"\x01\x04" + sid.to_bytes(4, "big") + block  # END_HEADERS
+        flood += b"\x00\x00\x04\x03\x00" + sid.to_bytes(4, "big") + b"\x00\x00\x00\x08"  # RST_STREAM CANCEL
+    assert len(flood) <= grpcpump.RECEIVE_SIZE  # one read
+    turns = 0
+    seen: list[int] = []
+
+    class Recorder:
+        """Only notes, at each call start, how often the other task has run so far."""
+
+        def started(self, call) -> None:  # type: ignore[no-untyped-def]
+            seen.append(turns)
+
+        def message(self, call, payload: bytes) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+        def half_closed(self, call) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    async def main() -> None:
+        nonlocal turns
+        client, server = trio.testing.memory_stream_pair()
+        pump = GrpcPump(server, Identity(common_name="root", remote="127.0.0.1:1"), Recorder(), preface_timeout=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run)
+            await client.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            while not pump.conn.client_ready:
+                await trio.sleep(0)
+            await client.send_all(bytes(flood))
+
+            async def ticker() -> None:
+                nonlocal turns
+                while True:
+                    turns += 1
+                    await trio.sleep(0)
+
+            nursery.start_soon(ticker)
+            with trio.fail_after(30):
+                while len(seen) < 2000:
+                    await trio.sleep(0)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(seen) == 2000
+    # Without the slicing every call would start in one uninterrupted turn (one value).
+    assert len(set(seen)) >= 2000 // grpcpump.EVENTS_PER_TURN // 2, sorted(set(seen))[:10]

@@ -172,6 +172,90 @@ def test_connection_cap_per_listener(make_member) -> None:
         time.sleep(0.1)
 
 
+def test_silent_handshakes_from_one_address_do_not_lock_others_out(make_member) -> None:
+    """64 connections from one address that never start TLS hold that address's handshake
+    slots, not the listener: the 65th from that address is closed at once, a client on another
+    loopback address is served, and the address is served again once they go."""
+    m = make_member(extra=["--max-connections-per-listener", "100"])
+    held = [socket.create_connection(("127.0.0.1", m.port), timeout=10) for _ in range(64)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # accepted one by one by the server: wait until the 65th is refused
+            with socket.create_connection(("127.0.0.1", m.port), timeout=10) as extra:
+                extra.settimeout(2)
+                try:
+                    refused = extra.recv(1) == b""  # closed before any TLS byte
+                except socket.timeout:
+                    refused = False  # still in its handshake: not every silent one was accepted yet
+            if refused:
+                break
+            assert time.monotonic() < deadline
+        ctx = ssl.create_default_context(cafile=str(m.certs.ca))
+        ctx.load_cert_chain(str(m.certs.client_cert), str(m.certs.client_key))
+        ctx.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", m.port), timeout=10, source_address=("127.0.0.2", 0))
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b'{"health":"true"}' in s.recv(4096) + s.recv(4096)
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with tls(m, "http/1.1") as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b'{"health":"true"}' in s.recv(4096) + s.recv(4096):
+                    break
+        except (ssl.SSLError, OSError):
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_connection_cap_per_identity(make_member, certs: Certs, tmp_path: Path) -> None:
+    """One certificate cannot hold every slot of a listener: its fourth connection is closed
+    right after the handshake, another identity still gets in, and a slot frees on close."""
+    from securekv.pki.issue import issue_cert
+
+    issue_cert(certs.dir, "client", "carol", out_dir=tmp_path)
+    m = make_member(extra=["--max-connections-per-identity", "3", "--max-connections-per-listener", "10"])
+
+    def health(s: ssl.SSLSocket) -> bool:
+        """A keep-alive /health on ``s``: True when answered, False when the server closed it."""
+        data = b""
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            while b'{"health":"true"}' not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            return True
+        except (ssl.SSLError, OSError):
+            return False
+
+    held = [tls(m, "http/1.1") for _ in range(3)]
+    try:
+        assert all(health(s) for s in held)
+        with tls(m, "http/1.1") as fourth:
+            assert not health(fourth)
+        with tls(m, "http/1.1", tmp_path / "carol.pem", tmp_path / "carol-key.pem") as other:
+            assert health(other)
+        assert "too many connections of 'root' (--max-connections-per-identity 3)" in m.output()
+    finally:
+        held.pop().close()
+    deadline = time.monotonic() + 10
+    while True:  # the closed one's slot is free again (once the server saw it go)
+        with tls(m, "http/1.1") as again:
+            if health(again):
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for s in held:
+        s.close()
+
+
 def test_slow_loris_heads_and_silent_h2_clients_are_closed(make_member) -> None:
     m = make_member(extra=["--tls-handshake-timeout", "2"])
     with tls(m, "http/1.1") as s:

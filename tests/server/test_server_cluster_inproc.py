@@ -255,5 +255,8 @@ async def test_leases_live_on_the_leader_and_survive_a_leader_change(tmp_path: P
 
 
 class _Caller:
+    from securekv.api.identity import Identity
+
     username = ""
     auth_revision = 1
+    identity = Identity(remote="127.0.0.1:1")  # whose leases these are (--max-leases-per-identity)
