@@ -216,15 +216,34 @@ def info_cmd(file, as_json) -> None:
 
 
 @cli.command("check")
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Directory to audit.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Directory to audit.")
+@click.option("--bundle", "bundle", type=click.Path(), metavar="FILE|DIR",
+              help="A member bundle from `cluster plan`, or a plan's --out directory (all its *.bundle files).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False), help="Passphrase of sealed bundles (--bundle).")
 @click.option("--warn", default="30d", show_default=True, help="Warn about certificates expiring within this.")
 @click.option("--hosts", multiple=True, help="Hosts every server certificate must cover.")
 @json_option
-def check_cmd(directory, warn, hosts, as_json) -> None:
-    """Check chains, key pairs, expiry, SAN coverage and key file modes. Exit 1 on any error."""
+def check_cmd(directory, bundle, passphrase_file, warn, hosts, as_json) -> None:
+    """Check chains, key pairs, expiry, SAN coverage and key file modes (--dir), or member
+    bundles (--bundle: the same certificate checks, and what `install bundle` verifies).
+    Exit 1 on any error."""
     from securekv.pki.check import check_dir, format_report
 
-    report = check_dir(directory, warn=_duration(warn, "--warn"), hosts=_split(hosts))
+    if (directory is None) == (bundle is None):
+        raise click.UsageError("give either --dir or --bundle")
+    if passphrase_file is not None and bundle is None:
+        raise click.UsageError("--passphrase-file goes with --bundle")
+    if bundle is not None:
+        from securekv.cluster.bundle_check import check_bundles
+
+        passphrase = None
+        if passphrase_file is not None:
+            from securekv.snapcrypt.keys import read_passphrase_file
+
+            passphrase = read_passphrase_file(passphrase_file).secret
+        report = check_bundles(bundle, passphrase=passphrase, warn=_duration(warn, "--warn"), hosts=_split(hosts))
+    else:
+        report = check_dir(directory, warn=_duration(warn, "--warn"), hosts=_split(hosts))
     _emit(as_json, report.to_json(), format_report(report))
     if not report.ok:
         sys.exit(EXIT_ERROR)

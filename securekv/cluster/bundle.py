@@ -235,14 +235,14 @@ class Verified:
     warnings: tuple[str, ...] = ()
 
 
-def _certs(bundle: Bundle, field: str) -> list[x509.Certificate]:
+def bundle_certs(bundle: Bundle, field: str) -> list[x509.Certificate]:
     try:
         return load_certs_pem(bundle.pems[field].encode(), source=f"the bundle's {field}")
     except UsageError as exc:
         raise BundleError(str(exc)) from None
 
 
-def _key(bundle: Bundle, field: str) -> keys.PrivateKey:
+def bundle_key(bundle: Bundle, field: str) -> keys.PrivateKey:
     data = bundle.pems[field].encode()
     if keys.is_encrypted_pem(data):
         raise BundleError(f"the bundle's {field} is passphrase-protected; a member key must be readable by the service")
@@ -294,7 +294,7 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
                               f"({cert_file}, {key_file}, {paths['ca']})")
     _check_unit_files(bundle)
 
-    anchors = _certs(bundle, "ca")
+    anchors = bundle_certs(bundle, "ca")
     if len(anchors) != 1 or not is_ca(anchors[0]):
         raise BundleError("the bundle's ca must be exactly one CA certificate")
     ca = anchors[0]
@@ -306,13 +306,13 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
     earliest = ca.not_valid_after_utc
     for role, usages in (("server", (ExtendedKeyUsageOID.SERVER_AUTH,)),
                          ("peer", (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH))):
-        chain = _certs(bundle, f"{role}-cert")
+        chain = bundle_certs(bundle, f"{role}-cert")
         try:
             verify_chain(chain, [ca], now=moment)  # signatures up to the CA, and validity periods
         except UsageError as exc:
             raise BundleError(f"the {role} certificate of {name}: {exc}") from None
         leaf = chain[0]
-        if not keys.same_public_key(_key(bundle, f"{role}-key"), leaf.public_key()):
+        if not keys.same_public_key(bundle_key(bundle, f"{role}-key"), leaf.public_key()):
             raise BundleError(f"the bundle's {role}-key does not match its {role} certificate")
         for oid in usages:
             if not _has_eku(leaf, oid):

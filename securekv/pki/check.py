@@ -34,16 +34,17 @@ class Problem:
 
 @attrs.frozen
 class CheckReport:
-    dir: Path
+    dir: Path  # what was checked: a PKI directory, or (kind "bundle") a bundle file or a plan's directory
     checked: tuple[str, ...]
     problems: tuple[Problem, ...]
+    kind: str = "dir"
 
     @property
     def ok(self) -> bool:
         return not any(p.severity == ERROR for p in self.problems)
 
     def to_json(self) -> dict:
-        return {"dir": str(self.dir), "ok": self.ok, "checked": list(self.checked),
+        return {self.kind: str(self.dir), "ok": self.ok, "checked": list(self.checked),
                 "problems": [attrs.asdict(p) for p in self.problems]}
 
 
@@ -62,12 +63,7 @@ def check_dir(
     directory = Path(dir)
     if not directory.is_dir():
         raise UsageError(f"directory {directory} does not exist")
-    host_list = [h.strip() for h in hosts]
-    for host in host_list:
-        if not host:
-            raise UsageError("malformed host '': empty host name (check for a stray comma)")
-        if parse_ip(host) is None:
-            validate_dns_name(host)
+    host_list = check_hosts(hosts)
     ca_path = directory / CA_CERT
     if not ca_path.exists():
         raise UsageError(f"no CA certificate {ca_path}: nothing to check against")
@@ -96,13 +92,9 @@ def check_dir(
             add(path, ERROR, "is not a CA certificate (basicConstraints CA:FALSE); nothing can chain to it")
         if path.name != CA_CERT and ca_cert not in chain[1:]:
             chain = chain + [ca_cert]
-        try:
-            verify_chain(chain, anchors, now=moment)
-        except UsageError as exc:
-            add(path, ERROR, f"does not chain to {anchor_path.name}: {exc}")
-        if moment <= leaf.not_valid_after_utc and leaf.not_valid_after_utc - moment <= warn:
-            left = leaf.not_valid_after_utc - moment
-            add(path, WARNING, f"expires in {_short(left)} ({leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ})")
+        for severity, message in check_cert(chain, anchors, anchor_path.name, moment=moment, warn=warn,
+                                            hosts=host_list):
+            add(path, severity, message)
         if leaf.serial_number in revoked:
             add(path, ERROR, f"revoked ({revoked[leaf.serial_number].reason})")
         key_path = directory / (CA_KEY if path.name == CA_CERT else f"{path.stem}-key.pem")
@@ -121,17 +113,46 @@ def check_dir(
             except UsageError as exc:
                 if "passphrase-protected" not in str(exc):
                     add(key_path, ERROR, str(exc))
-        if host_list and not is_ca(leaf) and _server_auth(leaf):
-            sans = cert_sans(leaf)
-            missing = [h for h in host_list if not sans_cover(sans, h)]
-            if missing:
-                add(path, ERROR, f"SANs ({', '.join(sans.as_strings()) or 'none'}) do not cover {', '.join(missing)}")
     crl_path = directory / CRL_FILE
     if crl_path.exists():
         checked.append(crl_path.name)
         for severity, message in _check_crl(crl_path, anchors + [ca_cert], set(revoked), moment):
             add(crl_path, severity, message)
     return CheckReport(directory, tuple(checked), tuple(problems))
+
+
+def check_hosts(hosts: Iterable[str]) -> list[str]:
+    """``--hosts`` as a list, each a valid IP literal or DNS name (UsageError otherwise)."""
+    host_list = [h.strip() for h in hosts]
+    for host in host_list:
+        if not host:
+            raise UsageError("malformed host '': empty host name (check for a stray comma)")
+        if parse_ip(host) is None:
+            validate_dns_name(host)
+    return host_list
+
+
+def check_cert(chain: list[x509.Certificate], anchors: list[x509.Certificate], anchor_name: str, *,
+               moment: datetime, warn: timedelta, hosts: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The checks every certificate gets, wherever it is kept (a PKI directory, a member bundle):
+    it chains to ``anchors`` and is valid now, it is not within ``warn`` of its end, and a server
+    certificate covers ``hosts``. Returns (severity, message) pairs."""
+    out: list[tuple[str, str]] = []
+    leaf = chain[0]
+    try:
+        verify_chain(chain, anchors, now=moment)
+    except UsageError as exc:
+        out.append((ERROR, f"does not chain to {anchor_name}: {exc}"))
+    if moment <= leaf.not_valid_after_utc and leaf.not_valid_after_utc - moment <= warn:
+        left = leaf.not_valid_after_utc - moment
+        out.append((WARNING, f"expires in {_short(left)} ({leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ})"))
+    host_list = list(hosts)
+    if host_list and not is_ca(leaf) and _server_auth(leaf):
+        sans = cert_sans(leaf)
+        missing = [h for h in host_list if not sans_cover(sans, h)]
+        if missing:
+            out.append((ERROR, f"SANs ({', '.join(sans.as_strings()) or 'none'}) do not cover {', '.join(missing)}"))
+    return out
 
 
 def _check_crl(path: Path, issuers: list[x509.Certificate], recorded: set[int],
@@ -170,13 +191,18 @@ def _server_auth(cert: x509.Certificate) -> bool:
 
 def format_report(report: CheckReport) -> str:
     if not report.problems:
-        return f"OK: {len(report.checked)} files in {report.dir} checked, no problems"
+        return f"OK: {len(report.checked)} {_noun(report)} in {report.dir} checked, no problems"
     width = max(len("FILE"), *(len(p.file) for p in report.problems))
     lines = [f"{'FILE':<{width}}  {'SEVERITY':<8}  PROBLEM"]
     lines += [f"{p.file:<{width}}  {p.severity:<8}  {p.message}" for p in report.problems]
     errors = sum(p.severity == ERROR for p in report.problems)
-    lines.append(f"{errors} error(s), {len(report.problems) - errors} warning(s) in {len(report.checked)} files")
+    lines.append(f"{errors} error(s), {len(report.problems) - errors} warning(s) in {len(report.checked)} "
+                 f"{_noun(report)}")
     return "\n".join(lines)
+
+
+def _noun(report: CheckReport) -> str:
+    return "files" if report.kind == "dir" else "items"
 
 
 def _short(left: timedelta) -> str:
