@@ -133,13 +133,15 @@ def firewall_cmd(backend: str, peers: str, clients: str, client_port: str, peer_
 @click.option("--passphrase-file", metavar="FILE", help="Passphrase of a sealed bundle.")
 @click.option("--ca-fingerprint", metavar="sha256:HEX", help="Refuse the bundle unless its CA has this fingerprint (printed by `cluster plan`).")
 @click.option("--member", metavar="NAME", help="Refuse the bundle unless it is for member NAME.")
+@click.option("--renew-endpoints", metavar="https://HOST:PORT,...",
+              help="Signing members the daily renewal timer renews through (default: every member's client URL).")
 @click.option("--enable", is_flag=True, help="With --now: load the firewall rules and run systemctl enable --now.")
 @click.option("--now", is_flag=True, help="With --enable: start the member now.")
 @click.option("--dry-run", is_flag=True, help="Verify the bundle and print what would be written; write nothing.")
 def bundle_cmd(bundle_file: str, root: str | None, backend: str, passphrase_file: str | None, ca_fingerprint: str | None,
-               member: str | None, enable: bool, now: bool, dry_run: bool) -> None:
+               member: str | None, renew_endpoints: str | None, enable: bool, now: bool, dry_run: bool) -> None:
     """Verify a member bundle from `securekv cluster plan`, then install its certificates, config,
-    unit and firewall rules (a second run changes nothing)."""
+    unit, renewal timer and firewall rules (a second run changes nothing)."""
     from securekv.cluster import install as bundle_install
     from securekv.cluster.bundle import firewall_load_hint
 
@@ -154,7 +156,7 @@ def bundle_cmd(bundle_file: str, root: str | None, backend: str, passphrase_file
 
             passphrase = read_passphrase_file(passphrase_file).secret
         plan = bundle_install.plan_install(bundle_file, backend=backend, passphrase=passphrase, member=member,
-                                           ca_fingerprint=ca_fingerprint, root=root)
+                                           ca_fingerprint=ca_fingerprint, root=root, renew_endpoints=renew_endpoints)
         verified = plan.verified
         for warning in verified.warnings:
             click.echo(f"warning: {warning}", err=True)
@@ -184,7 +186,7 @@ def bundle_cmd(bundle_file: str, root: str | None, backend: str, passphrase_file
         if plan.backend is not None:
             for line in firewall_load_hint(plan.backend, plan.rules):
                 click.echo(f"  {line}")
-        click.echo("  systemctl enable --now securekv.service")
+        click.echo("  systemctl enable --now securekv.service securekv-renew.timer")
     except UsageError as exc:
         raise InstallError(str(exc)) from None
     except OSError as exc:

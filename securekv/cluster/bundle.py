@@ -233,6 +233,7 @@ class Verified:
     not_after: datetime  # the earliest expiry of its certificates
     spec: fw.FirewallSpec
     warnings: tuple[str, ...] = ()
+    program: tuple[str, ...] = ()  # the unit's ExecStart= program (``cluster plan --exec``), for the renewal unit
 
 
 def bundle_certs(bundle: Bundle, field: str) -> list[x509.Certificate]:
@@ -292,7 +293,7 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
         if (sec.get("cert-file"), sec.get("key-file"), sec.get("trusted-ca-file")) != (cert_file, key_file, paths["ca"]):
             raise BundleError(f"the bundle's config {section} does not use the certificates the bundle installs "
                               f"({cert_file}, {key_file}, {paths['ca']})")
-    _check_unit_files(bundle)
+    program = _check_unit_files(bundle)
 
     anchors = bundle_certs(bundle, "ca")
     if len(anchors) != 1 or not is_ca(anchors[0]):
@@ -345,17 +346,17 @@ def verify(bundle: Bundle, *, now: datetime | None = None, member: str | None = 
     if spec.client_port not in ports or spec.peer_port not in ports:
         raise BundleError(f"the bundle's firewall ports ({spec.client_port}, {spec.peer_port}) are not the ports its "
                           "config listens on")
-    return Verified(bundle, config, fingerprint, earliest, spec, tuple(warnings))
+    return Verified(bundle, config, fingerprint, earliest, spec, tuple(warnings), program)
 
 
-def _check_unit_files(bundle: Bundle) -> None:
+def _check_unit_files(bundle: Bundle) -> tuple[str, ...]:
     """The unit and the sysusers entry must be exactly what securekv renders for the bundle's
     user and program. They are installed as root-owned system files: a line added to the unit
     (``ExecStartPre=+...``: a command run as root outside the sandbox) or to the sysusers entry
     is not caught by the digest (anyone can recompute it) nor by the certificate checks or the
     CA pin (the certificates can be the real ones), so the text itself is checked. Only the
     program (``--exec`` of ``cluster plan``) may vary; it is read back from the ExecStart= line
-    and must pass the same checks as at plan time."""
+    and must pass the same checks as at plan time. Returns that program (the renewal unit runs it)."""
     import shlex
 
     from securekv.deploy.systemd import UnitOptions, render_sysusers, render_unit
@@ -377,7 +378,7 @@ def _check_unit_files(bundle: Bundle) -> None:
         except UsageError:
             continue
         if expected == bundle.unit:
-            return
+            return tuple(words[:end])
     raise BundleError(f"the bundle's unit is not the unit securekv renders for user {bundle.user!r} and its "
                       f"ExecStart= program (edited?); refusing to install it")
 
@@ -399,9 +400,32 @@ def _other_members(config: MemberConfig) -> set[ipaddress.IPv4Address | ipaddres
 # --------------------------------------------------------------------------- installing
 
 
-def install_files(verified: Verified) -> tuple[RenderedFile, ...]:
+def renewal_endpoints(verified: Verified) -> tuple[str, ...]:
+    """Where the renewal timer asks for new certificates by default: every member's client URL
+    (its ``initial-cluster`` peer address on the plan's client port, which all members share);
+    ``cluster renew`` tries them in turn until one with a signing CA answers."""
+    port = verified.bundle.firewall.client_port
+    out: list[str] = []
+    for entry in str(verified.config.data.get("initial-cluster", "")).split(","):
+        host = urlsplit(entry.strip().partition("=")[2]).hostname
+        if host:
+            url = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+            if url not in out:
+                out.append(url)
+    return tuple(out)
+
+
+def install_files(verified: Verified, renew_endpoints: tuple[str, ...] = ()) -> tuple[RenderedFile, ...]:
     """The files ``install bundle`` puts in place (paths on the target system), firewall rules
-    aside (they depend on the backend: ``securekv.deploy.firewall.render``)."""
+    aside (they depend on the backend: ``securekv.deploy.firewall.render``).
+
+    The renewal service and timer are the ones ``cluster join`` writes, rendered here at install
+    time (not carried in the bundle): their text comes from securekv and the verified bundle
+    (its program, its certificate paths), so there is nothing in them to forge, and a second
+    install compares them byte for byte like every other file. ``renew_endpoints``: the signing
+    members to renew through (default ``renewal_endpoints``)."""
+    from securekv.cluster import renew_timer
+
     bundle = verified.bundle
     paths = pki_paths(bundle.member)
     files = [RenderedFile(paths[k], bundle.pems[k], 0o600 if k in KEY_FIELDS else 0o644) for k in PEM_FIELDS]
@@ -409,6 +433,9 @@ def install_files(verified: Verified) -> tuple[RenderedFile, ...]:
         RenderedFile(CONFIG_PATH, bundle.config, 0o644),
         RenderedFile(UNIT_PATH, bundle.unit, 0o644),
         RenderedFile(SYSUSERS_PATH, bundle.sysusers, 0o644),
+        RenderedFile(renew_timer.SERVICE_PATH, renew_timer.render_service(
+            verified.program, renew_endpoints or renewal_endpoints(verified), paths, PKI_DIR), 0o644),
+        RenderedFile(renew_timer.TIMER_PATH, renew_timer.render_timer(), 0o644),
     ]
     return tuple(files)
 
@@ -473,4 +500,5 @@ def firewall_load_hint(backend: str, files: tuple[RenderedFile, ...]) -> list[st
 
 
 __all__ = ["Bundle", "BundleError", "FirewallPlan", "PKI_DIR", "Verified", "ca_fingerprint", "encode",
-           "install_files", "parse_bundle", "pending", "pki_paths", "read_bundle", "seal", "verify"]
+           "install_files", "parse_bundle", "pending", "pki_paths", "read_bundle", "renewal_endpoints", "seal",
+           "verify"]

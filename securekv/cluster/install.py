@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from securekv.cluster import renew_timer
 from securekv.cluster.bundle import Verified, install_files, pending, read_bundle, verify
 from securekv.deploy import firewall as fw
 from securekv.deploy import install as deploy
@@ -50,14 +51,17 @@ class InstallPlan:
 
 
 def plan_install(path: str, *, backend: str, passphrase: bytes | None = None, member: str | None = None,
-                 ca_fingerprint: str | None = None, root: str | None = None) -> InstallPlan:
-    """Read, verify and render; raises UsageError (BundleError) before anything is written."""
+                 ca_fingerprint: str | None = None, root: str | None = None,
+                 renew_endpoints: str | None = None) -> InstallPlan:
+    """Read, verify and render; raises UsageError (BundleError) before anything is written.
+    ``renew_endpoints``: ``https://HOST:PORT,...`` for the renewal unit (default: every member)."""
     chosen = check_backend(backend)
+    endpoints = renew_timer.check_endpoints(renew_endpoints) if renew_endpoints is not None else ()
     verified = verify(read_bundle(path, passphrase), member=member, expect_fingerprint=ca_fingerprint)
     rules = tuple(fw.render(chosen, verified.spec)) if chosen is not None else ()
     data_dirs = (STATE_DIR, *verified.config.writable_paths())
     deploy.check_data_dirs(data_dirs, root)
-    files = install_files(verified) + rules
+    files = install_files(verified, endpoints) + rules
     for f in files:
         deploy.resolve_under_root(root or "/", f.path)  # refuses a symlink that leaves --root
     return InstallPlan(verified, files, rules, chosen, data_dirs)
@@ -110,12 +114,13 @@ def install(plan: InstallPlan, root: str | None) -> Outcome:
 
 
 def start(plan: InstallPlan) -> list[str]:
-    """``--enable --now``: load the firewall rules, then enable and start the member."""
+    """``--enable --now``: load the firewall rules, then enable and start the member and its
+    renewal timer."""
     done = []
     if plan.backend is not None:
         deploy.apply_firewall(plan.backend, plan.verified.spec, plan.rules)
         done.append(f"loaded the {plan.backend} rules: " + "; ".join(fw.describe(plan.verified.spec)))
     deploy.run_systemctl(["daemon-reload"])
-    deploy.run_systemctl(["enable", "--now", "securekv.service"])
-    done.append("systemctl enable --now securekv.service")
+    deploy.run_systemctl(["enable", "--now", "securekv.service", renew_timer.TIMER_NAME])
+    done.append(f"systemctl enable --now securekv.service {renew_timer.TIMER_NAME}")
     return done

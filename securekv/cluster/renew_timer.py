@@ -10,8 +10,10 @@ their old owner (``CAP_DAC_READ_SEARCH``, ``CAP_CHOWN``, ``CAP_FOWNER``), nothin
 from __future__ import annotations
 
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from securekv.deploy.backup_timer import quote_arg
+from securekv.errors import UsageError
 
 SERVICE_NAME = "securekv-renew.service"
 TIMER_NAME = "securekv-renew.timer"
@@ -20,12 +22,34 @@ TIMER_PATH = f"/etc/systemd/system/{TIMER_NAME}"
 RENEW_BEFORE = "30d"
 
 
+def check_endpoints(text: str, option: str = "--renew-endpoints") -> tuple[str, ...]:
+    """``https://HOST:PORT,...`` (the signing members' client URLs) as a tuple; UsageError names
+    the first that is not one (it would only fail at the first renewal, weeks later)."""
+    out = []
+    for item in (e.strip() for e in text.split(",")):
+        if not item:
+            continue
+        try:
+            url = urlsplit(item)
+            port = url.port
+        except ValueError:
+            port = None
+            url = None
+        if (url is None or url.scheme != "https" or not url.hostname or port is None or url.path not in ("", "/")
+                or url.query or url.fragment or url.username is not None):
+            raise UsageError(f"{option}: {item!r} is not https://HOST:PORT (a signing member's client URL)")
+        out.append(item)
+    if not out:
+        raise UsageError(f"{option} names no endpoint")
+    return tuple(out)
+
+
 def render_service(exec_start: Sequence[str], endpoints: Sequence[str], paths: dict[str, str], pki_dir: str) -> str:
     argv = (*exec_start, "cluster", "renew", "--endpoints", ",".join(endpoints), "--cacert", paths["ca"],
             "--server-cert", paths["server-cert"], "--server-key", paths["server-key"],
             "--peer-cert", paths["peer-cert"], "--peer-key", paths["peer-key"], "--before", RENEW_BEFORE)
     return "\n".join([
-        "# securekv certificate renewal (written by `securekv cluster join`; docs/pki.md).",
+        "# securekv certificate renewal (written by `securekv cluster join` and `install bundle`; docs/pki.md).",
         "[Unit]",
         "Description=securekv: renew this member's certificates when they are due",
         "Wants=network-online.target",
@@ -63,7 +87,7 @@ def render_service(exec_start: Sequence[str], endpoints: Sequence[str], paths: d
 
 def render_timer() -> str:
     return "\n".join([
-        "# securekv certificate renewal timer (written by `securekv cluster join`).",
+        "# securekv certificate renewal timer (written by `securekv cluster join` and `install bundle`).",
         "[Unit]",
         "Description=securekv: check this member's certificates daily and renew them when due",
         "",
@@ -79,4 +103,4 @@ def render_timer() -> str:
     ])
 
 
-__all__ = ["SERVICE_PATH", "TIMER_PATH", "render_service", "render_timer"]
+__all__ = ["SERVICE_PATH", "TIMER_NAME", "TIMER_PATH", "check_endpoints", "render_service", "render_timer"]

@@ -274,6 +274,42 @@ def test_install_refuses_bad_input_and_writes_nothing(planned: Path, tmp_path: P
     assert not root.exists()
 
 
+def test_install_writes_the_renewal_timer(planned: Path, tmp_path: Path) -> None:
+    """The daily renewal `cluster join` writes, rendered at install time: valid for systemd,
+    through every member by default or --renew-endpoints, restored byte for byte if edited."""
+    import shutil
+
+    root = tmp_path / "root"
+    bundle = str(planned / "n1.bundle")
+    _refused(_cli("install", "bundle", bundle, "--root", str(root), "--renew-endpoints", "http://10.0.0.2:2379"),
+             "--renew-endpoints: 'http://10.0.0.2:2379' is not https://HOST:PORT")
+    assert not root.exists()
+    first = _cli("install", "bundle", bundle, "--root", str(root), "--firewall", "none")
+    assert first.exit_code == 0, first.output
+    units = root / "etc/systemd/system"
+    service, timer = units / "securekv-renew.service", units / "securekv-renew.timer"
+    assert f"wrote {service}" in first.output and f"wrote {timer}" in first.output
+    assert ("ExecStart=/usr/bin/env securekv cluster renew --endpoints https://10.0.0.1:2379,https://10.0.0.2:2379,"
+            "https://10.0.0.3:2379 --cacert /etc/securekv/pki/ca.pem --server-cert /etc/securekv/pki/n1.pem "
+            "--server-key /etc/securekv/pki/n1-key.pem --peer-cert /etc/securekv/pki/n1-peer.pem "
+            "--peer-key /etc/securekv/pki/n1-peer-key.pem --before 30d\n") in service.read_text()
+    assert "OnCalendar=daily" in timer.read_text() and service.stat().st_mode & 0o777 == 0o644
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(["systemd-analyze", "verify", "--man=no", str(service), str(timer)],
+                               capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+    rendered = service.read_text()
+    service.write_text(rendered.replace("--before 30d", "--before 30d\nExecStartPost=/bin/sh -c id"))
+    again = _cli("install", "bundle", bundle, "--root", str(root), "--firewall", "none")
+    assert again.exit_code == 0 and again.output.count("wrote ") == 1 and f"wrote {service}" in again.output, again.output
+    assert service.read_text() == rendered
+    assert "nothing changed" in _cli("install", "bundle", bundle, "--root", str(root), "--firewall", "none").output
+    other = _cli("install", "bundle", bundle, "--root", str(root), "--firewall", "none",
+                 "--renew-endpoints", "https://10.0.0.2:2379")
+    assert other.exit_code == 0 and other.output.count("wrote ") == 1, other.output
+    assert "cluster renew --endpoints https://10.0.0.2:2379 --cacert" in service.read_text()
+
+
 def _rewrite(path: Path, target: Path, **changes: object) -> Path:
     from securekv.cluster.bundle import encode, read_bundle
     import attrs
