@@ -278,3 +278,14 @@ def crl_cmd(directory, next_update, passphrase_file, as_json) -> None:
     _emit(as_json, result.to_json(),
           f"Wrote CRL #{result.number} to {result.path}: {result.revoked} revoked, next update {_date(result.next_update)}")
 
+
+
+def _add_renew() -> None:
+    """``pki renew`` is ``cluster renew`` (the same command object: same options, output and
+    exit codes), where an operator looking after certificates expects it (docs/pki.md)."""
+    from securekv.cli.cluster_join_cmd import renew_cmd
+
+    cli.add_command(renew_cmd, "renew")
+
+
+_add_renew()
