@@ -150,9 +150,9 @@ class Applier:
     def restore_lease_attachments(self) -> None:
         """After ``lessor.restore``: attach every live leased key, as etcd does on start."""
         lessor = self.lessor
-        for rec in self.store.live_items():
-            if rec.lease and rec.lease in lessor:
-                lessor.attach(rec.lease, rec.key)
+        for key, lease in self.store.leased_keys():
+            if lease in lessor:
+                lessor.attach(lease, key)
 
     # ------------------------------------------------------------------ authorisation
     def lease_keys(self, lease_id: int) -> frozenset[bytes]:

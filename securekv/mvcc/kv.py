@@ -6,7 +6,7 @@ so a failed request changes nothing and a write transaction never has to roll ba
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -48,6 +48,12 @@ class ReadView(Protocol):
 
     def get(self, key: bytes) -> Rec | None: ...
 
+    def fill_values(self, recs: Sequence[Rec], cache: bool = True) -> None: ...
+
+
+#: Records whose values are loaded (and turned into response messages) at a time.
+RANGE_PAGE = 512
+
 
 @attrs.frozen
 class KVOutcome:
@@ -82,7 +88,11 @@ class ResponseBudget:
 
 
 def range_response(view: ReadView, r: Any, budget: ResponseBudget | None = None) -> Any:
-    """etcd's Range: fetch, filter by min/max revisions, sort, then truncate to ``limit``."""
+    """etcd's Range: fetch, filter by min/max revisions, sort, then truncate to ``limit``.
+
+    Values are loaded page by page only for the records returned (never for ``keys_only`` or
+    ``count_only``), and ``budget`` is charged page by page, so a response over the limit is
+    refused after loading at most one page past it."""
     limit = r.limit
     filtered = r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
     if r.sort_order != _NONE or filtered:
@@ -107,6 +117,8 @@ def range_response(view: ReadView, r: Any, budget: ResponseBudget | None = None)
     if order == _DESCEND and target == 0:
         recs = recs[::-1]  # keys are unique and already ascending
     elif order in (_ASCEND, _DESCEND) and target in _SORT_KEYS:
+        if target == 4:
+            view.fill_values(recs, False)
         # Stable, like Go's insertion sort for small results: ties keep key order.
         recs = sorted(recs, key=_SORT_KEYS[target], reverse=order == _DESCEND)
     more = False
@@ -114,14 +126,16 @@ def range_response(view: ReadView, r: Any, budget: ResponseBudget | None = None)
         recs = recs[:limit]
         more = True
     keys_only = r.keys_only
-    if budget is not None:
-        budget.spend(recs, keys_only)
-    return RangeResponse(
-        header=ResponseHeader(revision=cur),
-        kvs=[x.to_pb(keys_only) for x in recs],
-        more=more,
-        count=count,
-    )
+    resp = RangeResponse(header=ResponseHeader(revision=cur), more=more, count=count)
+    kvs = resp.kvs
+    for i in range(0, len(recs), RANGE_PAGE):
+        page = recs[i : i + RANGE_PAGE]
+        if not keys_only:
+            view.fill_values(page)
+        if budget is not None:
+            budget.spend(page, keys_only)
+        kvs.extend([x.to_pb(keys_only) for x in page])
+    return resp
 
 
 # ---------------------------------------------------------------------------- Put / Delete

@@ -22,6 +22,24 @@ class SortedKeys:
         self._maxes: list[bytes] = [chunk[-1] for chunk in self._lists]
         self._len = len(ordered)
 
+    @classmethod
+    def from_sorted(cls, keys: list[bytes]) -> SortedKeys:
+        """Build from keys already strictly ascending (a persisted index): no sort, no set."""
+        self = cls()
+        self._lists = [keys[i : i + _LOAD] for i in range(0, len(keys), _LOAD)]
+        self._maxes = [chunk[-1] for chunk in self._lists]
+        self._len = len(keys)
+        return self
+
+    def mean_key_length(self) -> int:
+        """Average key length, sampled from the first key of each sub-list (for size estimates)."""
+        lists = self._lists
+        if not lists:
+            return 0
+        step = max(1, len(lists) // 1000)
+        sample = [lists[i][0] for i in range(0, len(lists), step)]
+        return sum(map(len, sample)) // len(sample)
+
     def __len__(self) -> int:
         return self._len
 

@@ -1,31 +1,39 @@
-"""The in-memory multi-version keyspace with etcd's revision rules.
+"""The multi-version keyspace with etcd's revision rules: an index in memory, records on disk.
 
-Layout (chosen for the hot path, see docs/mvcc.md):
+Layout (docs/mvcc.md, "Memory layout"):
 
-* ``_index``: key -> list of *generations*; a generation is the list of records of one life of
-  the key (create ... last put [, tombstone]). The last generation is empty while the key is
-  deleted. Reading the current value is two list lookups.
+* ``_index``: key -> compact entry (``keyindex``): where every stored record of the key lives
+  (main, sub), tombstones, lease flags and value lengths. Nothing else of a record is in memory.
 * ``_keys``: the sorted set of every key in ``_index``, for range scans.
-* ``_revs``: main revision -> the records written at it (sub-revision order): history for watch
-  catch-up, compaction and hashing without scanning the whole keyspace.
+* ``_leases``: key -> lease ID of the key's latest record, for keys whose latest record has one.
+* ``_records``: the :class:`RecordReader` holding every *committed* row (the sqlite backend in
+  the server, :class:`MemoryRecords` in tests); values and history are read from it on demand.
+* ``_pending``: main revision -> rows applied but not yet committed to ``_records`` (the node's
+  backend commit runs behind apply); ``release(rev)`` drops them once the backend holds them.
+* ``_cache``: the latest value of recently used keys (LRU, bounded in bytes).
 
-Records are never mutated after creation, so they are shared freely between these structures.
+Apply stays deterministic: every read sees exactly the applied state (pending rows first, the
+reader for the rest), whatever the backend's commit timing.
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
-from bisect import bisect_right
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import attrs
 
+from securekv.errors import CorruptionError
 from securekv.proto import kv_pb2
 from securekv.rpctypes import ERR_COMPACTED, ERR_FUTURE_REV, err
 
+from . import keyindex as ki
+from .keyindex import HDR, LEASED, MASK64, SHIFT, SUBMASK, TOMB, Entry
 from .keys import FROM_KEY, in_range
+from .records import MemoryRecords, RecordReader, RevisionRow, RevPairs
 from .sortedkeys import SortedKeys
 
 KeyValue = kv_pb2.KeyValue
@@ -35,21 +43,56 @@ DELETE = kv_pb2.Event.DELETE
 
 #: Bytes charged per stored record on top of key and value (index, row and page overhead).
 ROW_OVERHEAD = 64
+#: Default bound of the hot-value cache.
+DEFAULT_VALUE_CACHE_BYTES = 32 << 20
+#: Rows per backend read (history scans, value loads of large ranges).
+PAGE = 512
+#: Estimated bytes a cache entry costs besides key and value (dict slot, tuple, int).
+_CACHE_OVERHEAD = 160
 
 
 class Rec:
-    """One stored revision of one key. ``version == 0`` marks a tombstone."""
+    """One stored revision of one key. ``version == 0`` marks a tombstone.
 
-    __slots__ = ("key", "create", "mod", "sub", "version", "value", "lease")
+    ``value`` (and, for an old record that had a lease, ``lease``) are read from the store's
+    records the first time they are asked for: ranges with ``keys_only`` or ``count_only`` never
+    load a value.
+    """
 
-    def __init__(self, key: bytes, create: int, mod: int, sub: int, version: int, value: bytes, lease: int) -> None:
+    __slots__ = ("key", "create", "mod", "sub", "version", "_value", "_lease", "_src")
+
+    def __init__(self, key: bytes, create: int, mod: int, sub: int, version: int, value: bytes | None,
+                 lease: int | None, src: MVCCStore | None = None) -> None:
         self.key = key
         self.create = create
         self.mod = mod
         self.sub = sub
         self.version = version
-        self.value = value
-        self.lease = lease
+        self._value = value
+        self._lease = lease
+        self._src = src
+
+    @property
+    def value(self) -> bytes:
+        if self._value is None:
+            if self.version == 0:
+                return b""
+            assert self._src is not None
+            self._src._load(self)
+        return self._value  # type: ignore[return-value]
+
+    @property
+    def lease(self) -> int:
+        if self._lease is None:
+            if self.version == 0:
+                return 0
+            assert self._src is not None
+            self._src._load(self)
+        return self._lease  # type: ignore[return-value]
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None or self.version == 0
 
     @property
     def tombstone(self) -> bool:
@@ -69,38 +112,25 @@ class Rec:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"Rec({self.key!r}, create={self.create}, mod={self.mod}.{self.sub}, "
-            f"ver={self.version}, value={self.value!r}, lease={self.lease})"
-        )
-
-
-def _mod(rec: Rec) -> int:
-    return rec.mod
-
-
-class RevisionRow(NamedTuple):
-    """One row of the backend's revision table (same fields as ``securekv.storage.Revision``).
-
-    ``value`` is the marshalled ``mvccpb.KeyValue``; for a tombstone it holds only the key and
-    the deletion revision.
-    """
-
-    main: int
-    sub: int
-    key: bytes
-    value: bytes
-    tombstone: bool
+        value = self._value if self._value is not None else "<not loaded>"
+        return (f"Rec({self.key!r}, create={self.create}, mod={self.mod}.{self.sub}, "
+                f"ver={self.version}, value={value!r}, lease={self._lease})")
 
 
 @attrs.frozen
 class KVWriteBatch:
-    """What one applied entry changed in the keyspace, for the storage backend."""
+    """What one applied entry changed in the keyspace, for the storage backend.
+
+    ``deletes`` are the (main, sub) rows a compaction drops (a packed sequence: a compaction
+    may drop millions). ``index_dropped`` names the keys whose whole history up to the
+    compaction revision went with it; the persisted key index needs them (``checkpoint``).
+    """
 
     revision: int
     puts: tuple[RevisionRow, ...] = ()
-    deletes: tuple[tuple[int, int], ...] = ()
+    deletes: Sequence[tuple[int, int]] = ()
     compact_revision: int | None = None
+    index_dropped: tuple[bytes, ...] = ()
 
 
 @attrs.frozen
@@ -122,29 +152,93 @@ def _row(rec: Rec) -> RevisionRow:
     return RevisionRow(rec.mod, rec.sub, rec.key, rec.to_pb().SerializeToString(), rec.version == 0)
 
 
-def _at(gens: list[list[Rec]], rev: int) -> Rec | None:
-    """The key's live record at ``rev`` (None if absent/deleted then)."""
-    for g in reversed(gens):
-        if not g or g[0].mod > rev:
-            continue
-        r = g[-1] if g[-1].mod <= rev else g[bisect_right(g, rev, key=_mod) - 1]
-        return None if r.version == 0 else r
-    return None
+class ValueCache:
+    """The latest value of recently used keys: key -> (main revision, value), LRU by bytes."""
+
+    __slots__ = ("_d", "capacity", "bytes", "hits", "misses")
+
+    def __init__(self, capacity: int) -> None:
+        self._d: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
+        self.capacity = capacity
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: bytes, main: int) -> bytes | None:
+        item = self._d.get(key)
+        if item is None or item[0] != main:
+            self.misses += 1
+            return None
+        self._d.move_to_end(key)
+        self.hits += 1
+        return item[1]
+
+    def put(self, key: bytes, main: int, value: bytes) -> None:
+        d = self._d
+        old = d.pop(key, None)
+        if old is not None:
+            self.bytes -= len(key) + len(old[1]) + _CACHE_OVERHEAD
+        cost = len(key) + len(value) + _CACHE_OVERHEAD
+        if cost > self.capacity:
+            return
+        d[key] = (main, value)
+        self.bytes += cost
+        while self.bytes > self.capacity:
+            k, (_, v) = d.popitem(last=False)
+            self.bytes -= len(k) + len(v) + _CACHE_OVERHEAD
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.bytes = 0
+
+
+@attrs.frozen
+class IndexStats:
+    """Size of the in-memory index and of the value cache (for metrics)."""
+
+    keys: int
+    live_keys: int
+    revisions: int
+    index_bytes: int
+    pending_revisions: int
+    cache_entries: int
+    cache_bytes: int
+    cache_hits: int
+    cache_misses: int
 
 
 class MVCCStore:
-    """etcd 3.4 MVCC semantics over plain Python structures (no I/O, single-threaded)."""
+    """etcd 3.4 MVCC semantics: a compact index in memory, records read through ``records``.
 
-    def __init__(self) -> None:
+    ``MVCCStore()`` keeps its records in a :class:`MemoryRecords` and commits every write to it
+    at once (tests, tools). The server passes the backend's reader and ``auto_commit=False``:
+    rows then stay pending until :meth:`release` says the backend holds them.
+    """
+
+    def __init__(self, records: RecordReader | None = None, *, auto_commit: bool | None = None,
+                 value_cache_bytes: int = DEFAULT_VALUE_CACHE_BYTES) -> None:
+        self._records: RecordReader = records if records is not None else MemoryRecords()
+        self._auto = (records is None) if auto_commit is None else auto_commit
+        if self._auto and not isinstance(self._records, MemoryRecords):
+            raise ValueError("auto_commit needs MemoryRecords (a backend is written by the server)")
         self._rev = 1  # an empty store is at revision 1
         self._top = 1  # highest revision holding records (rev+1 inside a write txn)
         self._compact = -1  # etcd's compactMainRev before any compaction
-        self._index: dict[bytes, list[list[Rec]]] = {}
+        self._index: dict[bytes, Entry] = {}
         self._keys = SortedKeys()
-        self._revs: dict[int, list[Rec]] = {}
+        self._leases: dict[bytes, int] = {}
         self._size = 0
         self._live = 0
+        self._nrecs = 0
+        self._pending: dict[int, list[RevisionRow]] = {}
+        self._released = 1  # every row with main <= this is in _records
+        self._cache = ValueCache(value_cache_bytes)
         self._txn: WriteTxn | None = None
+        #: compaction revisions whose dropped-key record is persisted (see checkpoint.py)
+        self.dropped_records: list[int] = []
 
     # ------------------------------------------------------------------ properties
     @property
@@ -160,19 +254,187 @@ class MVCCStore:
         """Deterministic logical size: key + value + overhead of every stored record."""
         return self._size
 
+    @property
+    def records(self) -> RecordReader:
+        return self._records
+
     def __len__(self) -> int:
         return self._live
 
+    def stats(self) -> IndexStats:
+        """Index and cache figures. ``index_bytes`` is an estimate of the index's heap use."""
+        n = len(self._index)
+        # Per key: dict slot (~41), bytes object header (33) + the key, sorted-list slot (~9),
+        # entry (a 40-byte int); 16 bytes per further record; ~100 per leased key.
+        est = n * (41 + 33 + 9 + 40) + n * self._keys.mean_key_length() \
+            + max(0, self._nrecs - n) * 16 + len(self._leases) * 100
+        c = self._cache
+        return IndexStats(n, self._live, self._nrecs, est, len(self._pending), len(c), c.bytes, c.hits, c.misses)
+
+    # ------------------------------------------------------------------ records
+    def release(self, revision: int) -> None:
+        """The backend now holds every row with main <= ``revision``: drop them from memory."""
+        if revision <= self._released:
+            return
+        pending = self._pending
+        if pending:
+            if len(pending) <= revision - self._released:
+                for main in [m for m in pending if m <= revision]:
+                    del pending[main]
+            else:
+                for main in range(self._released + 1, revision + 1):
+                    pending.pop(main, None)
+        self._released = min(revision, self._rev)
+
+    def _commit(self, batch: KVWriteBatch) -> None:
+        if self._auto:
+            self._records.apply(batch)  # type: ignore[attr-defined]
+            self._released = self._rev
+        elif batch.puts:
+            self._pending[batch.revision] = list(batch.puts)
+
+    def _pending_row(self, main: int, sub: int) -> RevisionRow | None:
+        for row in self._pending.get(main, ()):
+            if row.sub == sub:
+                return row
+        return None
+
+    def _load(self, rec: Rec) -> None:
+        """Fill a record's value and lease (one record; ranges use :meth:`fill_values`)."""
+        if rec._lease is not None:
+            v = self._cache.get(rec.key, rec.mod)
+            if v is not None:
+                rec._value = v
+                return
+        self._fill_from_rows([rec], False)
+
+    def fill_values(self, recs: Sequence[Rec], cache: bool = True) -> None:
+        """Load the values of ``recs`` (cache, pending rows, then the backend in pages)."""
+        cache_get = self._cache.get
+        missing = []
+        for rec in recs:
+            if rec._value is not None or rec.version == 0:
+                continue
+            if rec._lease is not None:
+                v = cache_get(rec.key, rec.mod)
+                if v is not None:
+                    rec._value = v
+                    continue
+            missing.append(rec)
+        if missing:
+            self._fill_from_rows(missing, cache)
+
+    def _fill_from_rows(self, recs: list[Rec], cache: bool) -> None:
+        released = self._released
+        txn = self._txn
+        from_reader = []
+        for rec in recs:
+            if txn is not None and rec.mod == txn.begin + 1:
+                rec._value = txn.recs[rec.sub].value  # written by the open transaction
+                if rec._lease is None:
+                    rec._lease = txn.recs[rec.sub].lease
+            elif rec.mod > released:
+                row = self._pending_row(rec.mod, rec.sub)
+                if row is None:
+                    raise CorruptionError(f"mvcc: record {rec.mod}.{rec.sub} of key {rec.key!r} is missing")
+                self._set_from_row(rec, row.value, False)
+            else:
+                from_reader.append(rec)
+        get_many = self._records.get_many
+        for i in range(0, len(from_reader), PAGE):
+            page = from_reader[i : i + PAGE]
+            values = get_many([(r.mod, r.sub) for r in page])
+            for rec, data in zip(page, values):
+                if data is None:
+                    raise CorruptionError(f"mvcc: record {rec.mod}.{rec.sub} of key {rec.key!r} is missing "
+                                          "from the backend")
+                self._set_from_row(rec, data, cache)
+
+    def _set_from_row(self, rec: Rec, data: bytes, cache: bool) -> None:
+        kv = KeyValue.FromString(data)
+        rec._value = kv.value
+        if rec._lease is None:
+            rec._lease = kv.lease
+        if cache and self._is_latest(rec.key, rec.mod):
+            self._cache.put(rec.key, rec.mod, rec._value)
+
+    def _is_latest(self, key: bytes, main: int) -> bool:
+        e = self._index.get(key)
+        return e is not None and ki.last_main(e) == main
+
+    def _rows_between(self, first: int, last: int) -> Iterator[RevisionRow]:
+        """Every stored row with first <= main <= last, in (main, sub) order, page by page."""
+        released = self._released
+        if first <= released:
+            pos = (first, 0)
+            upto = min(last, released)
+            scan = self._records.scan
+            while True:
+                page = scan(pos, upto, PAGE)
+                yield from page
+                if len(page) < PAGE:
+                    break
+                pos = (page[-1].main, page[-1].sub + 1)
+        pending = self._pending
+        if pending:
+            for main in range(max(first, released + 1), last + 1):
+                rows = pending.get(main)
+                if rows:
+                    yield from rows
+
+    def _holds(self, key: bytes, main: int) -> bool:
+        """Whether the index still has ``key``'s record at ``main`` (rows at or below the
+        compact revision may wait in the backend for the compaction's commit)."""
+        e = self._index.get(key)
+        if e is None:
+            return False
+        if type(e) is int:
+            return e & MASK64 == main
+        i = ki.find(e, main)
+        return i >= 0 and e[HDR + 2 * i] >> 2 == main
+
     # ------------------------------------------------------------------ reads
+    def _latest(self, key: bytes, e: Entry) -> Rec | None:
+        if type(e) is int:
+            m = e & MASK64
+            return Rec(key, m, m, 0, 1, None, self._leases.get(key, 0), self)
+        r = e[-2]
+        if r & TOMB:
+            return None
+        n = (len(e) - HDR) >> 1
+        g = e[2]
+        if g == 0:
+            create, version = e[0], e[1] + n - 1
+        else:
+            create, version = e[HDR + 2 * g] >> 2, n - g
+        return Rec(key, create, r >> 2, e[-1] & SUBMASK, version, None, self._leases.get(key, 0), self)
+
+    def _at(self, key: bytes, e: Entry, rev: int) -> Rec | None:
+        """The key's live record at ``rev``."""
+        if type(e) is int:
+            m = e & MASK64
+            return Rec(key, m, m, 0, 1, None, self._leases.get(key, 0), self) if m <= rev else None
+        i = ki.find(e, rev)
+        if i < 0:
+            return None
+        r = e[HDR + 2 * i]
+        if r & TOMB:
+            return None
+        n = (len(e) - HDR) >> 1
+        if i == n - 1:
+            return self._latest(key, e)
+        create, version = ki.meta(e, i)
+        return Rec(key, create, r >> 2, e[HDR + 2 * i + 1] & SUBMASK, version, None,
+                   None if r & LEASED else 0, self)
+
     def get(self, key: bytes, rev: int = 0) -> Rec | None:
         """The live record of ``key`` at ``rev`` (0 = latest), without revision checks."""
-        gens = self._index.get(key)
-        if gens is None:
+        e = self._index.get(key)
+        if e is None:
             return None
         if rev <= 0 or rev >= self._top:
-            g = gens[-1]
-            return g[-1] if g else None
-        return _at(gens, rev)
+            return self._latest(key, e)
+        return self._at(key, e, rev)
 
     def scan(self, key: bytes, range_end: bytes, rev: int, limit: int = 0, count_only: bool = False) -> tuple[list[Rec], int]:
         """Live records in the range at ``rev`` (ascending by key) and their total count.
@@ -182,32 +444,36 @@ class MVCCStore:
         index = self._index
         latest = rev >= self._top
         if not range_end:
-            gens = index.get(key)
-            if gens is None:
+            e = index.get(key)
+            if e is None:
                 return [], 0
-            if latest:
-                g = gens[-1]
-                r = g[-1] if g else None
-            else:
-                r = _at(gens, rev)
+            r = self._latest(key, e) if latest else self._at(key, e, rev)
             if r is None:
                 return [], 0
             return ([] if count_only else [r]), 1
         end = None if range_end == FROM_KEY else range_end
         recs: list[Rec] = []
-        count = 0
         want = 0 if count_only else (limit if limit > 0 else -1)
+        count = 0
+        if latest:
+            leases = self._leases
+            for k in self._keys.irange(key, end):
+                e = index[k]
+                if type(e) is int:
+                    count += 1
+                    if want < 0 or len(recs) < want:
+                        m = e & MASK64
+                        recs.append(Rec(k, m, m, 0, 1, None, leases.get(k, 0), self) if leases
+                                    else Rec(k, m, m, 0, 1, None, 0, self))
+                elif not e[-2] & TOMB:
+                    count += 1
+                    if want < 0 or len(recs) < want:
+                        recs.append(self._latest(k, e))  # type: ignore[arg-type]
+            return recs, count
         for k in self._keys.irange(key, end):
-            gens = index[k]
-            if latest:
-                g = gens[-1]
-                if not g:
-                    continue
-                r = g[-1]
-            else:
-                r = _at(gens, rev)
-                if r is None:
-                    continue
+            r = self._at(k, index[k], rev)
+            if r is None:
+                continue
             count += 1
             if want < 0 or len(recs) < want:
                 recs.append(r)
@@ -241,13 +507,17 @@ class MVCCStore:
 
         return txn_readonly(self, req, ResponseBudget(max_bytes) if max_bytes > 0 else None)
 
-    def live_items(self) -> Iterable[Rec]:
-        """Every live record at the current revision, ascending by key."""
+    def leased_keys(self) -> Iterable[tuple[bytes, int]]:
+        """(key, lease) of every live key whose latest record has a lease."""
+        return list(self._leases.items())
+
+    def live_items(self) -> Iterator[Rec]:
+        """Every live record at the current revision, ascending by key (values load lazily)."""
         index = self._index
         for k in self._keys:
-            g = index[k][-1]
-            if g:
-                yield g[-1]
+            r = self._latest(k, index[k])
+            if r is not None:
+                yield r
 
     # ------------------------------------------------------------------ writes
     def write(self) -> WriteTxn:
@@ -263,96 +533,115 @@ class MVCCStore:
             raise err(ERR_COMPACTED)
         if rev > self._rev:
             raise err(ERR_FUTURE_REV)
-        old = self._compact
-        touched: dict[bytes, None] = {}
-        revs = self._revs
-        for main in range(max(old + 1, 1), rev + 1):
-            for r in revs.get(main, ()):
-                touched[r.key] = None
-        removed: list[Rec] = []
+        removed, dropped = self._compact_index(rev)
+        self._compact = rev
+        batch = KVWriteBatch(revision=self._rev, deletes=removed, compact_revision=rev,
+                             index_dropped=tuple(dropped))
+        if dropped:
+            self.dropped_records.append(rev)
+        self._commit(batch)
+        return batch
+
+    def _compact_index(self, rev: int) -> tuple[RevPairs, list[bytes]]:
+        """etcd's keyIndex.compact on every key: the (main, sub) removed, keys whose history up
+        to ``rev`` went entirely. Keys with a single record never change (it is live and the
+        latest), so only multi-record entries are visited."""
         index = self._index
-        for key in touched:
-            gens = index[key]
-            new: list[list[Rec]] = []
-            for g in gens:
-                if not g:
-                    new.append(g)
+        removed: list[int] = []
+        dropped: list[bytes] = []
+        updates: list[tuple[bytes, Entry | None]] = []
+        size = 0
+        for key, e in index.items():
+            if type(e) is int or e[HDR] >> 2 > rev:
+                continue
+            i = ki.find(e, rev)
+            r = e[HDR + 2 * i]
+            n = (len(e) - HDR) >> 1
+            new: Entry | None
+            if r & TOMB:
+                cut = i + 1
+                dropped.append(key)
+                if cut == n:
+                    new = None
+                else:
+                    new = array("q", (e[HDR + 2 * cut] >> 2, 1, e[2] - cut))
+                    new.extend(e[HDR + 2 * cut :])
+            else:
+                if i == 0:
                     continue
-                if g[-1].mod <= rev:
-                    if g[-1].version == 0:
-                        removed.extend(g)  # a life that ended at or before rev: gone entirely
-                    else:
-                        removed.extend(g[:-1])
-                        new.append(g[-1:])
-                    continue
-                j = bisect_right(g, rev, key=_mod)
-                if j > 1:
-                    removed.extend(g[: j - 1])
-                    g = g[j - 1 :]
-                new.append(g)
-            if len(new) == 1 and not new[0]:
+                create, version = ki.meta(e, i)
+                cut = i
+                new = array("q", (create, version, max(e[2] - cut, 0)))
+                new.extend(e[HDR + 2 * cut :])
+            klen = len(key) + ROW_OVERHEAD
+            for j in range(HDR, HDR + 2 * cut, 2):
+                s = e[j + 1]
+                removed.append((e[j] >> 2) << 32 | (s & SUBMASK))
+                size += klen + (s >> 32)
+            if new is not None and len(new) == HDR + 2:
+                r0, s0 = new[HDR], new[HDR + 1]
+                if not r0 & TOMB and s0 & SUBMASK == 0 and new[0] == r0 >> 2 and new[1] == 1:
+                    new = (r0 >> 2) | ((s0 >> 32) << SHIFT)
+            updates.append((key, new))
+        for key, new in updates:
+            if new is None:
                 del index[key]
                 self._keys.remove(key)
+                self._cache_drop(key)
             else:
                 index[key] = new
-        by_main: dict[int, set[int]] = {}
-        size = 0
-        for r in removed:
-            by_main.setdefault(r.mod, set()).add(r.sub)
-            size += len(r.key) + len(r.value) + ROW_OVERHEAD
-        for main, subs in by_main.items():
-            kept = [r for r in revs[main] if r.sub not in subs]
-            if kept:
-                revs[main] = kept
-            else:
-                del revs[main]
+        removed.sort()
+        flat = array("q")
+        for v in removed:
+            flat.append(v >> 32)
+            flat.append(v & SUBMASK)
         self._size -= size
-        self._compact = rev
-        deletes = tuple(sorted((r.mod, r.sub) for r in removed))
-        return KVWriteBatch(revision=self._rev, deletes=deletes, compact_revision=rev)
+        self._nrecs -= len(removed)
+        return RevPairs(flat), dropped
+
+    def _cache_drop(self, key: bytes) -> None:
+        c = self._cache
+        item = c._d.pop(key, None)
+        if item is not None:
+            c.bytes -= len(key) + len(item[1]) + _CACHE_OVERHEAD
 
     # ------------------------------------------------------------------ history
     def events_between(self, start_rev: int, end_rev: int, key: bytes, range_end: bytes = b"", prev_kv: bool = False) -> list[kv_pb2.Event]:
-        """Events with ``start_rev <= mod_revision <= end_rev`` in the range (the watch history)."""
+        """Events with ``start_rev <= mod_revision <= end_rev`` in the range (the watch history),
+        read from the backend (and rows not yet committed to it)."""
         if start_rev < self._compact:
             raise err(ERR_COMPACTED)
         start_rev = max(start_rev, 1)
         end_rev = min(end_rev, self._rev)
         out: list[kv_pb2.Event] = []
-        revs = self._revs
+        if start_rev > end_rev:
+            return out
         single = not range_end
-        for main in range(start_rev, end_rev + 1):
-            for r in revs.get(main, ()):
-                k = r.key
-                if (k != key) if single else not in_range(k, key, range_end):
-                    continue
-                ev = Event(type=DELETE if r.version == 0 else PUT, kv=r.to_pb())
-                if prev_kv and r.mod - 1 >= self._compact:
-                    p = self._prev(r)
-                    if p is not None:
-                        ev.prev_kv.CopyFrom(p.to_pb())
-                out.append(ev)
-        return out
-
-    def _prev(self, rec: Rec) -> Rec | None:
-        """The key's live record just before ``rec`` was written."""
-        gens = self._index.get(rec.key)
-        if gens is None:
-            return None
-        pos = (rec.mod, rec.sub)
-        for g in reversed(gens):
-            if not g or (g[0].mod, g[0].sub) > pos:
+        compact = self._compact
+        prevs: list[tuple[kv_pb2.Event, Rec]] = []
+        for row in self._rows_between(start_rev, end_rev):
+            k = row.key
+            if (k != key) if single else not in_range(k, key, range_end):
                 continue
-            i = bisect_right(g, rec.mod, key=_mod) - 1
-            while i >= 0 and g[i] is not rec:
-                i -= 1
-            if i < 0:
-                return None
-            if i == 0:
-                return None  # a create (the previous life ended with a tombstone)
-            p = g[i - 1]
-            return None if p.version == 0 else p
-        return None
+            main = row.main
+            if main <= compact and not self._holds(k, main):
+                continue  # dropped by a compaction the backend has not committed yet
+            if row.tombstone:
+                ev = Event(type=DELETE, kv=KeyValue(key=k, mod_revision=main))
+            else:
+                ev = Event(type=PUT)
+                ev.kv.MergeFromString(row.value)
+            if prev_kv and main - 1 >= compact:
+                e = self._index.get(k)
+                p = self._at(k, e, main - 1) if e is not None else None
+                if p is not None:
+                    prevs.append((ev, p))
+            out.append(ev)
+        if prevs:
+            self.fill_values([p for _, p in prevs], cache=False)
+            for ev, p in prevs:
+                ev.prev_kv.CopyFrom(p.to_pb())
+        return out
 
     def hash_kv(self, rev: int = 0) -> tuple[int, int]:
         """CRC32 over every stored record with main revision <= rev, in revision order."""
@@ -363,51 +652,213 @@ class MVCCStore:
         if rev <= 0:
             rev = self._rev
         h = zlib.crc32(b"key")
-        pack = _REVKEY.pack
+        crc = zlib.crc32
         sep = b"_"
-        revs = self._revs
-        for main in sorted(m for m in revs if m <= rev):
-            for r in revs[main]:
-                h = zlib.crc32(pack(r.mod, sep, r.sub) + (b"t" if r.version == 0 else b""), h)
-                h = zlib.crc32(r.to_pb().SerializeToString(deterministic=True), h)
+        compact = self._compact
+        for row in self._rows_between(1, rev):
+            if row.main <= compact and not self._holds(row.key, row.main):
+                continue
+            h = crc(row.main.to_bytes(8, "big") + sep + row.sub.to_bytes(8, "big")
+                    + (b"t" if row.tombstone else b""), h)
+            h = crc(row.value, h)
         return h & 0xFFFFFFFF, self._compact
 
     # ------------------------------------------------------------------ restore
     @classmethod
-    def restore(cls, rows: Iterable[Any], compact_revision: int = -1, current_revision: int = 0) -> MVCCStore:
-        """Rebuild a store from backend rows (objects with main, sub, key, value, tombstone)."""
-        s = cls()
-        decoded: list[Rec] = []
-        for row in rows:
-            kv = KeyValue.FromString(row.value)
-            key = bytes(row.key)
-            if row.tombstone:
-                decoded.append(Rec(key, 0, row.main, row.sub, 0, b"", 0))
-            else:
-                decoded.append(Rec(key, kv.create_revision, row.main, row.sub, kv.version, kv.value, kv.lease))
-        decoded.sort(key=lambda r: (r.mod, r.sub))
-        index = s._index
-        revs = s._revs
-        size = 0
-        for r in decoded:
-            gens = index.get(r.key)
-            if gens is None:
-                gens = index[r.key] = [[]]
-            gens[-1].append(r)
-            if r.version == 0:
-                gens.append([])
-            revs.setdefault(r.mod, []).append(r)
-            size += len(r.key) + len(r.value) + ROW_OVERHEAD
-        s._keys = SortedKeys(index)
-        s._size = size
-        s._live = sum(1 for gens in index.values() if gens[-1])
-        top = decoded[-1].mod if decoded else 1
-        s._compact = compact_revision
-        s._rev = s._top = max(top, current_revision, compact_revision, 1)
+    def restore(cls, rows: Iterable[Any], compact_revision: int = -1, current_revision: int = 0, *,
+                records: RecordReader | None = None,
+                value_cache_bytes: int = DEFAULT_VALUE_CACHE_BYTES) -> MVCCStore:
+        """Rebuild a store from backend rows (objects with main, sub, key, value, tombstone).
+
+        Without ``records`` the rows are also kept in a MemoryRecords (any order); with it
+        (the backend they came from) they must come in (main, sub) order and only the index is
+        built.
+        """
+        if records is None:
+            mem = MemoryRecords(rows)
+            s = cls(mem, value_cache_bytes=value_cache_bytes)
+            ordered: Iterable[Any] = mem.rows()
+        else:
+            s = cls(records, auto_commit=False, value_cache_bytes=value_cache_bytes)
+            ordered = rows
+        s._finish_load(ordered, compact_revision, max(current_revision, 0), check_compaction=True)
         return s
 
+    @classmethod
+    def load(cls, records: RecordReader, *, chunks: Iterable[bytes], start_revision: int,
+             checkpoint_compact: int, dropped: Iterable[tuple[int, Iterable[bytes]]],
+             tail: Iterable[Any], compact_revision: int = -1,
+             value_cache_bytes: int = DEFAULT_VALUE_CACHE_BYTES) -> MVCCStore:
+        """Rebuild from a persisted index checkpoint (docs/mvcc.md, "Start-up").
 
-_REVKEY = struct.Struct(">Q1sQ")  # etcd's 17-byte revision key: main "_" sub
+        ``chunks`` are one checkpoint's chunks in order, begun at ``start_revision`` when the
+        store's compact revision was ``checkpoint_compact``; ``dropped`` the persisted
+        (compaction revision, keys) records after ``start_revision``; ``tail`` every row with
+        main > ``start_revision`` in (main, sub) order. Raises ``keyindex.ChunkError`` if a
+        chunk is damaged (the caller then restores from all rows instead).
+        """
+        s = cls(records, auto_commit=False, value_cache_bytes=value_cache_bytes)
+        index = s._index
+        keys: list[bytes] = []
+        for blob in chunks:
+            ks, entries, leases = ki.decode_chunk(blob)
+            if ks and keys and ks[0] <= keys[-1]:
+                raise ki.ChunkError("index chunks out of key order")
+            index.update(zip(ks, entries))
+            keys.extend(ks)
+            s._leases.update(leases)
+        if len(index) != len(keys):
+            raise ki.ChunkError("index chunks repeat a key")
+        s._keys = SortedKeys.from_sorted(keys)
+        del keys
+        size = live = nrecs = 0
+        for k, e in index.items():
+            if type(e) is int:
+                size += len(k) + ROW_OVERHEAD + (e >> SHIFT)
+                live += 1
+                nrecs += 1
+            else:
+                n = (len(e) - HDR) >> 1
+                size += n * (len(k) + ROW_OVERHEAD) + ki.value_bytes(e)
+                nrecs += n
+                if not e[-2] & TOMB:
+                    live += 1
+        s._size, s._live, s._nrecs = size, live, nrecs
+        for rev, dropped_keys in sorted(dropped, key=lambda x: x[0]):
+            if rev > start_revision:
+                s._drop_through(rev, dropped_keys)
+            s.dropped_records.append(rev)
+        s._rev = max(start_revision, 1)
+        s._finish_load(tail, compact_revision, start_revision,
+                       check_compaction=compact_revision > checkpoint_compact)
+        return s
+
+    def _drop_through(self, rev: int, keys: Iterable[bytes]) -> None:
+        """A compaction at ``rev`` removed these keys' whole history up to it (their rows are
+        gone from the backend, so the tail replay cannot show the tombstone)."""
+        index = self._index
+        for key in keys:
+            e = index.get(key)
+            if e is None:
+                continue
+            n = ki.count(e)
+            if type(e) is int:
+                cut = 1 if (e & MASK64) <= rev else 0
+            else:
+                cut = ki.find(e, rev) + 1
+            if cut == 0:
+                continue
+            latest_live = type(e) is int or not e[-2] & TOMB
+            self._size -= self._entry_size(key, e)
+            self._nrecs -= n
+            if cut == n:
+                del index[key]
+                self._keys.remove(key)
+                self._leases.pop(key, None)
+                if latest_live:
+                    self._live -= 1
+                continue
+            assert type(e) is not int
+            new = array("q", (e[HDR + 2 * cut] >> 2, 1, max(e[2] - cut, 0)))
+            new.extend(e[HDR + 2 * cut :])
+            index[key] = new
+            self._size += self._entry_size(key, new)
+            self._nrecs += n - cut
+
+    @staticmethod
+    def _entry_size(key: bytes, e: Entry) -> int:
+        return ki.count(e) * (len(key) + ROW_OVERHEAD) + ki.value_bytes(e)
+
+    def _finish_load(self, rows: Iterable[Any], compact_revision: int, current_revision: int,
+                     check_compaction: bool) -> None:
+        top = self._replay(rows)
+        self._compact = compact_revision
+        if check_compaction and compact_revision > 0:
+            self._compact_index(compact_revision)
+        self._rev = self._top = self._released = max(top, current_revision, compact_revision, self._rev, 1)
+
+    def _replay(self, rows: Iterable[Any]) -> int:
+        """Apply backend rows (ascending) to the index; rows it already holds are skipped, so a
+        checkpoint taken while writes went on replays cleanly. Returns the highest main seen."""
+        index = self._index
+        keys = self._keys
+        leases = self._leases
+        top = 0
+        for row in rows:
+            main, sub = row.main, row.sub
+            key = bytes(row.key)
+            top = main
+            e = index.get(key)
+            if e is not None and ki.last_main(e) >= main:
+                continue
+            klen = len(key) + ROW_OVERHEAD
+            if row.tombstone:
+                if e is None:
+                    continue  # nothing of the key left to end (its put was compacted)
+                if type(e) is int:
+                    m = e & MASK64
+                    e = array("q", (m, 1, 2, ki.rword(m, key in leases, False), (e >> SHIFT) << 32,
+                                    ki.rword(main, False, True), sub))
+                    index[key] = e
+                elif not e[-2] & TOMB:
+                    e.append(ki.rword(main, False, True))
+                    e.append(sub)
+                    e[2] = (len(e) - HDR) >> 1
+                else:
+                    continue  # already deleted
+                leases.pop(key, None)
+                self._live -= 1
+                self._size += klen
+                self._nrecs += 1
+                continue
+            kv = KeyValue.FromString(row.value)
+            vlen = len(kv.value)
+            lease = kv.lease
+            if e is None:
+                if sub == 0 and kv.create_revision == main and kv.version == 1:
+                    index[key] = main | (vlen << SHIFT) if vlen else main
+                else:
+                    index[key] = array("q", (kv.create_revision, kv.version, 0,
+                                             ki.rword(main, bool(lease), False), ki.sword(vlen, sub)))
+                keys.add(key)
+                self._live += 1
+            else:
+                if type(e) is int:
+                    m = e & MASK64
+                    e = array("q", (m, 1, 0, ki.rword(m, key in leases, False), (e >> SHIFT) << 32))
+                    index[key] = e
+                if e[-2] & TOMB:
+                    e[2] = (len(e) - HDR) >> 1
+                    self._live += 1
+                e.append(ki.rword(main, bool(lease), False))
+                e.append(ki.sword(vlen, sub))
+            if lease:
+                leases[key] = lease
+            else:
+                leases.pop(key, None)
+            self._size += klen + vlen
+            self._nrecs += 1
+        return top
+
+    # ------------------------------------------------------------------ checkpoints
+    def index_chunk(self, after: bytes | None, max_keys: int) -> tuple[bytes, bytes | None]:
+        """Serialise the entries of up to ``max_keys`` keys after ``after`` (None: from the
+        first key). Returns the chunk and the last key in it, or None as the last key when no
+        key follows (the checkpoint is complete)."""
+        index = self._index
+        leases = self._leases
+        items: list[tuple[bytes, Entry, int]] = []
+        it = self._keys.irange(after, None) if after is not None else iter(self._keys)
+        more = False
+        for k in it:
+            if after is not None and k <= after:
+                continue
+            if len(items) >= max_keys:
+                more = True
+                break
+            items.append((k, index[k], leases.get(k, 0)))
+        blob = ki.encode_chunk(items)
+        return blob, (items[-1][0] if more else None)
 
 
 class WriteTxn:
@@ -433,6 +884,9 @@ class WriteTxn:
     def range_keys(self, key: bytes, range_end: bytes, rev: int, limit: int = 0, count_only: bool = False) -> tuple[list[Rec], int, int]:
         return self._s._range_keys(key, range_end, rev, self.read_rev, limit, count_only)
 
+    def fill_values(self, recs: Sequence[Rec], cache: bool = True) -> None:
+        self._s.fill_values(recs, cache)
+
     def get(self, key: bytes) -> Rec | None:
         return self._s.get(key)
 
@@ -440,21 +894,48 @@ class WriteTxn:
         s = self._s
         rev = self.begin + 1
         s._top = rev
-        gens = s._index.get(key)
-        if gens is None:
-            gens = s._index[key] = [[]]
-            s._keys.add(key)
-        g = gens[-1]
-        if g:
-            prev = g[-1]
-            rec = Rec(key, prev.create, rev, len(self.recs), prev.version + 1, value, lease)
-        else:
+        sub = len(self.recs)
+        vlen = len(value)
+        index = s._index
+        e = index.get(key)
+        leases = s._leases
+        old_lease = leases.get(key, 0)
+        if e is None:
             prev = None
-            rec = Rec(key, rev, rev, len(self.recs), 1, value, lease)
+            create, version = rev, 1
+            index[key] = (rev | (vlen << SHIFT) if vlen else rev) if sub == 0 else \
+                array("q", (rev, 1, 0, ki.rword(rev, bool(lease), False), ki.sword(vlen, sub)))
+            s._keys.add(key)
             s._live += 1
-        g.append(rec)
+        else:
+            if type(e) is int:
+                m = e & MASK64
+                prev = Rec(key, m, m, 0, 1, s._cache.get(key, m), old_lease, s)
+                e = array("q", (m, 1, 0, ki.rword(m, bool(old_lease), False), (e >> SHIFT) << 32))
+                index[key] = e
+            elif e[-2] & TOMB:
+                prev = None
+                e[2] = (len(e) - HDR) >> 1
+                s._live += 1
+            else:
+                prev = s._latest(key, e)
+                assert prev is not None
+                prev._value = s._cache.get(key, prev.mod)
+            if prev is None:
+                create, version = rev, 1
+            else:
+                create, version = prev.create, prev.version + 1
+            e.append(ki.rword(rev, bool(lease), False))
+            e.append(ki.sword(vlen, sub))
+        if lease:
+            leases[key] = lease
+        elif old_lease:
+            del leases[key]
+        rec = Rec(key, create, rev, sub, version, value, lease, s)
         self.recs.append(rec)
-        s._size += len(key) + len(value) + ROW_OVERHEAD
+        s._cache.put(key, rev, value)
+        s._size += len(key) + vlen + ROW_OVERHEAD
+        s._nrecs += 1
         ch = Change(rec, prev)
         self.changes.append(ch)
         return ch
@@ -467,14 +948,27 @@ class WriteTxn:
         rev = self.begin + 1
         s._top = rev
         out = []
+        index = s._index
+        cache_get = s._cache.get
         for prev in recs:
             k = prev.key
-            tomb = Rec(k, 0, rev, len(self.recs), 0, b"", 0)
-            gens = s._index[k]
-            gens[-1].append(tomb)
-            gens.append([])
+            sub = len(self.recs)
+            if prev._value is None:
+                prev._value = cache_get(k, prev.mod)
+            e = index[k]
+            if type(e) is int:
+                m = e & MASK64
+                index[k] = array("q", (m, 1, 2, ki.rword(m, bool(prev._lease), False), (e >> SHIFT) << 32,
+                                       ki.rword(rev, False, True), sub))
+            else:
+                e.append(ki.rword(rev, False, True))
+                e.append(sub)
+                e[2] = (len(e) - HDR) >> 1
+            s._leases.pop(k, None)
+            tomb = Rec(k, 0, rev, sub, 0, b"", 0, s)
             self.recs.append(tomb)
             s._size += len(k) + ROW_OVERHEAD
+            s._nrecs += 1
             s._live -= 1
             ch = Change(tomb, prev)
             self.changes.append(ch)
@@ -493,6 +987,11 @@ class WriteTxn:
         if not self.recs:
             return None
         rev = self.begin + 1
-        s._revs[rev] = self.recs
         s._rev = s._top = rev
-        return KVWriteBatch(revision=rev, puts=tuple(_row(r) for r in self.recs))
+        batch = KVWriteBatch(revision=rev, puts=tuple(_row(r) for r in self.recs))
+        s._commit(batch)
+        return batch
+
+
+__all__ = ["Change", "DEFAULT_VALUE_CACHE_BYTES", "IndexStats", "KVWriteBatch", "MVCCStore", "Rec",
+           "RevisionRow", "ValueCache", "WriteTxn"]
