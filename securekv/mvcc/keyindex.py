@@ -74,6 +74,13 @@ def last_main(e: Entry) -> int:
     return e[-2] >> 2
 
 
+def last_ref(e: Entry) -> tuple[int, int]:
+    """(main, sub) of the entry's last record."""
+    if type(e) is int:
+        return e & MASK64, 0
+    return e[-2] >> 2, e[-1] & SUBMASK
+
+
 def count(e: Entry) -> int:
     """Records in the entry."""
     return 1 if type(e) is int else (len(e) - HDR) >> 1

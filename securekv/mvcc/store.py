@@ -382,16 +382,20 @@ class MVCCStore:
                 if rows:
                     yield from rows
 
-    def _holds(self, key: bytes, main: int) -> bool:
-        """Whether the index still has ``key``'s record at ``main`` (rows at or below the
+    def _holds(self, key: bytes, main: int, sub: int) -> bool:
+        """Whether the index still has ``key``'s record at (main, sub) (rows at or below the
         compact revision may wait in the backend for the compaction's commit)."""
         e = self._index.get(key)
         if e is None:
             return False
         if type(e) is int:
-            return e & MASK64 == main
+            return e & MASK64 == main and sub == 0
         i = ki.find(e, main)
-        return i >= 0 and e[HDR + 2 * i] >> 2 == main
+        while i >= 0 and e[HDR + 2 * i] >> 2 == main:
+            if e[HDR + 2 * i + 1] & SUBMASK == sub:
+                return True
+            i -= 1  # etcd's from-key delete quirk: one txn may put and delete one key
+        return False
 
     # ------------------------------------------------------------------ reads
     def _latest(self, key: bytes, e: Entry) -> Rec | None:
@@ -624,7 +628,7 @@ class MVCCStore:
             if (k != key) if single else not in_range(k, key, range_end):
                 continue
             main = row.main
-            if main <= compact and not self._holds(k, main):
+            if main <= compact and not self._holds(k, main, row.sub):
                 continue  # dropped by a compaction the backend has not committed yet
             if row.tombstone:
                 ev = Event(type=DELETE, kv=KeyValue(key=k, mod_revision=main))
@@ -656,7 +660,7 @@ class MVCCStore:
         sep = b"_"
         compact = self._compact
         for row in self._rows_between(1, rev):
-            if row.main <= compact and not self._holds(row.key, row.main):
+            if row.main <= compact and not self._holds(row.key, row.main, row.sub):
                 continue
             h = crc(row.main.to_bytes(8, "big") + sep + row.sub.to_bytes(8, "big")
                     + (b"t" if row.tombstone else b""), h)
@@ -765,6 +769,16 @@ class MVCCStore:
             self._size += self._entry_size(key, new)
             self._nrecs += n - cut
 
+    def _next_meta(self, key: bytes, e: Entry, main: int) -> tuple[int, int]:
+        """(create, version) the key's next put at ``main`` gets, given its entry."""
+        if type(e) is int:
+            return e & MASK64, 2
+        if e[-2] & TOMB:
+            return main, 1
+        rec = self._latest(key, e)
+        assert rec is not None
+        return rec.create, rec.version + 1
+
     @staticmethod
     def _entry_size(key: bytes, e: Entry) -> int:
         return ki.count(e) * (len(key) + ROW_OVERHEAD) + ki.value_bytes(e)
@@ -789,7 +803,7 @@ class MVCCStore:
             key = bytes(row.key)
             top = main
             e = index.get(key)
-            if e is not None and ki.last_main(e) >= main:
+            if e is not None and ki.last_ref(e) >= (main, sub):
                 continue
             klen = len(key) + ROW_OVERHEAD
             if row.tombstone:
@@ -814,13 +828,24 @@ class MVCCStore:
             kv = KeyValue.FromString(row.value)
             vlen = len(kv.value)
             lease = kv.lease
+            known = e is not None
+            if known and (kv.create_revision, kv.version) != self._next_meta(key, e, main):  # type: ignore[arg-type]
+                # The row's own create/version disagree with the entry: rows between them were
+                # compacted away (a checkpoint older than the compaction). Every older record
+                # of the key went with them, so the row starts the entry afresh.
+                self._size -= self._entry_size(key, e)  # type: ignore[arg-type]
+                self._nrecs -= ki.count(e)  # type: ignore[arg-type]
+                if type(e) is int or not e[-2] & TOMB:  # type: ignore[index]
+                    self._live -= 1
+                e = None
             if e is None:
                 if sub == 0 and kv.create_revision == main and kv.version == 1:
                     index[key] = main | (vlen << SHIFT) if vlen else main
                 else:
                     index[key] = array("q", (kv.create_revision, kv.version, 0,
                                              ki.rword(main, bool(lease), False), ki.sword(vlen, sub)))
-                keys.add(key)
+                if not known:
+                    keys.add(key)
                 self._live += 1
             else:
                 if type(e) is int:
