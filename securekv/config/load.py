@@ -245,6 +245,8 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
     for field in ("max_request_bytes", "max_txn_ops", "heartbeat_interval", "election_timeout", "snapshot_count"):
         if values[field] <= 0:
             raise UsageError(f"--{field.replace('_', '-')} must be positive, got {values[field]}")
+    if values["value_cache_bytes"] < 0:
+        raise UsageError("--value-cache-bytes must not be negative")
     if values["quota_backend_bytes"] < 0:
         raise UsageError("--quota-backend-bytes must not be negative")
     if values["election_timeout"] < 5 * values["heartbeat_interval"]:
@@ -349,6 +351,7 @@ def build(values: Mapping[str, Any], sources: Mapping[str, str] | None = None) -
         quota_backend_bytes=values["quota_backend_bytes"],
         max_request_bytes=values["max_request_bytes"],
         max_txn_ops=values["max_txn_ops"],
+        value_cache_bytes=values["value_cache_bytes"],
         heartbeat_interval=values["heartbeat_interval"],
         election_timeout=values["election_timeout"],
         max_concurrent_streams=values["max_concurrent_streams"],

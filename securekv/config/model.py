@@ -153,6 +153,7 @@ class Config:
     insecure_skip_client_cert_auth: bool = False
     peer_insecure_skip_client_cert_auth: bool = False
     experimental_peer_skip_client_san_verification: bool = False
+    value_cache_bytes: int = 32 * 1024 * 1024
     # Where each value came from ("flag", "env", "file", "default"): shown by --log-level debug.
     sources: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 

@@ -86,6 +86,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("quota-backend-bytes", INT, 0, "Backend size limit raising the NOSPACE alarm (0 = 2 GiB)."),
     Option("max-request-bytes", INT, 1572864, "Largest client request accepted, in bytes."),
     Option("max-txn-ops", INT, 128, "Most operations allowed in one txn."),
+    Option("value-cache-bytes", INT, 32 * 1024 * 1024,
+           "Memory for recently used values; everything else is read from the backend on demand."),
     Option("heartbeat-interval", INT, 100, "Raft heartbeat interval in ms."),
     Option("election-timeout", INT, 1000, "Raft election timeout in ms."),
     # -- etcd 3.4 flags (issue 18): every flag of `etcd --help` is in this table --------------

@@ -261,6 +261,11 @@ class MVCCStore:
     def __len__(self) -> int:
         return self._live
 
+    @property
+    def index_keys(self) -> int:
+        """Keys in the index (live ones and deleted ones whose history is not compacted yet)."""
+        return len(self._index)
+
     def stats(self) -> IndexStats:
         """Index and cache figures. ``index_bytes`` is an estimate of the index's heap use."""
         n = len(self._index)

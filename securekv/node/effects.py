@@ -67,10 +67,13 @@ class ReadDone:
 @attrs.frozen(slots=True)
 class CommitRows:
     """The backend rows of applied entries up to ``last`` (the driver commits them, in order,
-    possibly later and batched: the log holds the entries until then)."""
+    possibly later and batched: the log holds the entries until then). ``revision``: the
+    store's revision after them (once committed, the store may drop its copies of the rows up
+    to it and read them from the backend)."""
 
     writes: list[Any]
     last: int
+    revision: int = 0
 
 
 @attrs.frozen(slots=True)

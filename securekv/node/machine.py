@@ -93,6 +93,9 @@ class ServerMachine:
         self.warning_apply_duration = warning_apply_duration
         self.events_notified = 0  # etcd_debugging_mvcc_events_total
         self.compacted_keys = 0  # etcd_debugging_mvcc_db_compaction_keys_total
+        # The store's key-index checkpoints (securekv/mvcc/checkpoint.py), injected by the server:
+        # each step's chunk rides in the backend transaction of the batch it describes.
+        self.checkpointer: Any = None
         self.batches = 0
         self.entries = 0
         self.last_batch = 0
@@ -190,7 +193,15 @@ class ServerMachine:
             self.compacted_keys += sum(len(getattr(w, "deletes", ())) for w in writes)
             if self._members_changed and writes:
                 writes[-1].meta[META_KEY] = self.membership.encode()
-            out.append(CommitRows(writes, last))
+            checkpointer = self.checkpointer
+            if checkpointer is not None and writes and checkpointer.due():
+                # One chunk of the key index, taken after everything in `writes` was applied,
+                # committed in the same transaction as the last of those rows.
+                changes = checkpointer.step()
+                writes[-1].item_puts.extend(changes.puts)
+                writes[-1].item_deletes.extend(changes.deletes)
+            store = getattr(self.applier, "store", None)
+            out.append(CommitRows(writes, last, store.current_revision if store is not None else 0))
         requests = self._requests
         if requests:
             self.batches += 1

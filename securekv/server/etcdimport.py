@@ -171,12 +171,18 @@ def _finish_compaction(backend: Backend, finished: int, scheduled: int) -> None:
     """etcd resumes a scheduled compaction at start; the same rows go here, with our store's rule."""
     from securekv.mvcc import MVCCStore
 
-    store = MVCCStore.restore(backend.iter_revisions(), compact_revision=finished if finished > 0 else -1)
-    if scheduled > store.current_revision:
-        raise SnapshotImportError(f"bucket meta: scheduled compaction {scheduled} is beyond the last revision "
-                                  f"{store.current_revision}")
-    batch = store.compact(scheduled)
-    backend.commit(WriteBatch(deletes=list(batch.deletes), meta={"compact_revision": scheduled}))
+    reader = backend.reader()
+    try:
+        # Only the key index in memory; the rows stay in the backend.
+        store = MVCCStore.restore(backend.iter_revisions(), compact_revision=finished if finished > 0 else -1,
+                                  records=reader)
+        if scheduled > store.current_revision:
+            raise SnapshotImportError(f"bucket meta: scheduled compaction {scheduled} is beyond the last revision "
+                                      f"{store.current_revision}")
+        batch = store.compact(scheduled)
+    finally:
+        reader.close()
+    backend.commit(WriteBatch(deletes=batch.deletes, meta={"compact_revision": scheduled}))
 
 
 __all__ = ["ImportSummary", "SnapshotImportError", "buckets", "import_snapshot", "lease_row", "revision_row"]

@@ -26,7 +26,7 @@ from securekv.api.auth_gate import SERVER_CALLER, AuthGate, Caller
 from securekv.api.status import go_status_string
 from securekv.auth.rules import PEER
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER,
+from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE,
                                ERR_NOT_LEADER, EtcdError, err, response_too_large)
 from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
@@ -199,10 +199,36 @@ class EtcdServer(AuthHandlers):
             raise err(ERR_AUTH_OLD_REVISION)
         return self.gate.refresh(caller, method, body)
 
+    # Set by the server: etcd's --quota-backend-bytes (effective value, 0 = none).
+    quota_bytes = 0
+    _nospace_proposed = -1.0
+
     def _check_quota(self, req: raft_internal_pb2.InternalRaftRequest) -> None:
-        """With NOSPACE raised, refuse writes before they reach the log (the node core's
-        check, which the simulator runs too)."""
+        """etcd's quota check before a write reaches the log.
+
+        With NOSPACE raised, the node core's check (which the simulator runs too) refuses
+        every write with a cost. Otherwise, as etcd's quotaKVServer: when the backend *file*
+        plus the request's cost would reach the quota, this member proposes the NOSPACE alarm
+        for itself and refuses the write. The file does not shrink when a compaction frees
+        pages, only after a defragment, exactly as etcd's bbolt file. The applier also refuses
+        writes over the quota by the store's logical size, deterministically on every member,
+        for writes already in flight.
+        """
+        from securekv.mvcc.quota import request_cost
+
         self.node.core.check_quota(req)
+        kind = req.WhichOneof("request")
+        if kind is None or not self.quota_bytes or self.applier.alarms.nospace:
+            return
+        cost = request_cost(getattr(req, kind))
+        if cost and self.node.backend_size + cost >= self.quota_bytes:
+            now = self.clock()
+            if now - self._nospace_proposed >= 1.0:  # one alarm proposal per second at most
+                self._nospace_proposed = now
+                alarm = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id,
+                                             alarm=rpc_pb2.NOSPACE)
+                self.node.propose_nowait(raft_internal_pb2.InternalRaftRequest(alarm=alarm))
+            raise err(ERR_NO_SPACE)
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
         self._refuse_learner()
@@ -785,6 +811,7 @@ class EtcdServer(AuthHandlers):
             await self.node.backend_call(self.backend.defragment)
         finally:
             self.defragmenting = False
+        self.node.backend_size = await self.node.backend_call(self.backend.size_bytes)  # the quota's view
         if self.metrics is not None:
             self.metrics.defrag_seconds.observe(trio.current_time() - started)
         return rpc_pb2.DefragmentResponse()

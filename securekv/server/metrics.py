@@ -24,7 +24,7 @@ import os
 import resource
 import time
 from datetime import datetime
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 from cryptography import x509
@@ -150,6 +150,8 @@ class Sources:
     crls: Callable[[], Iterable[tuple[str, str, datetime | None]]] = lambda: ()
     # (received, sent) bytes of gRPC client connections, from the transport that carries them
     client_bytes: Callable[[], tuple[int, int]] = lambda: (0, 0)
+    # the MVCC store whose index and value cache are reported (a snapshot install replaces it)
+    store: Callable[[], Any] = lambda: None
 
 
 class ServerMetrics:
@@ -245,6 +247,10 @@ class ServerMetrics:
     def watch_crls(self, crls: Callable[[], Iterable[tuple[str, str, datetime | None]]]) -> None:
         """``crls()`` gives (port, file, nextUpdate) of each CRL in force, read at scrape time."""
         self.sources.crls = crls
+
+    def watch_store(self, store: Callable[[], Any]) -> None:
+        """The MVCC store whose index and value cache are reported (read at scrape time)."""
+        self.sources.store = store
 
     def render(self) -> bytes:
         text = generate_latest(self.registry)
@@ -446,6 +452,29 @@ class _Collector:
         yield _gauge("securekv_server_leases", "Live leases.", s.leases())
         yield _cert_expiry(s.cert_files())
         yield from _crl_next_update(s.crls())
+        yield from _index(s.store())
+
+
+def _index(store: Any) -> Iterator[Metric]:
+    """The MVCC store's in-memory index and value cache, read at scrape time (the store may be
+    replaced by a snapshot install, so its counters restart with it)."""
+    if store is None:
+        return
+    st = store.stats()
+    for name, doc, value in (
+        ("securekv_mvcc_index_keys", "Keys in the in-memory index (live and deleted, until compacted).", st.keys),
+        ("securekv_mvcc_index_live_keys", "Live keys.", st.live_keys),
+        ("securekv_mvcc_index_revisions", "Records (revisions of keys) described by the index.", st.revisions),
+        ("securekv_mvcc_index_bytes", "Estimated heap bytes of the in-memory index.", st.index_bytes),
+        ("securekv_mvcc_pending_revisions", "Applied revisions whose rows the backend has not committed yet.",
+         st.pending_revisions),
+        ("securekv_mvcc_value_cache_bytes", "Bytes held by the hot-value cache.", st.cache_bytes),
+        ("securekv_mvcc_value_cache_entries", "Values held by the hot-value cache.", st.cache_entries),
+    ):
+        yield _gauge(name, doc, value)
+    yield counter("securekv_mvcc_value_cache_hits_total", "Value reads served by the cache.", value=st.cache_hits)
+    yield counter("securekv_mvcc_value_cache_misses_total", "Value reads that went to pending rows or the backend.",
+                  value=st.cache_misses)
 
 
 def _cert_expiry(files: Iterable[str]) -> GaugeMetricFamily:

@@ -43,7 +43,7 @@ MAX_BATCH = 512
 PROPOSAL_QUEUE = 4096
 BACKEND_BATCH_INTERVAL = 0.1  # seconds applied rows may wait for their backend commit (etcd: 100 ms)
 BACKEND_BATCH_LIMIT = 10_000  # entries that trigger a backend commit at once (etcd: 10,000)
-_FLUSH: Any = ((), 0)  # committer marker: commit what is pending now (someone reads the backend)
+_FLUSH: Any = ((), 0, 0)  # committer marker: commit what is pending now (someone reads the backend)
 CATCHUP_ENTRIES = 5000  # entries kept in memory behind a snapshot so slow followers catch up from the log
 
 # Completion callback, called once in the trio thread: (ApplyResult or None, error or None).
@@ -141,9 +141,10 @@ class Node:
         self.transport: Any = None
         self.committed_index = applier.applied_index  # highest index whose rows are in the backend
         self._committed = trio.Event()
-        self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[list[Any], int]](64)
+        self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[list[Any], int, int]](64)
         self._flush_asked = False
         self._committer_gone = False  # the committer ended: nobody will commit any more
+        self.backend_size = 0  # the backend file's size after the last commit (quota check)
         self.backend_lock = trio.Lock()  # backend is not thread-safe: one worker call at a time
         self._send, self._recv = trio.open_memory_channel[Proposal](PROPOSAL_QUEUE)
         self._inbox: list[Any] = []
@@ -167,6 +168,16 @@ class Node:
     @applier.setter
     def applier(self, applier: Any) -> None:
         self.machine.applier = applier
+
+    @property
+    def checkpointer(self) -> Any:
+        """The store's key-index checkpoints (securekv/mvcc/checkpoint.py), stepped by the
+        machine at the end of each apply batch. Set by the server."""
+        return self.machine.checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, checkpointer: Any) -> None:
+        self.machine.checkpointer = checkpointer
 
     @property
     def membership(self) -> Membership:
@@ -485,7 +496,7 @@ class Node:
                         return
                     if item is _FLUSH:
                         continue
-                    pending, last = list(item[0]), item[1]
+                    pending, last, revision = list(item[0]), item[1], item[2]
                     with trio.move_on_after(self.backend_batch_interval):
                         while last - self.committed_index < self.backend_batch_limit and not self._flush_asked:
                             try:
@@ -496,7 +507,7 @@ class Node:
                             if item is _FLUSH:
                                 break
                             pending.extend(item[0])
-                            last = item[1]
+                            last, revision = item[1], item[2]
                     with trio.CancelScope(shield=True):
                         async with self.backend_lock:
                             try:
@@ -507,6 +518,8 @@ class Node:
                                 self._fatal(exc)
                                 raise
                     self._flush_asked = False
+                    # The backend holds these rows now: the store reads them from there.
+                    self.applier.store.release(revision)
                     self.committed_index = last
                     self._committed.set()
                     self._committed = trio.Event()
@@ -629,7 +642,7 @@ class Node:
                     _safe(cb, eff.error)
             elif kind is fx.CommitRows:
                 try:
-                    await self._commit_send.send((eff.writes, eff.last))
+                    await self._commit_send.send((eff.writes, eff.last, eff.revision))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # shutting down: the WAL replay at the next start writes these rows
             elif kind is fx.Applied:
@@ -867,6 +880,7 @@ class Node:
             self.backend.commit(wb)
         if self.metrics is not None:
             self.metrics.backend_commit_seconds.observe(time.perf_counter() - started)
+        self.backend_size = self.backend.size_bytes()
 
     async def backend_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking backend call in a worker, serialised with the node's commits, after

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
+from securekv.mvcc.checkpoint import DROPPED_BUCKET, dropped_key, encode_keys
 from securekv.proto import rpc_pb2
 
 _REMAINING = struct.Struct("<q")
@@ -38,10 +39,10 @@ def decode_alarms(data: bytes | None) -> list[Any]:
 class _Acc:
     def __init__(self) -> None:
         self.puts: list[Any] = []
-        self.deletes: list[tuple[int, int]] = []
+        self.deletes: Sequence[tuple[int, int]] = []
         self.leases: dict[int, Any] = {}  # id -> LeaseRow | None (deleted)
         self.meta: dict[str, Any] = {}
-        self.items: dict[tuple[str, bytes], bytes | None] = {}  # auth rows; None = delete
+        self.items: dict[tuple[str, bytes], bytes | None] = {}  # auth rows, dropped-key records; None = delete
         self.index = 0
 
     def empty(self) -> bool:
@@ -64,7 +65,7 @@ def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
         out.append(
             WriteBatch(
                 puts=[Revision(*r) for r in acc.puts],
-                deletes=list(acc.deletes),
+                deletes=acc.deletes,
                 lease_puts=[Lease(r.id, r.ttl, data=encode_lease_data(r.remaining_ttl))
                             for r in acc.leases.values() if r is not None],
                 lease_deletes=[i for i, r in acc.leases.items() if r is None],
@@ -83,9 +84,12 @@ def to_write_batches(results: list[Any], last_index: int) -> list[Any]:
             flush(r.index - 1)
         if kv is not None:
             acc.puts.extend(kv.puts)
-            acc.deletes.extend(kv.deletes)
+            if compacting:
+                acc.deletes = kv.deletes  # alone in its batch: kept packed, never copied
             if kv.compact_revision is not None:
                 acc.meta["compact_revision"] = kv.compact_revision
+            if getattr(kv, "index_dropped", ()):
+                acc.items[(DROPPED_BUCKET, dropped_key(kv.compact_revision))] = encode_keys(kv.index_dropped)
         for row in getattr(r, "lease_puts", ()) or ():
             acc.leases[row.id] = row
         for lease_id in getattr(r, "lease_deletes", ()) or ():

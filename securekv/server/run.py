@@ -92,10 +92,10 @@ class _State:
                  tokens: Any = None) -> None:
         self.tokens = tokens
         from securekv.lease import min_lease_ttl
-        from securekv.mvcc import MVCCStore
         from securekv.server.persist import restore_machine
         from securekv.storage import WAL, Backend
 
+        self.reader: Any = None
         member_dir = Path(config.data_dir) / "member"
         member_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in member_dir.glob(".snapshot-*"):  # copies of a snapshot cut short by a crash
@@ -141,9 +141,7 @@ class _State:
             state = _force_new_cluster(self.wal, state, self.member_id)
         self.raft_storage = RaftStorage.from_wal(state, ConfState())
         self.raft_applied = self.raft_storage.first_index() - 1
-        compact = self.backend.get_meta("compact_revision")
-        self.store = MVCCStore.restore(self.backend.iter_revisions(),
-                                       compact_revision=int(compact) if compact is not None else -1)
+        self._load_store(config)
         self.lessor, self.applier, _ = restore_machine(
             self.backend, self.store, min_ttl=min_lease_ttl(config.heartbeat_interval, config.election_timeout),
             quota_bytes=config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0, now=clock(), tokens=tokens)
@@ -158,7 +156,6 @@ class _State:
         import tempfile
 
         from securekv.lease import min_lease_ttl
-        from securekv.mvcc import MVCCStore
         from securekv.server.persist import restore_machine
         from securekv.storage import Backend
 
@@ -170,6 +167,7 @@ class _State:
                 f.flush()
                 os.fsync(f.fileno())
             path = str(member_dir / "db.sqlite")
+            self.reader.close()
             self.backend.close()
             Backend.restore(tmp, path)
             self.backend = Backend.open(path)
@@ -178,9 +176,7 @@ class _State:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        compact = self.backend.get_meta("compact_revision")
-        self.store = MVCCStore.restore(self.backend.iter_revisions(),
-                                       compact_revision=int(compact) if compact is not None else -1)
+        self._load_store(config)
         if self.tokens is not None:
             self.tokens.clear()  # the auth state is replaced wholesale: nobody keeps a token
         self.lessor, self.applier, self.membership = restore_machine(
@@ -188,8 +184,28 @@ class _State:
             quota_bytes=config.quota_backend_bytes if config.quota_backend_bytes > 0 else 0, now=0.0,
             tokens=self.tokens)
 
+    def _load_store(self, config: Config) -> None:
+        """The store over a fresh reader of the (new) backend: index from its checkpoint."""
+        from securekv.server.kvindex import load_store
+
+        self.reader = self.backend.reader()
+        loaded = load_store(self.backend, self.reader, value_cache_bytes=config.value_cache_bytes)
+        self.store = loaded.store
+        self.checkpointer = loaded.checkpointer
+        self.load_seconds = loaded.seconds
+
+    def final_checkpoint(self) -> None:
+        """Shutdown with every applied row committed: persist the whole key index."""
+        from securekv.server.kvindex import final_checkpoint
+
+        try:
+            final_checkpoint(self.backend, self.checkpointer)
+        except Exception as exc:  # the next start rebuilds from the last checkpoint instead
+            log.warning("could not write the key index checkpoint at shutdown: %s", exc)
+
     def close(self) -> None:
-        for closer in (self.wal.close, self.backend.close):
+        for closer in (self.reader.close if self.reader is not None else (lambda: None), self.wal.close,
+                       self.backend.close):
             try:
                 closer()
             except Exception as exc:  # keep closing the rest
@@ -293,6 +309,7 @@ async def serve(
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = lock_data_dir(str(data_dir))
     notifier = Notifier.from_environment()
+    node: Any = None
     state: _State | None = None
     audit: Any = None
     try:
@@ -333,6 +350,7 @@ async def serve(
                   **{"commit-index": state.raft_storage.last_index()})
         metrics = ServerMetrics(state.member_id, VERSION, extensive=config.metrics == "extensive",
                                 quota_bytes=config.effective_quota_bytes)
+        metrics.watch_store(lambda: state.store)
         if tls_files is not None:
             # Every certificate this member serves or verifies with (issue 16: renewal and CA
             # rotation are watched by their remaining lifetime, read at scrape time).
@@ -370,6 +388,7 @@ async def serve(
             request_timeout=5.0 + 2 * config.election_timeout / 1000.0,
             term=state.term, on_leader_change=on_leader_change, pre_vote=config.pre_vote,
         )
+        node.checkpointer = state.checkpointer
         etcd = EtcdServer(
             node=node, store=state.store, lessor=state.lessor, applier=state.applier, hub=hub,
             backend=state.backend, cluster_id=state.cluster_id, member_id=state.member_id, name=config.name,
@@ -380,6 +399,8 @@ async def serve(
         holder["etcd"] = etcd
         etcd.election_timeout = config.election_timeout / 1000.0
         node.lease_extend = etcd.election_timeout  # a new leader extends every lease by this
+        etcd.quota_bytes = config.effective_quota_bytes
+        node.backend_size = state.backend.size_bytes()
         etcd.cluster_token = config.initial_cluster_token
         etcd.strict_reconfig_check = config.strict_reconfig_check
         node.cluster_id = state.cluster_id
@@ -393,6 +414,7 @@ async def serve(
             node.applier = state.applier
             node.backend = state.backend
             node.membership = state.membership
+            node.checkpointer = state.checkpointer
             etcd.store, etcd.lessor, etcd.applier, etcd.backend = (state.store, state.lessor, state.applier,
                                                                    state.backend)
             if state.store.compact_revision > 0:
@@ -652,6 +674,8 @@ async def serve(
     finally:
         if state is not None:
             with trio.CancelScope(shield=True):
+                if node is not None and node.committed_index >= state.applier.applied_index:
+                    await trio.to_thread.run_sync(state.final_checkpoint)
                 state.close()
         if audit is not None:
             audit.close()

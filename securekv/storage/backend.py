@@ -1,8 +1,9 @@
 """The applied state on disk: a sqlite3 database of MVCC revisions, leases and metadata.
 
-Pure data, no MVCC logic: the server keeps the store in memory, rebuilds it from here at start
-and writes each batch of applied entries as ONE transaction that also carries the applied
-("consistent") index, so a restart replays only WAL entries after it.
+Pure data, no MVCC logic: the server keeps the store's key index in memory and reads values
+and history from here on demand (:class:`BackendReader`, a second connection), and writes each
+batch of applied entries as ONE transaction that also carries the applied ("consistent")
+index, so a restart replays only WAL entries after it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import re
 import sqlite3
 import zlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import attrs
 
@@ -91,6 +92,10 @@ def disk_full_error(path: str, exc: BaseException, what: str) -> DiskFullError:
     return DiskFullError(f"backend database {path}: disk full while {what} ({exc}); nothing "
                          "acknowledged is lost (the WAL holds it): free space and restart")
 
+#: Item buckets holding a member's own derived data (the persisted key index: see
+#: securekv/mvcc/checkpoint.py), written at different moments on each member.
+LOCAL_BUCKETS = ("kvindex", "kvindex_dropped")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revision (
     main INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
@@ -130,7 +135,8 @@ class WriteBatch:
     """Everything one transaction changes. Deletes are applied before puts."""
 
     puts: list[Revision] = attrs.Factory(list)
-    deletes: list[tuple[int, int]] = attrs.Factory(list)
+    # (main, sub) pairs; any sequence (a compaction passes a packed one: securekv.mvcc.RevPairs)
+    deletes: Sequence[tuple[int, int]] = attrs.Factory(list)
     lease_puts: list[Lease] = attrs.Factory(list)
     lease_deletes: list[int] = attrs.Factory(list)
     item_puts: list[tuple[str, bytes, bytes]] = attrs.Factory(list)
@@ -142,7 +148,7 @@ class WriteBatch:
         self.puts.append(rev)
 
     def delete(self, main: int, sub: int) -> None:
-        self.deletes.append((main, sub))
+        self.deletes.append((main, sub))  # type: ignore[attr-defined]
 
     def put_lease(self, lease: Lease) -> None:
         self.lease_puts.append(lease)
@@ -412,9 +418,11 @@ class Backend:
         """The whole database as one consistent byte string (for small stores and tests)."""
         return self.conn.serialize()
 
-    def content_hash(self, skip_meta: tuple[str, ...] = (CONSISTENT_INDEX,)) -> int:
-        """crc32 over every row of every table in key order (meta names in ``skip_meta`` left
-        out: the applied index differs between members holding the same data)."""
+    def content_hash(self, skip_meta: tuple[str, ...] = (CONSISTENT_INDEX,),
+                     skip_buckets: tuple[str, ...] = LOCAL_BUCKETS) -> int:
+        """crc32 over every row of every table in key order (meta names in ``skip_meta`` and
+        item buckets in ``skip_buckets`` left out: the applied index and the persisted key
+        index differ between members holding the same data)."""
         crc = 0
         conn = self.conn
         for table, order in (("revision", "main, sub"), ("lease", "id"),
@@ -422,8 +430,15 @@ class Backend:
             for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
                 if table == "meta" and row[0] in skip_meta:
                     continue
+                if table == "item" and row[0] in skip_buckets:
+                    continue
                 crc = zlib.crc32(repr(row).encode(), crc)
         return crc
+
+    def reader(self, *, cache_kib: int = 8192) -> BackendReader:
+        """A second, read-only connection for on-demand reads of committed rows (values and
+        history) from the thread that owns the store, while commits run in a worker."""
+        return BackendReader.open(self.path, cache_kib=cache_kib)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -435,3 +450,62 @@ class Backend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BackendReader:
+    """Reads committed revision rows by primary key: the MVCC store's ``RecordReader``.
+
+    Its own connection, so reads never interleave with the writer's transaction on the
+    committing thread. In WAL mode every statement sees the latest committed state without
+    blocking the writer. Each call runs its statements to completion (no cursor stays open), so
+    a checkpoint (``Backend.sync``) is never held up by a half-read result.
+    """
+
+    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self.rows_read = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, cache_kib: int = 8192) -> BackendReader:
+        path = os.path.abspath(os.fspath(path))
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA query_only=1")
+            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        except sqlite3.Error as exc:
+            raise CorruptionError(f"cannot open backend database {path} for reading: {exc}") from None
+        return cls(path, conn)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise UsageError(f"backend reader {self.path} is closed")
+        return self._conn
+
+    def get_many(self, refs: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        if not refs:
+            return []
+        mains = sorted({m for m, _ in refs})
+        found: dict[tuple[int, int], bytes] = {}
+        conn = self.conn
+        for i in range(0, len(mains), 900):
+            part = mains[i : i + 900]
+            sql = f"SELECT main, sub, value FROM revision WHERE main IN ({','.join('?' * len(part))})"
+            for main, sub, value in conn.execute(sql, part).fetchall():
+                found[(main, sub)] = value
+        self.rows_read += len(refs)
+        return [found.get((m, s)) for m, s in refs]
+
+    def scan(self, start: tuple[int, int], last: int, limit: int) -> list[Revision]:
+        rows = self.conn.execute(
+            "SELECT main, sub, key, value, tombstone FROM revision "
+            "WHERE (main, sub) >= (?, ?) AND main <= ? ORDER BY main, sub LIMIT ?",
+            (start[0], start[1], last, limit)).fetchall()
+        self.rows_read += len(rows)
+        return [Revision(m, s, k, v, bool(t)) for m, s, k, v, t in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
