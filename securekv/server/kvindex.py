@@ -24,8 +24,10 @@ from securekv.storage.backend import BackendReader
 
 log = logging.getLogger(__name__)
 
-#: Skip the checkpoint at shutdown when a restart would replay fewer revisions than this.
+#: At shutdown, checkpoint when a restart would replay at least this many revisions ...
 FINAL_CHECKPOINT_MIN = 1_000
+#: ... or fewer, but at least one per this many keys the checkpoint would have to write.
+FINAL_CHECKPOINT_KEYS_PER_REVISION = 50
 
 
 @attrs.frozen
@@ -122,7 +124,10 @@ def add_items(batch: WriteBatch, changes: ItemChanges) -> None:
 def final_checkpoint(backend: Backend, checkpointer: IndexCheckpointer) -> bool:
     """At shutdown, with every applied row committed: checkpoint the whole index so the next
     start replays nothing. Skipped when little would be replayed anyway."""
-    if checkpointer.revisions_behind() < FINAL_CHECKPOINT_MIN and not checkpointer.writing:
+    behind = checkpointer.revisions_behind()
+    worth = behind >= FINAL_CHECKPOINT_MIN or (
+        behind > 0 and behind * FINAL_CHECKPOINT_KEYS_PER_REVISION >= checkpointer.store.index_keys)
+    if not worth:
         return False
     started = time.monotonic()
     backend.commit(item_batch(checkpointer.full()))
