@@ -80,9 +80,12 @@ class ResponseBudget:
 
     def spend(self, recs: list[Rec], keys_only: bool) -> None:
         if keys_only:
-            self.spent += sum(len(r.key) for r in recs)
+            self.charge(sum(len(r.key) for r in recs))
         else:
-            self.spent += sum(len(r.key) + len(r.value) for r in recs)
+            self.charge(sum(len(r.key) + len(r.value) for r in recs))
+
+    def charge(self, size: int) -> None:
+        self.spent += size
         if self.spent > self.limit:
             raise response_too_large(self.spent, self.limit)
 
@@ -127,14 +130,27 @@ def range_response(view: ReadView, r: Any, budget: ResponseBudget | None = None)
         more = True
     keys_only = r.keys_only
     resp = RangeResponse(header=ResponseHeader(revision=cur), more=more, count=count)
-    kvs = resp.kvs
+    add = resp.kvs.add  # built in place: a separate message per kv would be copied once more
+    cache = len(recs) <= RANGE_PAGE  # a large scan must not evict the hot values
     for i in range(0, len(recs), RANGE_PAGE):
         page = recs[i : i + RANGE_PAGE]
         if not keys_only:
-            view.fill_values(page)
+            view.fill_values(page, cache)
         if budget is not None:
-            budget.spend(page, keys_only)
-        kvs.extend([x.to_pb(keys_only) for x in page])
+            if keys_only:
+                budget.charge(sum(len(x.key) for x in page))
+            else:  # a backend row is the marshalled KeyValue itself: a lower bound as well
+                budget.charge(sum(len(x.raw) if x.raw is not None else len(x.key) + len(x.value) for x in page))
+        if keys_only:
+            for x in page:
+                add(key=x.key, create_revision=x.create, mod_revision=x.mod, version=x.version, lease=x.lease)
+        else:
+            for x in page:
+                if x.raw is not None:  # the backend row is this very KeyValue: parse it in place
+                    add().MergeFromString(x.raw)
+                else:
+                    add(key=x.key, create_revision=x.create, mod_revision=x.mod, version=x.version, value=x.value,
+                        lease=x.lease)
     return resp
 
 

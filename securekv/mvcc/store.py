@@ -59,7 +59,7 @@ class Rec:
     load a value.
     """
 
-    __slots__ = ("key", "create", "mod", "sub", "version", "_value", "_lease", "_src")
+    __slots__ = ("key", "create", "mod", "sub", "version", "_value", "_lease", "_src", "raw")
 
     def __init__(self, key: bytes, create: int, mod: int, sub: int, version: int, value: bytes | None,
                  lease: int | None, src: MVCCStore | None = None) -> None:
@@ -71,14 +71,25 @@ class Rec:
         self._value = value
         self._lease = lease
         self._src = src
+        #: the backend row (marshalled KeyValue) when it was read from there and not parsed yet
+        self.raw: bytes | None = None
+
+    def _parse(self) -> None:
+        kv = KeyValue.FromString(self.raw)
+        self._value = kv.value
+        if self._lease is None:
+            self._lease = kv.lease
 
     @property
     def value(self) -> bytes:
         if self._value is None:
             if self.version == 0:
                 return b""
-            assert self._src is not None
-            self._src._load(self)
+            if self.raw is None:
+                assert self._src is not None
+                self._src._load(self)
+            if self._value is None:
+                self._parse()
         return self._value  # type: ignore[return-value]
 
     @property
@@ -86,13 +97,16 @@ class Rec:
         if self._lease is None:
             if self.version == 0:
                 return 0
-            assert self._src is not None
-            self._src._load(self)
+            if self.raw is None:
+                assert self._src is not None
+                self._src._load(self)
+            if self._lease is None:
+                self._parse()
         return self._lease  # type: ignore[return-value]
 
     @property
     def loaded(self) -> bool:
-        return self._value is not None or self.version == 0
+        return self._value is not None or self.raw is not None or self.version == 0
 
     @property
     def tombstone(self) -> bool:
@@ -314,18 +328,24 @@ class MVCCStore:
         self._fill_from_rows([rec], False)
 
     def fill_values(self, recs: Sequence[Rec], cache: bool = True) -> None:
-        """Load the values of ``recs`` (cache, pending rows, then the backend in pages)."""
-        cache_get = self._cache.get
+        """Load the values of ``recs`` (cache, pending rows, then the backend in pages).
+
+        ``cache``: keep the values loaded from the backend in the hot-value cache (callers
+        scanning many keys pass False, so one large range does not evict the hot set)."""
         missing = []
-        for rec in recs:
-            if rec._value is not None or rec.version == 0:
-                continue
-            if rec._lease is not None:
-                v = cache_get(rec.key, rec.mod)
-                if v is not None:
-                    rec._value = v
+        if self._cache.capacity:
+            cache_get = self._cache.get
+            for rec in recs:
+                if rec._value is not None or rec.raw is not None or rec.version == 0:
                     continue
-            missing.append(rec)
+                if rec._lease is not None:
+                    v = cache_get(rec.key, rec.mod)
+                    if v is not None:
+                        rec._value = v
+                        continue
+                missing.append(rec)
+        else:
+            missing = [rec for rec in recs if rec._value is None and rec.raw is None and rec.version != 0]
         if missing:
             self._fill_from_rows(missing, cache)
 
@@ -342,7 +362,7 @@ class MVCCStore:
                 row = self._pending_row(rec.mod, rec.sub)
                 if row is None:
                     raise CorruptionError(f"mvcc: record {rec.mod}.{rec.sub} of key {rec.key!r} is missing")
-                self._set_from_row(rec, row.value, False)
+                rec.raw = row.value
             else:
                 from_reader.append(rec)
         get_many = self._records.get_many
@@ -353,15 +373,11 @@ class MVCCStore:
                 if data is None:
                     raise CorruptionError(f"mvcc: record {rec.mod}.{rec.sub} of key {rec.key!r} is missing "
                                           "from the backend")
-                self._set_from_row(rec, data, cache)
-
-    def _set_from_row(self, rec: Rec, data: bytes, cache: bool) -> None:
-        kv = KeyValue.FromString(data)
-        rec._value = kv.value
-        if rec._lease is None:
-            rec._lease = kv.lease
-        if cache and self._is_latest(rec.key, rec.mod):
-            self._cache.put(rec.key, rec.mod, rec._value)
+                rec.raw = data  # parsed only if someone asks for the value (a range copies it as is)
+            if cache:
+                for rec in page:
+                    if self._is_latest(rec.key, rec.mod):
+                        self._cache.put(rec.key, rec.mod, rec.value)
 
     def _is_latest(self, key: bytes, main: int) -> bool:
         e = self._index.get(key)

@@ -96,6 +96,7 @@ class _State:
         from securekv.storage import WAL, Backend
 
         self.reader: Any = None
+        self.retired_reader: Any = None
         member_dir = Path(config.data_dir) / "member"
         member_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for stale in member_dir.glob(".snapshot-*"):  # copies of a snapshot cut short by a crash
@@ -167,7 +168,9 @@ class _State:
                 f.flush()
                 os.fsync(f.fileno())
             path = str(member_dir / "db.sqlite")
-            self.reader.close()
+            # The old reader stays open: the trio thread may still serve reads from the old store
+            # until it swaps stores (sqlite keeps reading the replaced file); closed after the swap.
+            self.retired_reader = self.reader
             self.backend.close()
             Backend.restore(tmp, path)
             self.backend = Backend.open(path)
@@ -194,6 +197,11 @@ class _State:
         self.checkpointer = loaded.checkpointer
         self.load_seconds = loaded.seconds
 
+    def close_retired_reader(self) -> None:
+        reader, self.retired_reader = self.retired_reader, None
+        if reader is not None:
+            reader.close()
+
     def final_checkpoint(self) -> None:
         """Shutdown with every applied row committed: persist the whole key index."""
         from securekv.server.kvindex import final_checkpoint
@@ -204,8 +212,8 @@ class _State:
             log.warning("could not write the key index checkpoint at shutdown: %s", exc)
 
     def close(self) -> None:
-        for closer in (self.reader.close if self.reader is not None else (lambda: None), self.wal.close,
-                       self.backend.close):
+        for closer in (self.close_retired_reader, self.reader.close if self.reader is not None else (lambda: None),
+                       self.wal.close, self.backend.close):
             try:
                 closer()
             except Exception as exc:  # keep closing the rest
@@ -417,6 +425,7 @@ async def serve(
             node.checkpointer = state.checkpointer
             etcd.store, etcd.lessor, etcd.applier, etcd.backend = (state.store, state.lessor, state.applier,
                                                                    state.backend)
+            state.close_retired_reader()
             if state.store.compact_revision > 0:
                 hub.compact(state.store.compact_revision)
             hub.advance(state.store.current_revision)
