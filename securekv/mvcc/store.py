@@ -572,7 +572,8 @@ class MVCCStore:
         to ``rev`` went entirely. Keys with a single record never change (it is live and the
         latest), so only multi-record entries are visited."""
         index = self._index
-        removed: list[int] = []
+        rm_main = array("q")
+        rm_sub = array("q")
         dropped: list[bytes] = []
         updates: list[tuple[bytes, Entry | None]] = []
         size = 0
@@ -601,7 +602,8 @@ class MVCCStore:
             klen = len(key) + ROW_OVERHEAD
             for j in range(HDR, HDR + 2 * cut, 2):
                 s = e[j + 1]
-                removed.append((e[j] >> 2) << 32 | (s & SUBMASK))
+                rm_main.append(e[j] >> 2)
+                rm_sub.append(s & SUBMASK)
                 size += klen + (s >> 32)
             if new is not None and len(new) == HDR + 2:
                 r0, s0 = new[HDR], new[HDR + 1]
@@ -615,14 +617,9 @@ class MVCCStore:
                 self._cache_drop(key)
             else:
                 index[key] = new
-        removed.sort()
-        flat = array("q")
-        for v in removed:
-            flat.append(v >> 32)
-            flat.append(v & SUBMASK)
         self._size -= size
-        self._nrecs -= len(removed)
-        return RevPairs(flat), dropped
+        self._nrecs -= len(rm_main)
+        return RevPairs(_sorted_pairs(rm_main, rm_sub)), dropped
 
     def _cache_drop(self, key: bytes) -> None:
         c = self._cache
@@ -905,6 +902,29 @@ class MVCCStore:
             items.append((k, index[k], leases.get(k, 0)))
         blob = ki.encode_chunk(items)
         return blob, (items[-1][0] if more else None)
+
+
+def _sorted_pairs(mains: array, subs: array, bucket: int = 1 << 17) -> array:
+    """(main, sub) pairs sorted, flattened into one array('q'). Sorted bucket by bucket of main
+    revisions, so a compaction dropping millions of rows never holds them as Python objects."""
+    n = len(mains)
+    out = array("q")
+    if n == 0:
+        return out
+    lo, hi = min(mains), max(mains)
+    buckets = max(1, min(n // bucket + 1, hi - lo + 1))
+    width = (hi - lo) // buckets + 1
+    parts: list[tuple[array, array]] = [(array("q"), array("q")) for _ in range(buckets)]
+    for m, sub in zip(mains, subs):
+        pm, ps = parts[(m - lo) // width]
+        pm.append(m)
+        ps.append(sub)
+    del mains, subs
+    for pm, ps in parts:
+        for m, sub in sorted(zip(pm, ps)):
+            out.append(m)
+            out.append(sub)
+    return out
 
 
 class WriteTxn:
