@@ -130,12 +130,25 @@ def _sole_error(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
+def _tune_gc() -> None:
+    """Called once the member serves. Everything alive now (modules, the loaded key index)
+    lives as long as the process: freeze it out of the cyclic collector's full scans. And
+    collect the young generation less often: a large range creates a short-lived object per
+    key, and each collection would otherwise walk every tracked object again (measured: a third
+    of a 100,000-key range's CPU time)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 async def _main(config) -> None:
     import trio
 
     from securekv.server.run import serve
 
     def announce(started) -> None:
+        _tune_gc()
         lines = [f"securekv: member {started.member_id:x} (cluster {started.cluster_id:x}) serving clients on "
                  + ", ".join(started.client_urls)]
         if started.metrics_urls:
