@@ -198,6 +198,10 @@ class ServerMachine:
                 # One chunk of the key index, taken after everything in `writes` was applied,
                 # committed in the same transaction as the last of those rows.
                 changes = checkpointer.step()
+                if writes[-1].deletes:
+                    # Never in a compaction's transaction(s): a chunk showing the compacted
+                    # index must not be durable before every row the compaction drops is gone.
+                    writes.append(type(writes[-1])())
                 writes[-1].item_puts.extend(changes.puts)
                 writes[-1].item_deletes.extend(changes.deletes)
             store = getattr(self.applier, "store", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import re
 import sqlite3
@@ -95,6 +96,8 @@ def disk_full_error(path: str, exc: BaseException, what: str) -> DiskFullError:
 #: Item buckets holding a member's own derived data (the persisted key index: see
 #: securekv/mvcc/checkpoint.py), written at different moments on each member.
 LOCAL_BUCKETS = ("kvindex", "kvindex_dropped")
+#: Rows deleted per transaction when a batch deletes more (see Backend.commit).
+DELETE_CHUNK = 50_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revision (
@@ -223,7 +226,25 @@ class Backend:
 
     # -- writes ----------------------------------------------------------------------------
     def commit(self, batch: WriteBatch) -> None:
-        """Apply ``batch`` as one transaction: all of it or (on any error) none of it."""
+        """Apply ``batch`` as one transaction: all of it or (on any error) none of it.
+
+        Except a batch deleting more than ``DELETE_CHUNK`` rows (a large compaction): its item
+        rows go first, then the deletions in transactions of ``DELETE_CHUNK`` rows (so sqlite's
+        WAL is recycled between them instead of growing by the whole table), then the rest with
+        the meta and the applied index. A crash in between leaves rows of a compaction whose
+        entry is not applied yet; replaying it deletes the rest (deleting is idempotent).
+        """
+        if len(batch.deletes) <= DELETE_CHUNK:
+            self._commit(batch)
+            return
+        self._commit(WriteBatch(item_puts=batch.item_puts, item_deletes=batch.item_deletes))
+        it = iter(batch.deletes)
+        while chunk := list(itertools.islice(it, DELETE_CHUNK)):
+            self._commit(WriteBatch(deletes=chunk))
+        self._commit(WriteBatch(puts=batch.puts, lease_puts=batch.lease_puts, lease_deletes=batch.lease_deletes,
+                                meta=batch.meta, consistent_index=batch.consistent_index))
+
+    def _commit(self, batch: WriteBatch) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

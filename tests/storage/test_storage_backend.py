@@ -191,3 +191,25 @@ def test_kill_9_keeps_committed_batches(tmp_path: Path, spawn) -> None:
             assert ci >= acked
             assert [r.main for r in b.iter_revisions()] == list(range(1, ci + 1))
     assert not os.path.exists(path + ".tmp")
+
+
+def test_large_deletion_runs_in_chunks_with_items_first_and_meta_last(tmp_path: Path, monkeypatch) -> None:
+    """A compaction dropping more than DELETE_CHUNK rows commits in several transactions: its
+    item rows before any deletion, the applied index only with the last one."""
+    from securekv.storage import backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "DELETE_CHUNK", 10)
+    with Backend.open(tmp_path / "db.sqlite") as db:
+        db.commit(WriteBatch(puts=[Revision(m, 0, b"k%d" % m, b"v") for m in range(1, 36)], consistent_index=1))
+        seen = []
+        real = db._commit
+
+        def spy(batch):
+            seen.append((len(batch.deletes), len(batch.item_puts), batch.consistent_index))
+            real(batch)
+
+        monkeypatch.setattr(db, "_commit", spy)
+        db.commit(WriteBatch(deletes=[(m, 0) for m in range(1, 31)], item_puts=[("kvindex_dropped", b"x", b"y")],
+                             meta={"compact_revision": 30}, consistent_index=2))
+        assert seen == [(0, 1, None), (10, 0, None), (10, 0, None), (10, 0, None), (0, 0, 2)]
+        assert db.revision_count() == 5 and db.consistent_index() == 2 and db.get_meta("compact_revision") == 30
