@@ -482,18 +482,28 @@ class MVCCStore:
         count = 0
         if latest:
             leases = self._leases
+            append = recs.append
             for k in self._keys.irange(key, end):
                 e = index[k]
                 if type(e) is int:
                     count += 1
                     if want < 0 or len(recs) < want:
                         m = e & MASK64
-                        recs.append(Rec(k, m, m, 0, 1, None, leases.get(k, 0), self) if leases
-                                    else Rec(k, m, m, 0, 1, None, 0, self))
-                elif not e[-2] & TOMB:
-                    count += 1
-                    if want < 0 or len(recs) < want:
-                        recs.append(self._latest(k, e))  # type: ignore[arg-type]
+                        append(Rec(k, m, m, 0, 1, None, leases.get(k, 0) if leases else 0, self))
+                    continue
+                r = e[-2]
+                if r & TOMB:
+                    continue
+                count += 1
+                if want < 0 or len(recs) < want:  # _latest(), inlined: this loop is the hot path
+                    n = (len(e) - HDR) >> 1
+                    g = e[2]
+                    if g == 0:
+                        create, version = e[0], e[1] + n - 1
+                    else:
+                        create, version = e[HDR + 2 * g] >> 2, n - g
+                    append(Rec(k, create, r >> 2, e[-1] & SUBMASK, version, None,
+                               leases.get(k, 0) if leases else 0, self))
             return recs, count
         for k in self._keys.irange(key, end):
             r = self._at(k, index[k], rev)
