@@ -91,7 +91,7 @@ class Server:
         ]
         if self.kind == "etcd":
             return ["etcd", *common, "--log-level", "error"]
-        return [sys.executable, "-m", "securekv", "serve", *common, "--log-level", "warn"]
+        return [sys.executable, "-m", "securekv", "serve", *common, "--log-level", "info"]
 
     def start(self) -> float:
         """Start and wait until healthy; seconds from spawn to the first healthy answer."""
@@ -181,7 +181,8 @@ def main() -> None:
     ap.add_argument("--servers", default="etcd,securekv")
     ap.add_argument("--scenarios", default="keys:100000,overwrite:200000:10000")
     ap.add_argument("--baseline", type=Path, help="another securekv checkout, run as server 'securekv-base'")
-    ap.add_argument("--work", type=Path, help="directory for data dirs (default: a new temp dir)")
+    ap.add_argument("--work", type=Path, help="directory for data dirs; the server logs are kept there "
+                                              "(default: a temp dir, removed)")
     opts = ap.parse_args()
     tool = subprocess.run([str(ROOT / "bench" / "build_etcd_benchmark.sh")], capture_output=True, text=True,
                           check=True).stdout.strip().splitlines()[-1]
@@ -211,7 +212,10 @@ def main() -> None:
                     ratio = f" {s / e:.2f}× |" if e else " – |"
                 print(f"| {m} | " + " | ".join(f"{v:,.2f}" for v in row) + " |" + ratio)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if opts.work is None:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"\nlogs kept in {base}", file=sys.stderr)
 
 
 if __name__ == "__main__":
