@@ -3,7 +3,7 @@
 For each scenario and server (fresh data dir, one member, mutual TLS on loopback):
 
 1. load with ``benchmark put --sequential-keys`` (64 clients over 8 connections, 256-byte
-   values, 16-byte keys): throughput;
+   values, 16-byte keys): throughput and the server's CPU time per put;
 2. RSS after the load (VmRSS: heap plus the file pages a server maps, as the OS reports it);
 3. range of 100,000 keys with ``etcdctl get --from-key --keys-only --limit 100000`` (median of
    3, wall time of the etcdctl process, output discarded);
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from server_bench import etcdctl, free_port, make_pki  # noqa: E402
+from server_bench import etcdctl, free_port, make_pki, proc_cpu_seconds  # noqa: E402
 
 QUOTA = str(16 * 1024**3)  # neither server may hit NOSPACE during the run (etcd warns above 8 GiB)
 CLIENTS, CONNS = 64, 8
@@ -159,7 +159,9 @@ def run(tool: str, kind: str, scenario: str, base: Path, tls: dict[str, str], so
     out: dict[str, float] = {}
     try:
         s.start()
+        cpu0 = proc_cpu_seconds(s.proc.pid)  # type: ignore[union-attr]
         out["load req/s"], out["load s"] = load(tool, s, total, key_space)
+        out["load server CPU ms/req"] = (proc_cpu_seconds(s.proc.pid) - cpu0) * 1000 / total  # type: ignore[union-attr]
         time.sleep(2)  # let the last backend commits land
         out["RSS after load MiB"] = rss_mib(s.proc.pid)  # type: ignore[union-attr]
         out["range 100k keys s"] = range_seconds(s, min(100_000, key_space))
@@ -181,6 +183,7 @@ def main() -> None:
     ap.add_argument("--servers", default="etcd,securekv")
     ap.add_argument("--scenarios", default="keys:100000,overwrite:200000:10000")
     ap.add_argument("--baseline", type=Path, help="another securekv checkout, run as server 'securekv-base'")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every scenario, alternating the order; medians")
     ap.add_argument("--work", type=Path, help="directory for data dirs; the server logs are kept there "
                                               "(default: a temp dir, removed)")
     opts = ap.parse_args()
@@ -193,12 +196,18 @@ def main() -> None:
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:
         tls = make_pki(base)
-        for i, scenario in enumerate(opts.scenarios.split(",")):
-            order = servers if i % 2 == 0 else list(reversed(servers))
-            for kind in order:
-                source = opts.baseline if kind == "securekv-base" else ROOT
-                results[(scenario, kind)] = run(tool, "securekv" if kind.startswith("securekv") else kind,
-                                                scenario, base, tls, source)
+        runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+        turn = 0
+        for _ in range(opts.rounds):
+            for scenario in opts.scenarios.split(","):
+                order = servers if turn % 2 == 0 else list(reversed(servers))
+                turn += 1
+                for kind in order:
+                    source = opts.baseline if kind == "securekv-base" else ROOT
+                    runs.setdefault((scenario, kind), []).append(
+                        run(tool, "securekv" if kind.startswith("securekv") else kind, scenario, base, tls, source))
+        for key, rows in runs.items():
+            results[key] = {m: statistics.median(r[m] for r in rows) for m in rows[0]}
         metrics = list(next(iter(results.values())).keys())
         for scenario in opts.scenarios.split(","):
             print(f"\n### {scenario}\n")
