@@ -145,6 +145,7 @@ class Node:
         self._flush_asked = False
         self._committer_gone = False  # the committer ended: nobody will commit any more
         self.backend_size = 0  # the backend file's size after the last commit (quota check)
+        self._failure: BaseException | None = None
         self.backend_lock = trio.Lock()  # backend is not thread-safe: one worker call at a time
         self._send, self._recv = trio.open_memory_channel[Proposal](PROPOSAL_QUEUE)
         self._inbox: list[Any] = []
@@ -544,10 +545,21 @@ class Node:
                     pass  # the committer has work queued (or is stopping) and commits anyway
             await self._committed.wait()
 
+    def fail(self, exc: BaseException) -> None:
+        """The member cannot go on (e.g. a read found the backend damaged): the loop raises
+        ``exc`` at its next turn, which stops the server with it."""
+        if self._failure is None:
+            self._failure = exc
+            log.critical("stopping: %s", exc)
+            self._fatal(exc)
+        self._poke()
+
     async def _loop(self) -> None:
         core = self.core
         try:
             while True:
+                if self._failure is not None:
+                    raise self._failure
                 if self._committer_gone:
                     # The backend can take no more rows: stop. Not an error of the loop's own:
                     # a failed commit raises from the committer, and a cancelled run (the

@@ -14,8 +14,9 @@ import itertools
 import os
 import re
 import sqlite3
+import threading
 import zlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import attrs
 
@@ -486,6 +487,17 @@ class BackendReader:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
         self.rows_read = 0
+        #: Called with the CorruptionError before it is raised, when sqlite finds damage while
+        #: reading: the server stops the member (a read must never be served around damage).
+        self.on_corrupt: Callable[[CorruptionError], None] | None = None
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> BaseException:
+        if not is_corrupt(exc):
+            return exc
+        error = corruption_error(self.path, exc)
+        if self.on_corrupt is not None:
+            self.on_corrupt(error)
+        return error
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, cache_kib: int = 8192) -> BackendReader:
@@ -505,6 +517,12 @@ class BackendReader:
         return self._conn
 
     def get_many(self, refs: Sequence[tuple[int, int]]) -> list[bytes | None]:
+        try:
+            return self._get_many(refs)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+
+    def _get_many(self, refs: Sequence[tuple[int, int]]) -> list[bytes | None]:
         if not refs:
             return []
         mains = sorted({m for m, _ in refs})
@@ -526,10 +544,13 @@ class BackendReader:
         return [found.get((m, s)) for m, s in refs]
 
     def scan(self, start: tuple[int, int], last: int, limit: int) -> list[Revision]:
-        rows = self.conn.execute(
-            "SELECT main, sub, key, value, tombstone FROM revision "
-            "WHERE (main, sub) >= (?, ?) AND main <= ? ORDER BY main, sub LIMIT ?",
-            (start[0], start[1], last, limit)).fetchall()
+        try:
+            rows = self.conn.execute(
+                "SELECT main, sub, key, value, tombstone FROM revision "
+                "WHERE (main, sub) >= (?, ?) AND main <= ? ORDER BY main, sub LIMIT ?",
+                (start[0], start[1], last, limit)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
         self.rows_read += len(rows)
         return [Revision(m, s, k, v, bool(t)) for m, s, k, v, t in rows]
 
@@ -537,3 +558,45 @@ class BackendReader:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
+
+
+class IntegrityCheck:
+    """sqlite's ``quick_check`` of a whole database on its own read-only connection.
+
+    The store no longer reads every row at start (its index comes from a checkpoint), so damage
+    in a page nothing has read yet would go unnoticed; the server runs this once after each
+    start in a worker thread and stops the member if it finds any. ``interrupt()`` (from any
+    thread) ends a check in progress, e.g. when the member stops.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._conn: sqlite3.Connection | None = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                                                check_same_thread=False)
+        self._lock = threading.Lock()  # sqlite3_interrupt must never meet a closing connection
+
+    def run(self) -> CorruptionError | None:
+        """None if sqlite finds nothing wrong (or the check was interrupted), else the error
+        naming the file, the page and the byte offset."""
+        assert self._conn is not None
+        try:
+            try:
+                rows = [r[0] for r in self._conn.execute("PRAGMA quick_check(1)")]
+            except sqlite3.DatabaseError as exc:
+                if _code(exc) == sqlite3.SQLITE_INTERRUPT:
+                    return None
+                if is_corrupt(exc):
+                    return corruption_error(self.path, exc)
+                raise
+        finally:
+            with self._lock:
+                conn, self._conn = self._conn, None
+                conn.close()
+        if rows == ["ok"]:
+            return None
+        return CorruptionError(f"backend database {self.path} is corrupt at {locate_corruption(self.path)}")
+
+    def interrupt(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.interrupt()

@@ -213,3 +213,35 @@ def test_large_deletion_runs_in_chunks_with_items_first_and_meta_last(tmp_path: 
                              meta={"compact_revision": 30}, consistent_index=2))
         assert seen == [(0, 1, None), (10, 0, None), (10, 0, None), (10, 0, None), (0, 0, 2)]
         assert db.revision_count() == 5 and db.consistent_index() == 2 and db.get_meta("compact_revision") == 30
+
+
+def test_reader_and_integrity_check_report_damage_with_offset(tmp_path: Path) -> None:
+    """On-demand reads (the MVCC store's) and the post-start check name the file and offset."""
+    from securekv.storage.backend import BackendReader, IntegrityCheck
+
+    path = tmp_path / "db.sqlite"
+    with Backend.open(path) as db:
+        db.commit(WriteBatch(puts=[Revision(m, 0, b"k%05d" % m, os.urandom(900)) for m in range(1, 400)],
+                             consistent_index=1))
+        db.sync()
+    assert IntegrityCheck(path).run() is None
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    offset = next(p * page_size for p in range(len(data) // page_size // 2, len(data) // page_size)
+                  if data[p * page_size] in (0x0A, 0x0D))  # a leaf page in the middle: revision rows
+    data[offset:offset + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    error = IntegrityCheck(path).run()
+    # (which offset sqlite's check can name depends on the damage: the process test in
+    # tests/server/test_server_disk_faults.py checks it end to end)
+    assert isinstance(error, CorruptionError) and str(path) in str(error) and "corrupt at byte offset" in str(error)
+    reader = BackendReader.open(path)
+    seen: list[CorruptionError] = []
+    reader.on_corrupt = seen.append
+    try:
+        with pytest.raises(CorruptionError) as info:
+            reader.scan((1, 0), 10**6, 10**6)
+        assert str(path) in str(info.value) and "corrupt at byte offset" in str(info.value)
+        assert seen == [info.value]
+    finally:
+        reader.close()
