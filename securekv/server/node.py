@@ -545,6 +545,11 @@ class Node:
                     pass  # the committer has work queued (or is stopping) and commits anyway
             await self._committed.wait()
 
+    @property
+    def failed(self) -> bool:
+        """``fail()`` was called: the member stops because of an error."""
+        return self._failure is not None
+
     def fail(self, exc: BaseException) -> None:
         """The member cannot go on (e.g. a read found the backend damaged): the loop raises
         ``exc`` at its next turn, which stops the server with it."""

@@ -686,7 +686,7 @@ async def serve(
     finally:
         if state is not None:
             with trio.CancelScope(shield=True):
-                if node is not None and node.committed_index >= state.applier.applied_index:
+                if node is not None and not node.failed and node.committed_index >= state.applier.applied_index:
                     await trio.to_thread.run_sync(state.final_checkpoint)
                 state.close()
         if audit is not None:
