@@ -227,7 +227,7 @@ class EtcdServer(AuthHandlers):
                 self._nospace_proposed = now
                 alarm = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id,
                                              alarm=rpc_pb2.NOSPACE)
-                self.node.propose_nowait(raft_internal_pb2.InternalRaftRequest(alarm=alarm))
+                self.node.propose_nowait(self._request(SERVER_CALLER, alarm=alarm))  # the member's own
             raise err(ERR_NO_SPACE)
 
     async def _propose(self, caller: Caller, **fields: Any) -> Any:
