@@ -33,10 +33,16 @@ from .store import MVCCStore
 BUCKET = "kvindex"
 DROPPED_BUCKET = "kvindex_dropped"
 HEAD_KEY = b"head"
-#: Fewest revisions between two checkpoints (more when the index is large: half its keys).
+#: Fewest revisions between two checkpoints. A larger index waits longer (``due``): a
+#: checkpoint costs about its size, so the interval grows with it and the checkpoints cost a
+#: bounded number of bytes per write (``BYTES_PER_REVISION``), while a crash replays at most one
+#: interval of rows.
 MIN_INTERVAL = 10_000
-#: Keys per chunk: one chunk is serialised per step, so this bounds one step's work (~10 ms).
+BYTES_PER_REVISION = 64
+#: Keys, and about bytes, per chunk: one chunk is serialised per step, so this bounds one
+#: step's work (~10 ms) and one sqlite row.
 CHUNK_KEYS = 5_000
+CHUNK_BYTES = 2 << 20
 
 _HEAD = struct.Struct(">QqqQ")
 _CHUNK = struct.Struct(">QQ")
@@ -139,11 +145,19 @@ class IndexCheckpointer:
         """Revisions a start-up would replay after the last complete checkpoint."""
         return self.store.current_revision - (self.head.start if self.head is not None else 0)
 
+    def interval(self) -> int:
+        """Revisions between checkpoints: at least ``min_interval``, half the keys, and the
+        index's persisted size (about 40 bytes a key, 16 a further record) over
+        ``BYTES_PER_REVISION``."""
+        store = self.store
+        size = store.index_keys * 40 + max(0, store.index_records - store.index_keys) * 16
+        return max(self.min_interval, store.index_keys // 2, size // BYTES_PER_REVISION)
+
     def due(self) -> bool:
-        """A checkpoint is in progress, or enough revisions passed since the last one began."""
+        """A checkpoint is in progress, or an interval passed since the last one began."""
         if self._writing:
             return True
-        return self.revisions_behind() >= max(self.min_interval, self.store.index_keys // 2)
+        return self.revisions_behind() >= self.interval()
 
     def step(self) -> ItemChanges:
         """The next chunk (starting a checkpoint if none is in progress)."""
@@ -154,7 +168,7 @@ class IndexCheckpointer:
             self._compact = store.compact_revision
             self._seq = 0
             self._cursor = None
-        blob, self._cursor = store.index_chunk(self._cursor, self.chunk_keys)
+        blob, self._cursor = store.index_chunk(self._cursor, self.chunk_keys, CHUNK_BYTES)
         puts: list[Item] = [(BUCKET, chunk_key(self._gen, self._seq), blob)]
         self._seq += 1
         if self._cursor is not None:
@@ -193,6 +207,6 @@ class IndexCheckpointer:
         return ItemChanges(puts=tuple(puts), deletes=tuple(deletes), complete=True)
 
 
-__all__ = ["BUCKET", "CHUNK_KEYS", "CheckpointHead", "DROPPED_BUCKET", "HEAD_KEY", "IndexCheckpointer",
+__all__ = ["BUCKET", "BYTES_PER_REVISION", "CHUNK_BYTES", "CHUNK_KEYS", "CheckpointHead", "DROPPED_BUCKET", "HEAD_KEY", "IndexCheckpointer",
            "ItemChanges", "MIN_INTERVAL", "chunk_key", "decode_keys", "dropped_key", "encode_keys",
            "parse_chunk_key", "parse_dropped_key"]

@@ -280,6 +280,11 @@ class MVCCStore:
         """Keys in the index (live ones and deleted ones whose history is not compacted yet)."""
         return len(self._index)
 
+    @property
+    def index_records(self) -> int:
+        """Records (revisions of keys) the index describes."""
+        return self._nrecs
+
     def stats(self) -> IndexStats:
         """Index and cache figures. ``index_bytes`` is an estimate of the index's heap use."""
         n = len(self._index)
@@ -894,22 +899,26 @@ class MVCCStore:
         return top
 
     # ------------------------------------------------------------------ checkpoints
-    def index_chunk(self, after: bytes | None, max_keys: int) -> tuple[bytes, bytes | None]:
-        """Serialise the entries of up to ``max_keys`` keys after ``after`` (None: from the
-        first key). Returns the chunk and the last key in it, or None as the last key when no
-        key follows (the checkpoint is complete)."""
+    def index_chunk(self, after: bytes | None, max_keys: int, max_bytes: int = 1 << 21) -> tuple[bytes, bytes | None]:
+        """Serialise the entries of the keys after ``after`` (None: from the first key), up to
+        ``max_keys`` keys or about ``max_bytes`` (keys with long histories make big entries).
+        Returns the chunk and the last key in it, or None as the last key when no key follows
+        (the checkpoint is complete)."""
         index = self._index
         leases = self._leases
         items: list[tuple[bytes, Entry, int]] = []
         it = self._keys.irange(after, None) if after is not None else iter(self._keys)
         more = False
+        size = 0
         for k in it:
             if after is not None and k <= after:
                 continue
-            if len(items) >= max_keys:
+            if len(items) >= max_keys or size >= max_bytes:
                 more = True
                 break
-            items.append((k, index[k], leases.get(k, 0)))
+            e = index[k]
+            size += len(k) + (21 if type(e) is int else 13 + 8 * len(e))
+            items.append((k, e, leases.get(k, 0)))
         blob = ki.encode_chunk(items)
         return blob, (items[-1][0] if more else None)
 

@@ -204,3 +204,27 @@ def test_restore_without_records_of_a_compacted_tombstone() -> None:
     node.restart()
     assert node.value("a") == b"3" and node.get("a").kvs[0].version == 1
     assert node.get("a").kvs[0].create_revision == node.store.current_revision
+
+
+def test_checkpoint_interval_and_chunks_follow_the_index_size() -> None:
+    """Keys with long histories make a big index: checkpoints come less often (their cost per
+    write stays bounded) and chunks are cut by bytes, not only by key count."""
+    from securekv.mvcc.checkpoint import BYTES_PER_REVISION, IndexCheckpointer
+
+    store = MVCCStore()
+    for i in range(20_000):
+        tw = store.write()
+        tw.put(b"k%d" % (i % 4), b"v", 0)
+        tw.end()
+    ck = IndexCheckpointer(store, chunk_keys=1000)
+    assert ck.interval() >= (20_000 - 4) * 16 // BYTES_PER_REVISION
+    chunks = []
+    cursor = None
+    while True:
+        blob, cursor = store.index_chunk(cursor, 1000, max_bytes=100_000)
+        chunks.append(blob)
+        if cursor is None:
+            break
+    assert len(chunks) == 4  # each key's 5,000 records (80 KB) fill a chunk of their own
+    keys = [k for blob in chunks for k in decode_chunk(blob)[0]]
+    assert keys == [b"k0", b"k1", b"k2", b"k3"]
