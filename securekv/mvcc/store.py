@@ -913,11 +913,12 @@ class MVCCStore:
         for k in it:
             if after is not None and k <= after:
                 continue
-            if len(items) >= max_keys or size >= max_bytes:
+            e = index[k]
+            cost = len(k) + (21 if type(e) is int else 13 + 8 * len(e))
+            if len(items) >= max_keys or (items and size + cost > max_bytes):
                 more = True
                 break
-            e = index[k]
-            size += len(k) + (21 if type(e) is int else 13 + 8 * len(e))
+            size += cost
             items.append((k, e, leases.get(k, 0)))
         blob = ki.encode_chunk(items)
         return blob, (items[-1][0] if more else None)
