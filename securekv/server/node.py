@@ -548,7 +548,7 @@ class Node:
     @property
     def failed(self) -> bool:
         """``fail()`` was called: the member stops because of an error."""
-        return self._failure is not None
+        return self._failure is not None or self._fatal_error is not None
 
     def fail(self, exc: BaseException) -> None:
         """The member cannot go on (e.g. a read found the backend damaged): the loop raises
@@ -844,8 +844,10 @@ class Node:
     #: Called once the member cannot go on (its WAL or backend failed): the process entry point
     #: bounds how long the orderly stop may take (serve_cmd). Set by the server; None in tests.
     on_fatal: Callable[[BaseException], None] | None = None
+    _fatal_error: BaseException | None = None
 
     def _fatal(self, exc: BaseException) -> None:
+        self._fatal_error = exc  # `failed`: no shutdown checkpoint over a failed WAL or backend
         if self.on_fatal is not None:
             try:
                 self.on_fatal(exc)
