@@ -196,6 +196,12 @@ def main() -> None:
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:
         tls = make_pki(base)
+        # The member's certificate names it (peer certificates are bound to members): one
+        # certificate for the member "bench", used on its client and peer ports by both servers.
+        from securekv.pki.issue import issue_cert
+
+        issue_cert(base / "pki", "peer", "bench", hosts=["127.0.0.1", "localhost"])
+        tls = {**tls, "cert": str(base / "pki" / "bench.pem"), "key": str(base / "pki" / "bench-key.pem")}
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
         turn = 0
         for _ in range(opts.rounds):
