@@ -143,10 +143,10 @@ def idle_watches(url: str, tls: dict[str, str], conns: int, per_conn: int) -> li
     return socks
 
 
-def table(title: str, servers: list[str], results: dict) -> None:
+def table(title: str, servers: list[str], results: dict, workloads: list[str]) -> None:
     print(f"\n| {title} | " + " | ".join(f"{s} req/s (p99 ms, CPU ms/req)" for s in servers) + " | securekv/etcd |")
     print("|---" * (len(servers) + 2) + "|")
-    for name in WORKLOADS:
+    for name in workloads:
         cells, med = [], {}
         for kind in servers:
             rows = results.get((kind, name), [])
@@ -168,10 +168,12 @@ def main() -> None:
     ap.add_argument("--ceilings", default="probe,noop-h2", help="no-op servers measured with one member")
     ap.add_argument("--probe", default=None, help="path of h2_ceiling_probe.py")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="a subset of: " + ", ".join(WORKLOADS))
     ap.add_argument("--tool", default=None, help="etcd's benchmark binary (default: build it)")
     opts = ap.parse_args()
     tool = opts.tool or subprocess.run([str(HERE / "build_etcd_benchmark.sh")], capture_output=True, text=True,
                                        check=True).stdout.strip().splitlines()[-1]
+    workloads = [w for w in WORKLOADS if w in opts.workloads.split(",")]
     probe = find_probe(opts.probe)
     ceilings = [c for c in opts.ceilings.split(",") if c and (c != "probe" or probe is not None)]
     if "probe" in opts.ceilings.split(",") and probe is None:
@@ -192,7 +194,7 @@ def main() -> None:
                     try:
                         if kind in ("etcd", "securekv"):
                             sb.etcdctl(url, tls, "put", "foo", "bar")
-                        for name in WORKLOADS:
+                        for name in workloads:
                             if kind in ceilings and "range" in name and "linearizable" not in name:
                                 continue
                             row = measure(tool, procs, url, tls, name, opts.scale)
@@ -201,7 +203,7 @@ def main() -> None:
                                   f"p99 {row[1]:7.1f} ms  cpu {row[2]:.3f} ms/req", file=sys.stderr)
                     finally:
                         cb.stop(procs)
-            table(f"{members} member{'s' if members > 1 else ''}", servers, results)
+            table(f"{members} member{'s' if members > 1 else ''}", servers, results, workloads)
         if not opts.no_memory:
             procs, url = start_one("securekv", base, tls, probe)
             try:

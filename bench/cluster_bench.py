@@ -56,6 +56,7 @@ def start_cluster(kind: str, base: Path, tls: dict[str, str], token: str) -> tup
             "--client-cert-auth", "--trusted-ca-file", tls["ca"], "--cert-file", tls["cert"], "--key-file", tls["key"],
             "--peer-client-cert-auth", "--peer-trusted-ca-file", tls["ca"],
             "--peer-cert-file", tls["cert"], "--peer-key-file", tls["key"],
+            "--peer-cert-allowed-cn", "server",  # one shared peer certificate (see server_bench)
             "--log-level", "error",
         ]
         cmd = ["etcd", *flags] if kind == "etcd" else [sys.executable, "-m", "securekv", "serve", *flags]

@@ -83,6 +83,9 @@ def start_server(kind: str, base: Path, tls: dict[str, str], extra: list[str] | 
         "--cert-file", tls["cert"], "--key-file", tls["key"],
         "--peer-client-cert-auth", "--peer-trusted-ca-file", tls["ca"],
         "--peer-cert-file", tls["cert"], "--peer-key-file", tls["key"],
+        # One certificate (CN "server") for every member: say so (securekv refuses a peer
+        # certificate naming another member unless told; etcd takes the same flag).
+        "--peer-cert-allowed-cn", "server",
     ]
     if kind == "etcd":
         cmd = ["etcd", *common, "--log-level", "error"]
