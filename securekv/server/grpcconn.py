@@ -47,6 +47,8 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from securekv.server.hpackcache import CachingDecoder, CachingEncoder
+
 # gRPC status codes (numbers on the wire).
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 0, 1, 2, 3, 4
 RESOURCE_EXHAUSTED, INTERNAL, UNIMPLEMENTED, UNAVAILABLE = 8, 13, 12, 14
@@ -193,6 +195,10 @@ class GrpcConnection:
             validate_outbound_headers=False, normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config)
+        # Repeated header blocks (every call of a method, every OK answer) are coded once.
+        decoder = CachingDecoder()
+        decoder.max_header_list_size = self._h2.decoder.max_header_list_size
+        self._h2.decoder, self._h2.encoder = decoder, CachingEncoder()
         self._streams: dict[int, _Stream] = {}
         self._out = bytearray()
         self.pending_total = 0  # DATA bytes of all calls waiting for the client's windows
