@@ -361,7 +361,11 @@ class GrpcPump:
                 for call in list(self.send_waiters):
                     if conn.pending_bytes(call.sid) <= high:
                         call.wake_writable()
-            self.kick()
+            if conn.unsent:
+                # Only when the input made output (PING/SETTINGS acks, window updates, refusals):
+                # a call's answer kicks the writer itself. An empty wake-up per read was a task
+                # step per request for nothing.
+                self.kick()
 
     async def _feed(self, data: bytes, now: float) -> list[Any]:
         """``conn.receive_data`` in slices of FEED_SIZE bytes with a checkpoint between them:
