@@ -48,6 +48,12 @@ BACKLOG_LIMIT = 16 << 20  # outbound bytes per connection before the reader stop
 EVENTS_PER_TURN = 64
 FEED_SIZE = 8192  # bytes of one read handed to h2 at a time (its parsing is pure Python)
 REFUSED_STREAM = ErrorCodes.REFUSED_STREAM
+# How long control frames (PING/SETTINGS acks, window updates) may wait to leave with the answer
+# of a call read together with them. grpc-go clients send a PING with every answer they
+# receive (BDP estimation), so on a one-request-at-a-time connection every call came with a
+# PING: answering it at once cost a TLS record, a socket write and a wake-up of the client per
+# call. A few milliseconds is nothing to keepalive (seconds) or window estimation.
+CONTROL_DELAY = 0.005
 
 
 class CallEnded(Exception):
@@ -229,7 +235,8 @@ class GrpcPump:
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set in run()
         self._wake = trio.Event()
         self._room = trio.Event()  # set when the outbound backlog shrank
-        self._heap: list[tuple[float, int, Call]] = []
+        self._heap: list[tuple[float, int, Call | None]] = []  # None: flush deferred control frames
+        self._control_at: float | None = None
         self._seq = 0
         self._timer_scope: trio.CancelScope | None = None
         self._in_flight = 0
@@ -314,6 +321,7 @@ class GrpcPump:
             if self._on_bytes is not None:
                 self._on_bytes(len(data), 0)
             now = self._last_read = trio.current_time()
+            answering = False  # a call read here waits for its answer (which kicks the writer)
             for n, ev in enumerate(await self._feed(data, now), 1):
                 if n % EVENTS_PER_TURN == 0:
                     self.kick()  # what this slice answered leaves while others run
@@ -330,6 +338,7 @@ class GrpcPump:
                     elif not call.got_message:
                         call.got_message = True
                         dispatcher.message(call, ev.payload)
+                        answering = answering or not call.over
                 elif t is CallStarted:
                     if conn.pending_total > BACKLOG_LIMIT:
                         # The client leaves answers unread: take no new calls until it reads.
@@ -364,8 +373,12 @@ class GrpcPump:
             if conn.unsent:
                 # Only when the input made output (PING/SETTINGS acks, window updates, refusals):
                 # a call's answer kicks the writer itself. An empty wake-up per read was a task
-                # step per request for nothing.
-                self.kick()
+                # step per request for nothing. Output read together with a call that is being
+                # answered leaves with that answer (within CONTROL_DELAY).
+                if answering:
+                    self._defer_control(now)
+                else:
+                    self.kick()
 
     async def _feed(self, data: bytes, now: float) -> list[Any]:
         """``conn.receive_data`` in slices of FEED_SIZE bytes with a checkpoint between them:
@@ -433,17 +446,29 @@ class GrpcPump:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
                 call = heapq.heappop(heap)[2]
-                if not call.over:
+                if call is None:
+                    self._control_at = None
+                    if self.conn.unsent:
+                        self.kick()
+                elif not call.over:
                     call.expire()
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _add_deadline(self, call: Call) -> None:
+        self._at(call.deadline, call)
+
+    def _defer_control(self, now: float) -> None:
+        if self._control_at is None:
+            self._control_at = now + CONTROL_DELAY
+            self._at(self._control_at, None)
+
+    def _at(self, when: float, call: Call | None) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (call.deadline, self._seq, call))
+        heapq.heappush(self._heap, (when, self._seq, call))
         scope = self._timer_scope
-        if scope is not None and call.deadline < scope.deadline:
-            scope.deadline = call.deadline
+        if scope is not None and when < scope.deadline:
+            scope.deadline = when
 
     def _backlog(self) -> int:
         """Bytes written to the connection and not yet accepted by the socket."""
