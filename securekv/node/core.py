@@ -31,6 +31,7 @@ from securekv.raft import (
     Config,
     DropReason,
     EntryType,
+    MessageType,
     ProposalDropped,
     RawNode,
     Ready,
@@ -77,6 +78,12 @@ class NodeCore:
     ``clock`` gives the driver's time in seconds (deadlines, lease timers); ``codec`` makes
     the server's own entries (lease revokes). ``send_before_persist`` lets a Ready's messages
     that do not depend on its persistence leave before the Persist effect (etcd's rule).
+    ``leader_appends_early`` lets a leader's appends leave before it too, as etcd's raftNode
+    sends a leader's messages before ``storage.Save`` (Raft thesis 10.2.1): the followers write
+    to their disks while the leader writes to its own. Raft counts the leader's own unpersisted
+    entries as matched, so messages received while such a Ready is outstanding are held and
+    stepped once it is persisted: no acknowledgement can commit an entry before the leader's
+    copy is on disk.
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class NodeCore:
         snapshot_index: int = 0,
         catchup_entries: int = CATCHUP_ENTRIES,
         send_before_persist: bool = False,
+        leader_appends_early: bool = False,
         lease_extend: float = 0.0,
         initial_term: int = 0,
     ) -> None:
@@ -104,6 +112,8 @@ class NodeCore:
         self.snapshot_index = snapshot_index
         self.catchup_entries = catchup_entries
         self.send_before_persist = send_before_persist
+        self.leader_appends_early = leader_appends_early
+        self._held_messages: list[Any] = []  # received during an early-sending Ready
         self.lease_extend = lease_extend  # seconds a new leader adds to every lease
         self.initial_term = initial_term
         if hasattr(self.storage, "request_snapshot"):
@@ -237,6 +247,9 @@ class NodeCore:
         return out
 
     def receive(self, message: Any) -> list[Effect]:
+        if self._rd is not None and self.leader_appends_early:
+            self._held_messages.append(message)  # stepped once this Ready is persisted
+            return []
         self.raw.step(message)
         return []
 
@@ -426,11 +439,17 @@ class NodeCore:
         rd = self._rd = raw.ready()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state, out)
-        if self.send_before_persist and rd.messages:
-            early = rd.messages_before_persist()
+        if rd.messages and (self.send_before_persist or self.leader_appends_early):
+            if self.send_before_persist:
+                early, late = list(rd.messages_before_persist()), list(rd.messages_after_persist())
+            else:
+                early, late = [], list(rd.messages)
+            if self.leader_appends_early and rd.must_sync and self.raw.role is Role.LEADER:
+                early += [m for m in late if m.type == MessageType.APP]
+                late = [m for m in late if m.type != MessageType.APP]
             if early:
-                out.append(SendMessages(early))
-            self._late = rd.messages_after_persist()
+                out.append(SendMessages(tuple(early)))
+            self._late = tuple(late)
         else:
             self._late = rd.messages
         if rd.snapshot is not None and not rd.snapshot.is_empty():
@@ -468,6 +487,10 @@ class NodeCore:
             self._release_reads(out)
         self.raw.advance()
         self._rd = None
+        if self._held_messages:
+            held, self._held_messages = self._held_messages, []
+            for m in held:
+                self.raw.step(m)
         # Woken only now: until Raft knows a conf change is applied it drops the next one
         # ("already pending"), and the caller may propose again as soon as it runs.
         for token in conf_done:

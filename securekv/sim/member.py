@@ -118,7 +118,7 @@ class SimNode:
             attrs_evolve(config, storage=storage, applied=storage.first_index() - 1), self.machine,
             clock=self.clock, codec=self.codec, request_timeout=request_timeout, snapshot_count=snapshot_count,
             snapshot_index=marker.index if marker is not None else 0, catchup_entries=catchup,
-            send_before_persist=send_before_persist, lease_extend=lease_extend,
+            send_before_persist=send_before_persist, leader_appends_early=True, lease_extend=lease_extend,
             initial_term=image.hard_state.term)
         self.queue = []
         self.commits = []
