@@ -9,7 +9,7 @@ does its I/O and its waiting:
   ``MAX_BATCH`` proposals → one append per follower), peer messages and reports from the
   transport, ticks from a timer task, reads from the request handlers;
 - effects, in the order the core returns them: messages to the peer transport, the WAL append
-  + ONE fsync per Ready in a worker thread (group commit), a leader's snapshot installed,
+  + ONE fsync per Ready in the node's sync thread (``server/syncthread.py``; group commit), a leader's snapshot installed,
   completion callbacks, the applied rows handed to the committer task (sqlite, pipelined,
   batched like etcd's backend), snapshots saved and built in worker threads.
 
@@ -36,6 +36,7 @@ from securekv.raft.types import MessageType
 from securekv.rpctypes import ERR_REQUEST_TOO_LARGE, ERR_STOPPED, ERR_TOO_MANY_REQUESTS, err
 from securekv.server.cluster import Membership
 from securekv.server.etcdlog import event
+from securekv.server.syncthread import SyncThread
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Node:
             self.machine, clock=clock, codec=self.codec, request_timeout=request_timeout,
             snapshot_count=snapshot_count, snapshot_index=max(marker.index if marker is not None else 0, 0),
             catchup_entries=CATCHUP_ENTRIES, initial_term=term,
+            leader_appends_early=True,  # followers persist in parallel with the leader
         )
         self.cluster_id = 0  # for log lines only (set by the server)
         self.slow_applies = 0  # etcd_server_slow_apply_total
@@ -144,6 +146,7 @@ class Node:
         self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[list[Any], int, int]](64)
         self._flush_asked = False
         self._committer_gone = False  # the committer ended: nobody will commit any more
+        self._syncer = SyncThread()  # the WAL's fsyncs (started at the first, ended with run())
         self.backend_size = 0  # the backend file's size after the last commit (quota check)
         self._failure: BaseException | None = None
         self.backend_lock = trio.Lock()  # backend is not thread-safe: one worker call at a time
@@ -469,6 +472,7 @@ class Node:
             finally:
                 ticker.cancel()
                 self._commit_send.close()  # the committer drains what is queued, then ends
+                self._syncer.close()
                 self._leader_event.set()  # nobody waits for a leader change of a stopped node
 
     async def _ticker(self) -> None:
@@ -720,7 +724,7 @@ class Node:
                 self.wal_bytes += sum(len(e.data) for e in eff.entries)
             self.wal.append(eff.entries, hard_state=eff.hard_state)
             if eff.sync or eff.entries:
-                await trio.to_thread.run_sync(self.wal.sync)
+                await self._syncer.run(self.wal.sync)
         except BaseException as exc:  # the log is unusable: fail everyone, stop
             log.critical("WAL write failed, stopping: %s", exc)
             self.stopped = True
