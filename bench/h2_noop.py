@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from securekv.proto import rpc_pb2  # noqa: E402
 from securekv.server.grpcpump import Call, GrpcPump  # noqa: E402
 from securekv.server.listener import ClientListener  # noqa: E402
-from securekv.server.tls import ReloadingContext, TLSFiles  # noqa: E402
+from securekv.tlspolicy.contexts import TLSFiles  # noqa: E402
+from securekv.tlspolicy.endpoint import ServerTLS  # noqa: E402
 
 HEADER = rpc_pb2.ResponseHeader(cluster_id=1, member_id=2, revision=3, raft_term=4)
 ANSWERS = {
@@ -45,7 +46,7 @@ class NoopDispatcher:
 
 
 async def main(opts: argparse.Namespace) -> None:
-    tls = ReloadingContext(TLSFiles(opts.cert, opts.key, opts.ca, client_cert_auth=True))
+    tls = ServerTLS(TLSFiles(opts.cert, opts.key, opts.ca, client_cert_auth=True))
     dispatcher = NoopDispatcher()
 
     async def grpc(stream, identity, live) -> None:
