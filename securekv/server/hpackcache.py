@@ -85,7 +85,8 @@ class CachingEncoder(Encoder):  # type: ignore[misc]
         self._state: tuple[Any, ...] = ()
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        if isinstance(headers, dict) or self.table_size_changes:
+        if isinstance(headers, dict) or self.header_table.resized or getattr(self, "table_size_changes", None):
+            # A size update is due at the head of this block: let hpack write it.
             self._blocks.clear()
             self._state = ()
             return super().encode(headers, huffman)
@@ -102,7 +103,7 @@ class CachingEncoder(Encoder):  # type: ignore[misc]
             if hit is not None:
                 return hit
         block = super().encode(headers, huffman)
-        if _table_state(self.header_table) == state and not self.table_size_changes \
+        if _table_state(self.header_table) == state and not getattr(self, "table_size_changes", None) \
                 and len(self._blocks) < MAX_REMEMBERED:
             self._blocks[key] = block
         return block
