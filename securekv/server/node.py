@@ -44,6 +44,7 @@ MAX_BATCH = 512
 PROPOSAL_QUEUE = 4096
 BACKEND_BATCH_INTERVAL = 0.1  # seconds applied rows may wait for their backend commit (etcd: 100 ms)
 BACKEND_BATCH_LIMIT = 10_000  # entries that trigger a backend commit at once (etcd: 10,000)
+COMMIT_QUEUE = 64  # applied batches waiting for the committer before the node loop waits
 _FLUSH: Any = ((), 0, 0)  # committer marker: commit what is pending now (someone reads the backend)
 CATCHUP_ENTRIES = 5000  # entries kept in memory behind a snapshot so slow followers catch up from the log
 
@@ -143,8 +144,12 @@ class Node:
         self.transport: Any = None
         self.committed_index = applier.applied_index  # highest index whose rows are in the backend
         self._committed = trio.Event()
-        self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[list[Any], int, int]](64)
+        self._commit_send, self._commit_recv = trio.open_memory_channel[tuple[list[Any], int, int]](COMMIT_QUEUE)
         self._flush_asked = False
+        # Set while the committer gathers a batch: it sleeps until the batch interval ends and
+        # is woken early only when the batch must go now (limit, flush, channel half full,
+        # stop), not once per Raft Ready.
+        self._gather_wake: trio.Event | None = None
         self._committer_gone = False  # the committer ended: nobody will commit any more
         self._syncer = SyncThread()  # the WAL's fsyncs (started at the first, ended with run())
         self.backend_size = 0  # the backend file's size after the last commit (quota check)
@@ -472,6 +477,7 @@ class Node:
             finally:
                 ticker.cancel()
                 self._commit_send.close()  # the committer drains what is queued, then ends
+                self._wake_committer()
                 self._syncer.close()
                 self._leader_event.set()  # nobody waits for a leader change of a stopped node
 
@@ -502,17 +508,28 @@ class Node:
                     if item is _FLUSH:
                         continue
                     pending, last, revision = list(item[0]), item[1], item[2]
-                    with trio.move_on_after(self.backend_batch_interval):
-                        while last - self.committed_index < self.backend_batch_limit and not self._flush_asked:
-                            try:
-                                item = await self._commit_recv.receive()
-                            except trio.EndOfChannel:
-                                closed = True
+                    deadline = trio.current_time() + self.backend_batch_interval
+                    while last - self.committed_index < self.backend_batch_limit and not self._flush_asked:
+                        try:
+                            item = self._commit_recv.receive_nowait()
+                        except trio.WouldBlock:
+                            # Nothing queued: sleep to the end of the batch interval unless
+                            # woken for a reason to commit now (``_wake_committer``). A wake-up
+                            # per Ready was a task step per lone put.
+                            wake = self._gather_wake = trio.Event()
+                            with trio.move_on_at(deadline) as timer:
+                                await wake.wait()
+                            self._gather_wake = None
+                            if timer.cancelled_caught:
                                 break
-                            if item is _FLUSH:
-                                break
-                            pending.extend(item[0])
-                            last, revision = item[1], item[2]
+                            continue
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
+                        if item is _FLUSH:
+                            break
+                        pending.extend(item[0])
+                        last, revision = item[1], item[2]
                     with trio.CancelScope(shield=True):
                         async with self.backend_lock:
                             try:
@@ -536,6 +553,12 @@ class Node:
             self._committed.set()
             self._poke()
 
+    def _wake_committer(self) -> None:
+        """The gathering committer commits now (a flush was asked, the batch is full, the
+        channel fills up, or the node stops)."""
+        if self._gather_wake is not None:
+            self._gather_wake.set()
+
     async def wait_committed(self, index: int) -> None:
         """Until the backend holds every entry up to ``index``; ERR_STOPPED once it never will."""
         while self.committed_index < index:
@@ -547,6 +570,7 @@ class Node:
                     self._commit_send.send_nowait(_FLUSH)
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     pass  # the committer has work queued (or is stopping) and commits anyway
+                self._wake_committer()
             await self._committed.wait()
 
     @property
@@ -662,8 +686,21 @@ class Node:
                 for cb in eff.tokens:
                     _safe(cb, eff.error)
             elif kind is fx.CommitRows:
+                item = (eff.writes, eff.last, eff.revision)
                 try:
-                    await self._commit_send.send((eff.writes, eff.last, eff.revision))
+                    try:
+                        # No checkpoint while the channel has room: ``send`` yields even then,
+                        # which was a task step and a scheduler turn per Raft Ready (per lone
+                        # put) on the way to the answer.
+                        self._commit_send.send_nowait(item)
+                    except trio.WouldBlock:
+                        self._wake_committer()
+                        await self._commit_send.send(item)  # the committer is behind: wait for it
+                    else:
+                        if self._gather_wake is not None and (
+                                eff.last - self.committed_index >= self.backend_batch_limit
+                                or self._commit_send.statistics().current_buffer_used >= COMMIT_QUEUE // 2):
+                            self._gather_wake.set()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # shutting down: the WAL replay at the next start writes these rows
             elif kind is fx.Applied:
