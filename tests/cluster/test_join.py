@@ -35,11 +35,16 @@ def _token(c: JoinCluster, ttl: str = "1h") -> str:
     return token
 
 
+# The unit's program, named explicitly: by default join refuses a securekv that lives under /tmp
+# or a home directory (the unit's sandbox hides them), and CI's checkout and venv may be there.
+JOIN_EXEC = "/usr/bin/env securekv"
+
+
 def _join(c: JoinCluster, token: str, root: Path, name: str = "n4", check: bool = False, via: int = 0, **ports: int):
     client_port, peer_port = ports.get("client", free_port()), ports.get("peer", free_port())
     return c.cli("cluster", "join", "--token", token, "--endpoints", c.members[via].endpoint, "--name", name,
                  "--address", "127.0.0.1", "--client-port", str(client_port), "--peer-port", str(peer_port),
-                 "--root", str(root), check=check), client_port, peer_port
+                 "--root", str(root), "--exec", JOIN_EXEC, check=check), client_port, peer_port
 
 
 def _written(root: Path) -> list[Path]:
