@@ -13,6 +13,7 @@ write in the final history, and a pending one's effect (or its absence).
 
 from __future__ import annotations
 
+import abc
 import logging
 import random
 import threading
@@ -62,7 +63,7 @@ class Context:
                 self.errors.append(text)
 
 
-class _Worker(threading.Thread):
+class _Worker(threading.Thread, abc.ABC):
     def __init__(self, ctx: Context, name: str, index: int) -> None:
         super().__init__(name=name, daemon=True)
         self.ctx = ctx
@@ -99,8 +100,9 @@ class _Worker(threading.Thread):
             if self._client is not None:
                 self._client.close()
 
+    @abc.abstractmethod
     def work(self) -> None:
-        raise NotImplementedError
+        """The client's loop until ``ctx.stop``; each subclass is one kind of client."""
 
     def pace(self, share: float) -> None:
         if self.ctx.rate > 0:
@@ -375,13 +377,10 @@ class Watcher(_Worker):
                     break
                 with self._lock:
                     for ev in resp.events:
-                        kv = ev.kv
-                        kind = EventKind.DELETE if ev.type == 1 else EventKind.PUT
-                        self._events.append(Event(kv.mod_revision, bytes(kv.key), kind,
-                                                  bytes(kv.value) if kind is EventKind.PUT else b"",
-                                                  kv.lease))
-                        self.next_rev = max(self.next_rev, kv.mod_revision + 1)
-                        self._confirmed = max(self._confirmed, kv.mod_revision)
+                        event = _event_of(ev)
+                        self._events.append(event)
+                        self.next_rev = max(self.next_rev, event.revision + 1)
+                        self._confirmed = max(self._confirmed, event.revision)
                     if not resp.events and not resp.fragment and resp.header.revision:
                         # A progress notification: everything up to this revision was sent.
                         self._confirmed = max(self._confirmed, resp.header.revision)
@@ -416,6 +415,13 @@ class Watcher(_Worker):
             pass
 
 
+def _event_of(ev) -> Event:  # noqa: ANN001 - an etcd mvccpb.Event message
+    """One watch event as the history checker's Event (a delete carries no value)."""
+    kv = ev.kv
+    kind = EventKind.DELETE if ev.type == 1 else EventKind.PUT
+    return Event(kv.mod_revision, bytes(kv.key), kind, bytes(kv.value) if kind is EventKind.PUT else b"", kv.lease)
+
+
 def collect_history(ctx: Context, member: str, until: int, timeout: float) -> list[Event] | None:
     """Every event of every key from revision 1 to ``until`` as ``member`` serves them."""
     events: list[Event] = []
@@ -428,11 +434,7 @@ def collect_history(ctx: Context, member: str, until: int, timeout: float) -> li
     def pump() -> None:
         try:
             for resp in watch:
-                for ev in resp.events:
-                    kv = ev.kv
-                    kind = EventKind.DELETE if ev.type == 1 else EventKind.PUT
-                    events.append(Event(kv.mod_revision, bytes(kv.key), kind,
-                                        bytes(kv.value) if kind is EventKind.PUT else b"", kv.lease))
+                events.extend(_event_of(ev) for ev in resp.events)
                 top = events[-1].revision if events else 0
                 if not resp.events and resp.header.revision:
                     top = max(top, resp.header.revision)
