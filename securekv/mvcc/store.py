@@ -80,16 +80,20 @@ class Rec:
         if self._lease is None:
             self._lease = kv.lease
 
+    def _fill(self, slot: str) -> None:
+        """Read the row from the backend if it is not here, then parse it unless ``slot`` got set."""
+        if self.raw is None:
+            assert self._src is not None
+            self._src._load(self)
+        if getattr(self, slot) is None:
+            self._parse()
+
     @property
     def value(self) -> bytes:
         if self._value is None:
             if self.version == 0:
                 return b""
-            if self.raw is None:
-                assert self._src is not None
-                self._src._load(self)
-            if self._value is None:
-                self._parse()
+            self._fill("_value")
         return self._value  # type: ignore[return-value]
 
     @property
@@ -97,11 +101,7 @@ class Rec:
         if self._lease is None:
             if self.version == 0:
                 return 0
-            if self.raw is None:
-                assert self._src is not None
-                self._src._load(self)
-            if self._lease is None:
-                self._parse()
+            self._fill("_lease")
         return self._lease  # type: ignore[return-value]
 
     @property
