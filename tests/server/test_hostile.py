@@ -149,6 +149,21 @@ def test_per_identity_caps_on_calls_and_watches(make_member, certs: Certs, tmp_p
         assert len(refused) == 1 and refused[0].cancel_reason == "securekv: too many watchers for this client identity"
 
 
+def _served_again(m) -> None:
+    """Poll /health until the member answers a new client again (freed slots are reused)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with tls(m, "http/1.1") as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b'{"health":"true"}' in s.recv(4096) + s.recv(4096):
+                    return
+        except (ssl.SSLError, OSError):
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_connection_cap_per_listener(make_member) -> None:
     m = make_member(extra=["--max-connections-per-listener", "3"])
     held = [tls(m, "http/1.1") for _ in range(3)]
@@ -159,17 +174,7 @@ def test_connection_cap_per_listener(make_member) -> None:
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 10
-    while True:  # the slots free up again
-        try:
-            with tls(m, "http/1.1") as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if b'{"health":"true"}' in s.recv(4096) + s.recv(4096):
-                    break
-        except (ssl.SSLError, OSError):
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _served_again(m)  # the slots free up again
 
 
 def test_silent_handshakes_from_one_address_do_not_lock_others_out(make_member) -> None:
@@ -200,17 +205,7 @@ def test_silent_handshakes_from_one_address_do_not_lock_others_out(make_member) 
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with tls(m, "http/1.1") as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if b'{"health":"true"}' in s.recv(4096) + s.recv(4096):
-                    break
-        except (ssl.SSLError, OSError):
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _served_again(m)
 
 
 def test_connection_cap_per_identity(make_member, certs: Certs, tmp_path: Path) -> None:
