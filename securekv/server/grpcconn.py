@@ -47,6 +47,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
+from securekv.server.h2conn import ServerH2Connection
 from securekv.server.hpackcache import CachingDecoder, CachingEncoder
 
 # gRPC status codes (numbers on the wire).
@@ -194,7 +195,7 @@ class GrpcConnection:
             validate_inbound_headers=False, normalize_inbound_headers=False,
             validate_outbound_headers=False, normalize_outbound_headers=False,
         )
-        self._h2 = h2.connection.H2Connection(config)
+        self._h2 = ServerH2Connection(config)
         # Repeated header blocks (every call of a method, every OK answer) are coded once.
         decoder = CachingDecoder()
         decoder.max_header_list_size = self._h2.decoder.max_header_list_size
@@ -490,6 +491,21 @@ class GrpcConnection:
             return
         conn = self._h2
         data = b"\x00" + len(payload).to_bytes(4, "big") + payload
+        if stream.remote_done and not stream.headers_sent and not stream.out:
+            # The common case (the client sent its request and END_STREAM): the three frames
+            # in one step (server/h2conn.py), state for state what the calls below do.
+            try:
+                answer = conn.answer_unary(stream_id, _RESPONSE_HEADERS, data, _OK_TRAILERS)
+            except h2.exceptions.ProtocolError:
+                self._release(stream_id, stream)
+                return
+            if answer is not None:
+                self._flush_h2()
+                self._out += answer
+                stream.headers_sent = stream.done = True
+                self._reset_strikes = True
+                self._maybe_forget(stream_id, stream)
+                return
         try:
             if not stream.headers_sent:
                 conn.send_headers(stream_id, _RESPONSE_HEADERS)
