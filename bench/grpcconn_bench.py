@@ -1,4 +1,4 @@
-"""CPU of the sans-IO gRPC connection (server/grpcconn.py) per lone unary call, in process.
+"""CPU time of the sans-IO gRPC connection (server/grpcconn.py) per lone unary call, in process.
 
 Why: under sequential puts the connection's h2 parse and the answer's encoding are the largest
 phases of the trio thread after TLS (docs/benchmarks.md). This replays, one call at a time,
@@ -13,7 +13,7 @@ estimator; it sends the window update first) + HEADERS (``:method``, ``:scheme``
 ``:authority``, ``content-type``, ``user-agent``, ``te``, ``client-api-version``; all indexed
 after the first call: an 8-byte block) + DATA(END_STREAM) with a 274-byte gRPC message.
 
-    python3 bench/grpcconn_bench.py                  # µs per call, min of --rounds
+    python3 bench/grpcconn_bench.py                  # CPU µs per call, min of --rounds
     python3 bench/grpcconn_bench.py --profile        # cProfile of one round, top functions
     python3 bench/grpcconn_bench.py --timeout 5S     # add grpc-timeout (a new table entry per call)
 """
@@ -104,10 +104,10 @@ def one_round(preface: bytes, chunks: list[bytes]) -> float:
     server.initiate()
     server.receive_data(preface, 0.0)
     server.data_to_send()
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: the machine is shared, wall time is not ours
     for chunk in chunks:
         drive(server, chunk)
-    return (time.perf_counter() - t0) / len(chunks)
+    return (time.thread_time() - t0) / len(chunks)
 
 
 def main() -> None:
@@ -126,7 +126,7 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         return
     best = min(one_round(preface, chunks) for _ in range(opts.rounds))
-    print(f"{best * 1e6:.1f} µs per call (min of {opts.rounds} rounds of {opts.calls} calls; "
+    print(f"{best * 1e6:.1f} µs CPU per call (min of {opts.rounds} rounds of {opts.calls} calls; "
           f"{len(chunks[-1])} bytes in, {drive_size(preface, chunks)} bytes out per call)")
 
 
