@@ -343,12 +343,18 @@ class GrpcConnection:
             return
         stream.held += size
         buf = stream.inbuf
-        buf += ev.data
+        data = ev.data
         ended = ev.stream_ended is not None
         if ended:
             stream.remote_done = True
         limit = self.settings.max_receive_message
         last_ended = False
+        if not buf and len(data) >= 5 and not data[0] and int.from_bytes(data[1:5], "big") == len(data) - 5 <= limit:
+            # The common case: the frame is one whole uncompressed message (no buffering).
+            last_ended = ended
+            out.append(MessageReceived(sid, data[5:], ended))
+        else:
+            buf += data
         while len(buf) >= 5:
             length = int.from_bytes(buf[1:5], "big")
             if length > limit:
