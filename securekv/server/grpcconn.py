@@ -201,6 +201,10 @@ class GrpcConnection:
         decoder.max_header_list_size = self._h2.decoder.max_header_list_size
         self._h2.decoder, self._h2.encoder = decoder, CachingEncoder()
         self._streams: dict[int, _Stream] = {}
+        # Consumed bytes of finished streams not yet acknowledged to h2 (connection window
+        # only); kept well below the half window at which h2 sends a WINDOW_UPDATE.
+        self._owed = 0
+        self._owe_limit = min(64 << 10, s.connection_window // 16, s.stream_window // 4)
         self._out = bytearray()
         self.pending_total = 0  # DATA bytes of all calls waiting for the client's windows
         self._ping_strikes = 0
@@ -388,8 +392,17 @@ class GrpcConnection:
             # window then bounds what a client can park here in unfinished messages.
             consumed = stream.held - len(buf)
             if consumed > 0:
-                self._ack(sid, consumed)
                 stream.held -= consumed
+                if ended and not buf:
+                    # The client has finished sending on this stream: only the connection's
+                    # window still matters, and h2 returns that in large steps anyway; owe it
+                    # and settle many calls' bytes in one acknowledgement.
+                    self._owed += consumed
+                    if self._owed >= self._owe_limit:
+                        self._ack(sid, self._owed)
+                        self._owed = 0
+                else:
+                    self._ack(sid, consumed)
         if not ended:
             return
         if buf:

@@ -262,6 +262,24 @@ def test_advertised_settings() -> None:
     assert p.client.outbound_flow_control_window > 65535  # the connection window was opened
 
 
+def test_finished_calls_return_the_connection_window_many_calls_at_once() -> None:
+    """Unary calls' bytes are acknowledged to h2 in batches (connection window only: their
+    streams are finished); a client sending far more than the connection window in one call
+    after another is never left without window."""
+    p = Pair(GrpcSettings(connection_window=65535))
+    message = frame_message(b"v" * 995)
+    for _ in range(400):  # 400,000 bytes through a 65,535-byte connection window
+        assert p.client.outbound_flow_control_window >= len(message)
+        sid, events = p.call(message)
+        assert MessageReceived(sid, b"v" * 995, True) in events
+        p.server.ignore_input(sid)
+        p.server.send_unary(sid, b"ok")
+        p.exchange()
+    assert p.server.idle
+    # What is still owed is a small part of the window, never enough to stall the client.
+    assert p.client.outbound_flow_control_window > 65535 // 2
+
+
 def test_ping_policy_strikes_and_goaway_too_many_pings() -> None:
     p = Pair(GrpcSettings(ping_min_interval=5.0))
     sid, _ = p.call(frame_message(b"w"), end=False)  # an open call: min interval applies
