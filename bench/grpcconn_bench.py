@@ -15,7 +15,7 @@ after the first call: an 8-byte block) + DATA(END_STREAM) with a 274-byte gRPC m
 
     python3 bench/grpcconn_bench.py                  # CPU µs per call, min of --rounds
     python3 bench/grpcconn_bench.py --profile        # cProfile of one round, top functions
-    python3 bench/grpcconn_bench.py --timeout 5S     # add grpc-timeout (a new table entry per call)
+    python3 bench/grpcconn_bench.py --timeout 5      # add grpc-timeout (a new table entry per call)
 """
 
 from __future__ import annotations
@@ -41,18 +41,18 @@ REQUEST = b"\x0a\x08" + b"k" * 8 + b"\x12\x80\x02" + b"v" * 256  # PutRequest ke
 ANSWER = b"\x0a\x1a" + b"\x08\x01\x10\x02\x18\x03\x20\x04" + b"\x00" * 18  # ~30-byte PutResponse
 
 
-def grpc_go_headers(timeout: str | None) -> list[tuple[bytes, bytes]]:
+def grpc_go_headers(timeout: bytes | None) -> list[tuple[bytes, bytes]]:
     """grpc-go's createHeaderFields order, then etcd clientv3's metadata."""
     headers = [(b":method", b"POST"), (b":scheme", b"https"), (b":path", PATH),
                (b":authority", b"127.0.0.1:2379"), (b"content-type", b"application/grpc"),
                (b"user-agent", b"grpc-go/1.33.3"), (b"te", b"trailers")]
     if timeout:
-        headers.append((b"grpc-timeout", timeout.encode()))
+        headers.append((b"grpc-timeout", timeout))
     headers.append((b"client-api-version", b"3.4"))
     return headers
 
 
-def record(calls: int, timeout: str | None) -> tuple[bytes, list[bytes]]:
+def record(calls: int, timeout: float | None) -> tuple[bytes, list[bytes]]:
     """The client's bytes: (preface + SETTINGS + the ACK of the server's, one chunk per call),
     made by an h2 client talking to a real GrpcConnection (so the client's state follows the
     server's answers exactly as it would over a socket)."""
@@ -76,7 +76,10 @@ def record(calls: int, timeout: str | None) -> tuple[bytes, list[bytes]]:
             client.increment_flow_control_window(last_answer)
             client.ping(PING_DATA)
         sid = client.get_next_available_stream_id()
-        client.send_headers(sid, grpc_go_headers(timeout))
+        # grpc-go sends the time left, in microseconds here: a new value (and a new HPACK
+        # table entry) per call.
+        left = None if timeout is None else b"%du" % (timeout * 1e6 - i % 997)
+        client.send_headers(sid, grpc_go_headers(left))
         client.send_data(sid, message, end_stream=True)
         chunk = client.data_to_send()
         chunks.append(chunk)
@@ -114,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--timeout", default=None, help="grpc-timeout value sent with every call, e.g. 5S")
+    ap.add_argument("--timeout", type=float, default=None, help="send grpc-timeout (this many seconds, less a little per call)")
     ap.add_argument("--profile", action="store_true")
     opts = ap.parse_args()
     preface, chunks = record(opts.calls, opts.timeout)

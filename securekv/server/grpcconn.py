@@ -70,6 +70,10 @@ _RESERVED = frozenset({b"content-type", b"user-agent", b"grpc-message-type", b"g
                        b"te", b"grpc-accept-encoding"})
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _SUPPORTED_ENCODINGS = (b"identity", b"gzip")
+MAX_REMEMBERED_REQUESTS = 16  # distinct request header blocks read once per connection
+MAX_REMEMBERED_SIZE = 4096  # bytes of fields: what HPACK's default table can index
+# A request's reading: (path, metadata, timeout, grpc-encoding); path None = not gRPC.
+_Request = tuple[str | None, tuple[tuple[str, str], ...], float | None, bytes]
 
 
 @attrs.frozen
@@ -180,6 +184,43 @@ def parse_timeout(value: bytes) -> float:
     return int(digits) * unit
 
 
+def _read_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> _Request:
+    """(path, metadata, timeout, grpc-encoding) of a request's headers; path None when they
+    are not a well-formed gRPC request (grpc-go answers RST_STREAM PROTOCOL_ERROR)."""
+    path = b""
+    content_type = b""
+    timeout: float | None = None
+    encoding = b""
+    metadata: list[tuple[str, str]] = []
+    bad = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+            continue
+        if name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            try:
+                timeout = parse_timeout(value)
+            except ValueError:
+                bad = True
+        elif name == b"grpc-encoding":
+            encoding = value
+        elif name in _RESERVED:
+            continue
+        elif name != name.lower() or name in _FORBIDDEN or (name == b"te" and value != b"trailers"):
+            bad = True
+        else:
+            if name.endswith(b"-bin"):
+                continue  # binary metadata: nothing here uses it
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    if bad or not path or not (content_type == b"application/grpc"
+                               or content_type.startswith((b"application/grpc+", b"application/grpc;"))):
+        return None, (), None, b""
+    return path.decode("utf-8", "surrogateescape"), tuple(metadata), timeout, encoding
+
+
 def frame_message(payload: bytes) -> bytes:
     return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
@@ -201,6 +242,8 @@ class GrpcConnection:
         decoder.max_header_list_size = self._h2.decoder.max_header_list_size
         self._h2.decoder, self._h2.encoder = decoder, CachingEncoder()
         self._streams: dict[int, _Stream] = {}
+        self._requests: dict[tuple[tuple[bytes, bytes], ...], _Request] | None = {}
+        self._request_misses = 0
         # Consumed bytes of finished streams not yet acknowledged to h2 (connection window
         # only); kept well below the half window at which h2 sends a WINDOW_UPDATE.
         self._owed = 0
@@ -285,36 +328,27 @@ class GrpcConnection:
         if sid > self._last_accepted or len(self._streams) >= self.settings.max_concurrent_streams:
             self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        path = b""
-        content_type = b""
-        timeout: float | None = None
-        encoding = b""
-        metadata: list[tuple[str, str]] = []
-        bad = False
-        for name, value in ev.headers:
-            if name[:1] == b":":
-                if name == b":path":
-                    path = value
-                continue
-            if name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                try:
-                    timeout = parse_timeout(value)
-                except ValueError:
-                    bad = True
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name in _RESERVED:
-                continue
-            elif name != name.lower() or name in _FORBIDDEN or (name == b"te" and value != b"trailers"):
-                bad = True
-            else:
-                if name.endswith(b"-bin"):
-                    continue  # binary metadata: nothing here uses it
-                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        if bad or not path or not (content_type == b"application/grpc"
-                                   or content_type.startswith((b"application/grpc+", b"application/grpc;"))):
+        # A client sends the same header block for every call of a method: its reading is
+        # remembered (a few small blocks per connection), keyed by the decoded fields. A client
+        # whose blocks keep changing (grpc-timeout: the time left, new every call) soon turns
+        # this off for its connection.
+        memo = self._requests
+        if memo is None:
+            request = _read_request_headers(ev.headers)
+        else:
+            key = tuple(ev.headers)
+            request = memo.get(key)
+            if request is None:
+                request = _read_request_headers(key)
+                self._request_misses += 1
+                if self._request_misses > 2 * MAX_REMEMBERED_REQUESTS:
+                    self._requests = None
+                elif sum(len(name) + len(value) for name, value in key) <= MAX_REMEMBERED_SIZE:
+                    if len(memo) >= MAX_REMEMBERED_REQUESTS:
+                        memo.clear()
+                    memo[key] = request
+        path, metadata, timeout, encoding = request
+        if path is None:
             # grpc-go: not a gRPC request (or malformed gRPC headers) -> RST_STREAM PROTOCOL_ERROR.
             self._h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -328,7 +362,7 @@ class GrpcConnection:
                 stream.remote_done = True
             self._maybe_forget(sid, stream)
             return
-        out.append(CallStarted(sid, path.decode("utf-8", "surrogateescape"), tuple(metadata), timeout))
+        out.append(CallStarted(sid, path, metadata, timeout))
         if ev.stream_ended is not None:
             stream.remote_done = True
             out.append(CallHalfClosed(sid))

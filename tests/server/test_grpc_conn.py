@@ -176,6 +176,25 @@ def test_malformed_grpc_headers_get_rst_protocol_error(bad: tuple) -> None:
     assert [e for e in events if isinstance(e, CallStarted)]
 
 
+def test_repeated_header_blocks_read_alike_and_changing_deadlines_each_their_own() -> None:
+    """A request's headers are read once per distinct block (remembered per connection): the
+    same block gives the same call, a bad block is refused every time, and a client whose
+    grpc-timeout changes every call gets each call's own deadline."""
+    p = Pair(validate=False)
+    for _ in range(3):
+        sid, events = p.call(frame_message(b"x"), extra=(("token", "t1"),))
+        assert [e for e in events if isinstance(e, CallStarted)] == [CallStarted(sid, PATH, (("token", "t1"),), None)]
+        bad = p.client.get_next_available_stream_id()
+        p.client.send_headers(bad, headers(PATH, ("X-Upper", "v")), end_stream=True)
+        p.exchange()
+        assert p.reset_code(bad) == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    for i in range(100):  # beyond what is worth remembering
+        sid, events = p.call(frame_message(b"x"), extra=(("grpc-timeout", f"{5000 - i}m"),))
+        assert [e.timeout for e in events if isinstance(e, CallStarted)] == [pytest.approx((5000 - i) / 1000)]
+    sid, events = p.call(frame_message(b"x"), extra=(("token", "t2"),))
+    assert [e for e in events if isinstance(e, CallStarted)] == [CallStarted(sid, PATH, (("token", "t2"),), None)]
+
+
 def test_timeout_units() -> None:
     assert parse_timeout(b"2H") == 7200 and parse_timeout(b"3M") == 180 and parse_timeout(b"4S") == 4
     assert parse_timeout(b"5m") == pytest.approx(0.005) and parse_timeout(b"6u") == pytest.approx(6e-6)
