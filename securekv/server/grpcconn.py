@@ -24,9 +24,13 @@ errors are ``h2``'s: GOAWAY with its code, then the connection ends.
 Flow control: a stream's window is a little above the receive limit, so one whole message can
 always arrive; received bytes are acknowledged when the message they belong to is complete and
 not held back: a streaming call whose consumer falls behind is ``pause``d (its bytes stay
-unacknowledged, so its client stops sending) and ``resume``d later. The connection window
-bounds the unconsumed input buffered per connection. Outbound data waits in per-stream queues
+unacknowledged, so its client stops sending) and ``resume``d later; the bytes of a stream its
+client has finished only count against the connection window, and are handed back to h2 in
+batches. The connection window bounds the unconsumed input buffered per connection. Outbound data waits in per-stream queues
 while the client's windows are closed.
+
+The ``h2`` connection is :class:`~securekv.server.h2conn.ServerH2Connection` (h2's, minus
+per-frame work done for nothing, plus a one-step unary answer).
 
 Nothing here reads a clock or touches a socket: ``now`` is passed in (keepalive policy) and
 deadlines leave as seconds (:attr:`CallStarted.timeout`).
