@@ -26,8 +26,8 @@ always arrive; received bytes are acknowledged when the message they belong to i
 not held back: a streaming call whose consumer falls behind is ``pause``d (its bytes stay
 unacknowledged, so its client stops sending) and ``resume``d later; the bytes of a stream its
 client has finished only count against the connection window, and are handed back to h2 in
-batches. The connection window bounds the unconsumed input buffered per connection. Outbound data waits in per-stream queues
-while the client's windows are closed.
+batches. The connection window bounds the unconsumed input buffered per connection. Outbound
+data waits in per-stream queues while the client's windows are closed.
 
 The ``h2`` connection is :class:`~securekv.server.h2conn.ServerH2Connection` (h2's, minus
 per-frame work done for nothing, plus a one-step unary answer).
