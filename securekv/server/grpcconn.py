@@ -44,7 +44,6 @@ from typing import Iterable
 
 import attrs
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
