@@ -22,6 +22,7 @@ from .types import (
     Message,
     MessageType,
     Ready,
+    ReadState,
     Role,
     SoftState,
 )
@@ -213,22 +214,30 @@ class RawNode:
         snap = r.log.unstable.snapshot
         must_sync = (bool(entries) or snap is not None or hard.term != prev_hard.term
                      or hard.vote != prev_hard.vote)
-        messages = tuple(r.msgs)
+        # (Empty parts cost nothing to build: a lone put's Ready on one member has no
+        # messages and no read states.)
+        messages: tuple[Message, ...] = ()
+        after_persist: tuple[bool, ...] = ()
+        if r.msgs:
+            messages = tuple(r.msgs)
+            r.msgs = []
+            # Without anything to sync, nothing a message could depend on is at risk.
+            after_persist = tuple(must_sync and m.type not in SEND_BEFORE_PERSIST for m in messages)
+        read_states: tuple[ReadState, ...] = ()
+        if r.read_states:
+            read_states = tuple(r.read_states)
+            r.read_states = []
         rd = Ready(
             soft_state=soft if soft is not prev_soft else None,
             hard_state=hard if hard is not prev_hard else None,
-            read_states=tuple(r.read_states),
+            read_states=read_states,
             entries=entries,
             snapshot=snap,
             committed_entries=tuple(r.log.next_ents()),
             messages=messages,
             must_sync=must_sync,
-            # Without anything to sync, nothing a message could depend on is at risk.
-            after_persist=tuple(must_sync and m.type not in SEND_BEFORE_PERSIST
-                                for m in messages),
+            after_persist=after_persist,
         )
-        r.msgs = []
-        r.read_states = []
         self._prev_soft = soft
         self._prev_hard = hard
         self._pending = rd

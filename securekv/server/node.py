@@ -159,6 +159,7 @@ class Node:
         self._inbox: list[Any] = []
         self._ticks = 0
         self._wake = trio.Event()
+        self._more_queued = False  # the last _take_inputs left proposals in the channel
         self._applied_event = trio.Event()
         self._leader_event = trio.Event()
         self._fsync_seconds = 0.0
@@ -611,7 +612,7 @@ class Node:
                     await self._run(effects)
                 if closed:
                     break
-                if self._recv.statistics().current_buffer_used > 0:
+                if self._more_queued:  # the last turn took MAX_BATCH proposals: more may wait
                     continue
                 await self._wake.wait()
         finally:
@@ -649,6 +650,7 @@ class Node:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 closed = True
                 break
+        self._more_queued = len(batch) == MAX_BATCH
         if batch:
             effects = core.propose(batch)
             if effects:
