@@ -48,6 +48,7 @@ HEADER_SIZE = _HEAD.size  # 16
 ALIGN = 8
 _SEGMENT_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _TYPES = frozenset(int(t) for t in RecordType)
+_ENTRY, _HARD_STATE = int(RecordType.ENTRY), int(RecordType.HARD_STATE)
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -65,15 +66,24 @@ def segment_name(seq: int, first_index: int) -> str:
     return f"{seq:016x}-{first_index:016x}.wal"
 
 
+_PADDING = tuple(b"\0" * n for n in range(ALIGN))
+
+
+def _frame_head(rtype: int, data: bytes, prev_crc: int) -> tuple[bytes, bytes, int]:
+    """A frame as its parts: header, padding, and its crc (the next frame's ``prev_crc``)."""
+    size = len(data)
+    if size > MAX_RECORD:
+        raise UsageError(f"WAL record of {size} bytes exceeds the {MAX_RECORD} byte limit")
+    pad = -size % ALIGN
+    head6 = _HEAD6.pack(size, rtype, pad)
+    crc = zlib.crc32(data, zlib.crc32(head6, prev_crc))
+    return _HEAD.pack(size, rtype, pad, zlib.crc32(head6) & 0xFFFF, prev_crc, crc), _PADDING[pad], crc
+
+
 def encode_frame(rtype: int, data: bytes, prev_crc: int) -> tuple[bytes, int]:
     """The bytes of one frame and its crc (the next frame's ``prev_crc``)."""
-    if len(data) > MAX_RECORD:
-        raise UsageError(f"WAL record of {len(data)} bytes exceeds the {MAX_RECORD} byte limit")
-    pad = -len(data) % ALIGN
-    head6 = _HEAD6.pack(len(data), rtype, pad)
-    hcheck = zlib.crc32(head6) & 0xFFFF
-    crc = zlib.crc32(data, zlib.crc32(head6, prev_crc))
-    return _HEAD.pack(len(data), rtype, pad, hcheck, prev_crc, crc) + data + b"\0" * pad, crc
+    head, pad, crc = _frame_head(rtype, data, prev_crc)
+    return head + data + pad, crc
 
 
 class Frame(NamedTuple):
@@ -341,21 +351,21 @@ class WAL:
         it (Raft log truncation); readers apply the same rule.
         """
         self._check_usable()
-        entries = list(entries)
-        encoded = []
-        prev = self._last_index
-        for entry in entries:  # validate the whole batch before buffering any of it
-            if not 1 <= entry.index <= prev + 1:
-                raise UsageError(f"WAL entry index {entry.index} cannot follow index {prev} "
-                                 "(must be >= 1 and leave no gap)")
-            prev = entry.index
-            encoded.append(rec.encode_entry(entry))
-        for entry, data in zip(entries, encoded):
-            self._add(RecordType.ENTRY, data)
-            self._last_index = entry.index
+        if entries:
+            encoded = []
+            prev = self._last_index
+            for entry in entries:  # validate the whole batch before buffering any of it
+                if not 1 <= entry.index <= prev + 1:
+                    raise UsageError(f"WAL entry index {entry.index} cannot follow index {prev} "
+                                     "(must be >= 1 and leave no gap)")
+                prev = entry.index
+                encoded.append(rec.encode_entry(entry))
+            for data in encoded:
+                self._add(_ENTRY, data)
+            self._last_index = prev
         if hard_state is not None:
             hs = HardState(hard_state.term, hard_state.vote, hard_state.commit)
-            self._add(RecordType.HARD_STATE, rec.encode_hard_state(hs))
+            self._add(_HARD_STATE, rec.encode_hard_state(hs))
             self._hard_state = hs
         if len(self._buf) >= FLUSH_THRESHOLD:
             self._flush()
@@ -441,9 +451,12 @@ class WAL:
             raise UsageError(f"WAL {self.directory} failed earlier ({self._failed!r}); "
                              "restart to recover from the synced state")
 
-    def _add(self, rtype: RecordType, data: bytes) -> None:
-        frame, self._crc = encode_frame(rtype, data, self._crc)
-        self._buf += frame
+    def _add(self, rtype: int, data: bytes) -> None:
+        head, pad, self._crc = _frame_head(rtype, data, self._crc)
+        buf = self._buf
+        buf += head  # (into the buffer part by part: no frame-sized copy in between)
+        buf += data
+        buf += pad
 
     def _flush(self) -> None:
         if not self._buf:
