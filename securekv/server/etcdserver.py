@@ -25,9 +25,12 @@ import trio
 from securekv.api.auth_gate import SERVER_CALLER, AuthGate, Caller
 from securekv.api.status import go_status_string
 from securekv.auth.rules import PEER
+# (module level, not per call: a hot callback's import statement cost ≈ 0.3 µs per request)
+from securekv.mvcc import is_txn_readonly, validate_delete_range, validate_put, validate_range, validate_txn
+from securekv.mvcc.quota import request_cost
 from securekv.proto import raft_internal_pb2, rpc_pb2, v3election_pb2, v3lock_pb2
-from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_NO_LEADER, ERR_NO_SPACE,
-                               ERR_NOT_LEADER, EtcdError, err, response_too_large)
+from securekv.rpctypes import (ERR_AUTH_OLD_REVISION, ERR_BAD_LEADER_TRANSFEREE, ERR_LEARNER_NOT_SUPPORTED,
+                               ERR_NO_LEADER, ERR_NO_SPACE, ERR_NOT_LEADER, EtcdError, err, response_too_large)
 from securekv.server.authserver import AuthHandlers
 from securekv.server.etcdsnap import export_snapshot
 from securekv.server.node import Prepared
@@ -214,8 +217,6 @@ class EtcdServer(AuthHandlers):
         writes over the quota by the store's logical size, deterministically on every member,
         for writes already in flight.
         """
-        from securekv.mvcc.quota import request_cost
-
         self.node.core.check_quota(req)
         kind = req.WhichOneof("request")
         if kind is None or not self.quota_bytes or self.applier.alarms.nospace:
@@ -254,8 +255,6 @@ class EtcdServer(AuthHandlers):
     # -- KV: hot-path callbacks (run in the trio thread without spawning a task) -----------
 
     def _refuse_learner(self) -> None:
-        from securekv.rpctypes import ERR_LEARNER_NOT_SUPPORTED
-
         if self.node.is_listed_learner():
             raise err(ERR_LEARNER_NOT_SUPPORTED)
 
@@ -265,8 +264,6 @@ class EtcdServer(AuthHandlers):
         return self.node.core.needs_read_index(serializable)
 
     def range_cb(self, req: rpc_pb2.RangeRequest, caller: Caller, reply: Any) -> None:
-        from securekv.mvcc import validate_range
-
         validate_range(req)
         if self.needs_read_index(req.serializable):
             def ready(error: BaseException | None) -> None:
@@ -310,20 +307,14 @@ class EtcdServer(AuthHandlers):
         self.node.submit_prepared(entry, done)
 
     def put_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
-        from securekv.mvcc import validate_put
-
         validate_put(entry.body)
         self._write_cb(entry, caller, reply)
 
     def delete_range_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
-        from securekv.mvcc import validate_delete_range
-
         validate_delete_range(entry.body)
         self._write_cb(entry, caller, reply)
 
     def txn_cb(self, entry: Prepared, caller: Caller, reply: Any) -> None:
-        from securekv.mvcc import is_txn_readonly, validate_txn
-
         req = entry.body
         validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
@@ -349,8 +340,6 @@ class EtcdServer(AuthHandlers):
     # -- KV ----------------------------------------------------------------------------------
 
     async def range(self, req: rpc_pb2.RangeRequest, caller: Caller) -> rpc_pb2.RangeResponse:
-        from securekv.mvcc import validate_range
-
         validate_range(req)
         if self.needs_read_index(req.serializable):
             await self.node.wait_read_index()
@@ -358,22 +347,16 @@ class EtcdServer(AuthHandlers):
         return self.fill(self.store.range(req, self.max_response_bytes), self.store.current_revision)
 
     async def put(self, req: rpc_pb2.PutRequest, caller: Caller) -> rpc_pb2.PutResponse:
-        from securekv.mvcc import validate_put
-
         validate_put(req)
         result = await self._propose(caller, put=req)
         return self.fill(result.response)
 
     async def delete_range(self, req: rpc_pb2.DeleteRangeRequest, caller: Caller) -> rpc_pb2.DeleteRangeResponse:
-        from securekv.mvcc import validate_delete_range
-
         validate_delete_range(req)
         result = await self._propose(caller, delete_range=req)
         return self.fill(result.response)
 
     async def txn(self, req: rpc_pb2.TxnRequest, caller: Caller) -> rpc_pb2.TxnResponse:
-        from securekv.mvcc import is_txn_readonly, validate_txn
-
         validate_txn(req, self.max_txn_ops, self.node.max_request_bytes)
         if is_txn_readonly(req):
             return self.fill(self.store.txn_readonly(req, self.max_response_bytes), self.store.current_revision)

@@ -13,7 +13,8 @@ thread then only waits for it; py-spy showed ≈ a quarter of the node loop's GI
 
 One job at a time, and a job always runs to its end: the WAL is not thread-safe and a
 half-synced log must not be touched again, so the waiting task is never cancelled out of it:
-a cancellation waits for the job and is delivered at the task's next checkpoint. The node hands it only the ``fdatasync``
+a cancellation waits for the job and is delivered at the task's next checkpoint (without a
+shielded scope per wait, ≈ 6 µs each). The node hands it only the ``fdatasync``
 (``WAL.datasync``): the frames are written in the trio thread, so the sync thread runs one C
 call without the GIL and takes the GIL only around it.
 """
