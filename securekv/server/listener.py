@@ -1,6 +1,6 @@
 """One client URL: a trio listener that terminates TLS and serves gRPC and HTTP/1.1 itself.
 
-Each connection is TLS-handshaken in bounded time (client certificate required unless the
+Each connection is TLS-handshaken (``server/tlsstream.py``, a lean stream over ``ssl.SSLObject``) in bounded time (client certificate required unless the
 operator opted out) and admitted by the one TLS policy (``securekv.tlspolicy.ServerTLS``: a
 certificate a CRL revokes, leaf or intermediate, is refused; the connection is registered in
 ``ServerTLS.live`` so that a reloaded CRL that revokes it closes it), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over the sans-IO
@@ -28,6 +28,7 @@ import trio
 from securekv.api.identity import Identity
 from securekv.errors import PeerError
 from securekv.server.etcdlog import rejected_connection
+from securekv.server.tlsstream import TLSStream
 from securekv.tlspolicy import ServerTLS, VerifiedPeer
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class ClientListener:
         counted: str | None = None  # the identity this connection counts against
         try:
             if self.tls is not None:
-                ssl_stream = trio.SSLStream(tcp, self.tls.current, server_side=True)
+                ssl_stream = TLSStream(tcp, self.tls.current)
                 host = remote.rsplit(":", 1)[0]
                 self._pending[host] = self._pending.get(host, 0) + 1
                 try:

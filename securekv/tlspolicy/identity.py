@@ -89,7 +89,11 @@ def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
 
 
 def ssl_object(conn: Any) -> Any:
-    """The ``ssl.SSLObject``/``SSLSocket`` behind ``conn`` (a trio ``SSLStream`` keeps it private)."""
+    """The ``ssl.SSLObject``/``SSLSocket`` behind ``conn``: the client port's ``TLSStream``
+    shows it, a trio ``SSLStream`` keeps it private."""
+    obj = getattr(conn, "ssl_object", None)
+    if obj is not None:
+        return obj
     return getattr(conn, "_ssl_object", conn)
 
 
