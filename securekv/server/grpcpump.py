@@ -2,8 +2,10 @@
 
 Per connection three tasks: the reader (receive, feed the sans-IO connection, hand its events
 to the dispatcher), the writer (one ``send_all`` per scheduler turn with everything the
-connection queued meanwhile: replies completed by the node loop in one batch leave in one
-write) and a deadline timer. Call handlers that need a task (streams, unary calls that wait)
+connection queued meanwhile) and a deadline timer. Replies the node loop completes are written
+by the node loop itself at the end of its turn, one write per connection, when the stream can
+write without waiting (``server/writebatch.py``, ``TLSStream.send_nowait``); the writer sends
+them only when the socket would block. Call handlers that need a task (streams, unary calls that wait)
 run in this connection's nursery, so losing the connection cancels them.
 
 :class:`Call` is the dispatcher's handle on one RPC: ``reply``/``fail``/``finish`` end it,
@@ -34,6 +36,7 @@ from securekv.server.grpcconn import (
     GrpcSettings,
     MessageReceived,
 )
+from securekv.server.writebatch import WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +228,8 @@ class GrpcPump:
     def __init__(self, stream: trio.abc.Stream, identity: Identity, dispatcher: Dispatcher,
                  settings: GrpcSettings | None = None, preface_timeout: float = 10.0,
                  keepalive: tuple[float, float] = (2 * 3600.0, 20.0),
-                 on_bytes: Callable[[int, int], None] | None = None) -> None:
+                 on_bytes: Callable[[int, int], None] | None = None,
+                 write_batch: WriteBatch | None = None) -> None:
         self.stream = stream
         self.identity = identity
         self.dispatcher = dispatcher
@@ -250,10 +254,46 @@ class GrpcPump:
         self._last_read = trio.current_time()
         # (received, sent) byte counts of this connection, as they happen (the server's metrics).
         self._on_bytes = on_bytes
+        self._batch = write_batch
+        self._batched = False  # listed in the write batch for the node loop's end of turn
+        self._send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
+        self._writing = False  # the writer task is inside send_all
+        self._unflushed = False  # the stream holds bytes send_nowait could not write yet
 
     def kick(self) -> None:
-        """Something was queued: the writer sends it (once, with whatever else this turn adds)."""
+        """Something was queued: sent once, with whatever else this turn adds (by the node loop
+        at the end of its turn when it is the caller, else by the writer task)."""
+        if self._batched:
+            return
+        batch = self._batch
+        if batch is not None and batch.defer(self):
+            self._batched = True
+            return
         self._wake.set()
+
+    def flush_now(self) -> None:
+        """The node loop's end of turn: what this connection queued leaves now, from the calling
+        task, if the socket takes it without waiting; the rest goes to the writer task."""
+        self._batched = False
+        send_nowait = self._send_nowait
+        if send_nowait is None or self._writing or self._unflushed or self._finishing:
+            self._wake.set()
+            return
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        try:
+            done = send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, ssl.SSLError, OSError):
+            self._reader_scope.cancel()  # the peer is gone: the writer finds out on its next send
+            self._wake.set()
+            return
+        if self._on_bytes is not None:
+            self._on_bytes(0, len(data))
+        if not done:
+            self._unflushed = True
+            self._in_flight = len(data)  # at most this much is still in the stream
+            self._wake.set()
 
     async def run(self) -> None:
         self.conn.initiate()
@@ -400,11 +440,14 @@ class GrpcPump:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 data = conn.data_to_send()
-                if data:
-                    self._in_flight = len(data)
-                    await send(data)
+                if data or self._unflushed:
+                    self._in_flight += len(data)
+                    self._writing = True
+                    await send(data)  # after what send_nowait left in the stream, if anything
+                    self._writing = False
+                    self._unflushed = False
                     self._in_flight = 0
-                    if self._on_bytes is not None:
+                    if self._on_bytes is not None and data:
                         self._on_bytes(0, len(data))
                     self._room.set()
                 if self._finishing and not conn.unsent:

@@ -37,6 +37,7 @@ from securekv.rpctypes import ERR_REQUEST_TOO_LARGE, ERR_STOPPED, ERR_TOO_MANY_R
 from securekv.server.cluster import Membership
 from securekv.server.etcdlog import event
 from securekv.server.syncthread import SyncThread
+from securekv.server.writebatch import WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ class Node:
         self._leader_event = trio.Event()
         self._fsync_seconds = 0.0
         self.stopped = False
+        # Replies this loop completes are written by it before it waits or hands an fsync away,
+        # one write per connection (server/writebatch.py): no writer task wake-up per answer.
+        self.write_batch = WriteBatch()
 
     # -- state (the core's, read per request) ------------------------------------------------
 
@@ -590,6 +594,7 @@ class Node:
 
     async def _loop(self) -> None:
         core = self.core
+        self.write_batch.own()
         try:
             while True:
                 if self._failure is not None:
@@ -607,6 +612,7 @@ class Node:
                     # each): its one regular wait, the fsync, cannot be cancelled (SyncThread),
                     # and the rare waits of ``_run`` shield themselves.
                     await self._handle_ready(effects)
+                    self.write_batch.flush()
                     continue
                 if effects:
                     await self._run(effects)
@@ -614,11 +620,13 @@ class Node:
                     break
                 if self._more_queued:  # the last turn took MAX_BATCH proposals: more may wait
                     continue
+                self.write_batch.flush()
                 await self._wake.wait()
         finally:
             self.stopped = True
             self._fail_queued()
             self._recv.close()
+            self.write_batch.flush()
 
     def _take_inputs(self) -> bool:
         """Feed everything waiting to the core; True once the proposal channel is closed."""
@@ -686,6 +694,7 @@ class Node:
             elif kind is fx.SendMessages:
                 self._send_messages(eff.messages)
             elif kind is fx.Persist:
+                self.write_batch.flush()  # what this Ready answered leaves before its fsync
                 await self._persist(eff)
             elif kind is fx.ReadDone:
                 for cb in eff.tokens:

@@ -526,7 +526,8 @@ async def serve(
             pump = GrpcPump(stream, identity, dispatcher, grpc_settings,
                             preface_timeout=config.tls_handshake_timeout,
                             keepalive=(config.grpc_keepalive_interval, config.grpc_keepalive_timeout),
-                            on_bytes=metrics.client_bytes)  # etcd_network_client_grpc_*_bytes_total
+                            on_bytes=metrics.client_bytes,  # etcd_network_client_grpc_*_bytes_total
+                            write_batch=node.write_batch)
             live.drain = pump.drain
             await pump.run()
 
