@@ -694,7 +694,7 @@ class Node:
             elif kind is fx.SendMessages:
                 self._send_messages(eff.messages)
             elif kind is fx.Persist:
-                self.write_batch.flush()  # what this Ready answered leaves before its fsync
+                self.write_batch.flush()  # answers so far leave before the loop waits (every await here)
                 await self._persist(eff)
             elif kind is fx.ReadDone:
                 for cb in eff.tokens:
@@ -709,6 +709,7 @@ class Node:
                         self._commit_send.send_nowait(item)
                     except trio.WouldBlock:
                         self._wake_committer()
+                        self.write_batch.flush()
                         with trio.CancelScope(shield=True):  # (a Ready is never left half done)
                             await self._commit_send.send(item)  # the committer is behind: wait for it
                     else:
@@ -721,9 +722,11 @@ class Node:
             elif kind is fx.Applied:
                 self._applied(eff)
             elif kind is fx.SaveSnapshot:
+                self.write_batch.flush()
                 with trio.CancelScope(shield=True):
                     await self._save_snapshot(eff)
             elif kind is fx.InstallSnapshot:
+                self.write_batch.flush()
                 with trio.CancelScope(shield=True):
                     await self._install_snapshot(eff.snapshot)
             else:
