@@ -272,8 +272,9 @@ class GrpcPump:
         self._wake.set()
 
     def flush_now(self) -> None:
-        """The node loop's end of turn: what this connection queued leaves now, from the calling
-        task, if the socket takes it without waiting; the rest goes to the writer task."""
+        """What this connection queued leaves now, from the calling task (the node loop at the end
+        of its turn, the reader after a read that made only control frames, the timer), if the
+        socket takes it without waiting; otherwise the writer task sends it."""
         self._batched = False
         send_nowait = self._send_nowait
         if send_nowait is None or self._writing or self._unflushed or self._finishing:
@@ -414,11 +415,12 @@ class GrpcPump:
                 # Only when the input made output (PING/SETTINGS acks, window updates, refusals):
                 # a call's answer kicks the writer itself. An empty wake-up per read was a task
                 # step per request for nothing. Output read together with a call that is being
-                # answered leaves with that answer (within CONTROL_DELAY).
+                # answered leaves with that answer (within CONTROL_DELAY). Written from here
+                # when the socket takes it at once (no writer wake-up for a PING ack).
                 if answering:
                     self._defer_control(now)
                 else:
-                    self.kick()
+                    self.flush_now()
 
     async def _feed(self, data: bytes, now: float) -> list[Any]:
         """``conn.receive_data`` in slices of FEED_SIZE bytes with a checkpoint between them:
@@ -492,7 +494,7 @@ class GrpcPump:
                 if call is None:
                     self._control_at = None
                     if self.conn.unsent:
-                        self.kick()
+                        self.flush_now()
                 elif not call.over:
                     call.expire()
 
