@@ -4,7 +4,7 @@ Per connection three tasks: the reader (receive, feed the sans-IO connection, ha
 to the dispatcher), the writer (one ``send_all`` per scheduler turn with everything the
 connection queued meanwhile) and a deadline timer. Replies the node loop completes are written
 by the node loop itself at the end of its turn, one write per connection, when the stream can
-write without waiting (``server/writebatch.py``, ``TLSStream.send_nowait``); the writer sends
+write without waiting (``server/replybatch.py``, ``TLSStream.send_nowait``); the writer sends
 them only when the socket would block. Call handlers that need a task (streams, unary calls that wait)
 run in this connection's nursery, so losing the connection cancels them.
 
@@ -36,7 +36,7 @@ from securekv.server.grpcconn import (
     GrpcSettings,
     MessageReceived,
 )
-from securekv.server.writebatch import WriteBatch
+from securekv.server.replybatch import ReplyBatch
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class GrpcPump:
                  settings: GrpcSettings | None = None, preface_timeout: float = 10.0,
                  keepalive: tuple[float, float] = (2 * 3600.0, 20.0),
                  on_bytes: Callable[[int, int], None] | None = None,
-                 write_batch: WriteBatch | None = None) -> None:
+                 reply_batch: ReplyBatch | None = None) -> None:
         self.stream = stream
         self.identity = identity
         self.dispatcher = dispatcher
@@ -254,7 +254,7 @@ class GrpcPump:
         self._last_read = trio.current_time()
         # (received, sent) byte counts of this connection, as they happen (the server's metrics).
         self._on_bytes = on_bytes
-        self._batch = write_batch
+        self._batch = reply_batch
         self._batched = False  # listed in the write batch for the node loop's end of turn
         self._send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
         self._writing = False  # the writer task is inside send_all

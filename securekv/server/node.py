@@ -37,7 +37,7 @@ from securekv.rpctypes import ERR_REQUEST_TOO_LARGE, ERR_STOPPED, ERR_TOO_MANY_R
 from securekv.server.cluster import Membership
 from securekv.server.etcdlog import event
 from securekv.server.syncthread import SyncThread
-from securekv.server.writebatch import WriteBatch
+from securekv.server.replybatch import ReplyBatch
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ class Node:
         self._fsync_seconds = 0.0
         self.stopped = False
         # Replies this loop completes are written by it before it waits or hands an fsync away,
-        # one write per connection (server/writebatch.py): no writer task wake-up per answer.
-        self.write_batch = WriteBatch()
+        # one write per connection (server/replybatch.py): no writer task wake-up per answer.
+        self.reply_batch = ReplyBatch()
 
     # -- state (the core's, read per request) ------------------------------------------------
 
@@ -594,7 +594,7 @@ class Node:
 
     async def _loop(self) -> None:
         core = self.core
-        self.write_batch.own()
+        self.reply_batch.own()
         try:
             while True:
                 if self._failure is not None:
@@ -612,7 +612,7 @@ class Node:
                     # each): its one regular wait, the fsync, cannot be cancelled (SyncThread),
                     # and the rare waits of ``_run`` shield themselves.
                     await self._handle_ready(effects)
-                    self.write_batch.flush()
+                    self.reply_batch.flush()
                     continue
                 if effects:
                     await self._run(effects)
@@ -620,13 +620,13 @@ class Node:
                     break
                 if self._more_queued:  # the last turn took MAX_BATCH proposals: more may wait
                     continue
-                self.write_batch.flush()
+                self.reply_batch.flush()
                 await self._wake.wait()
         finally:
             self.stopped = True
             self._fail_queued()
             self._recv.close()
-            self.write_batch.flush()
+            self.reply_batch.flush()
 
     def _take_inputs(self) -> bool:
         """Feed everything waiting to the core; True once the proposal channel is closed."""
@@ -694,7 +694,7 @@ class Node:
             elif kind is fx.SendMessages:
                 self._send_messages(eff.messages)
             elif kind is fx.Persist:
-                self.write_batch.flush()  # answers so far leave before the loop waits (every await here)
+                self.reply_batch.flush()  # answers so far leave before the loop waits (every await here)
                 await self._persist(eff)
             elif kind is fx.ReadDone:
                 for cb in eff.tokens:
@@ -709,7 +709,7 @@ class Node:
                         self._commit_send.send_nowait(item)
                     except trio.WouldBlock:
                         self._wake_committer()
-                        self.write_batch.flush()
+                        self.reply_batch.flush()
                         with trio.CancelScope(shield=True):  # (a Ready is never left half done)
                             await self._commit_send.send(item)  # the committer is behind: wait for it
                     else:
@@ -722,11 +722,11 @@ class Node:
             elif kind is fx.Applied:
                 self._applied(eff)
             elif kind is fx.SaveSnapshot:
-                self.write_batch.flush()
+                self.reply_batch.flush()
                 with trio.CancelScope(shield=True):
                     await self._save_snapshot(eff)
             elif kind is fx.InstallSnapshot:
-                self.write_batch.flush()
+                self.reply_batch.flush()
                 with trio.CancelScope(shield=True):
                     await self._install_snapshot(eff.snapshot)
             else:

@@ -527,7 +527,7 @@ async def serve(
                             preface_timeout=config.tls_handshake_timeout,
                             keepalive=(config.grpc_keepalive_interval, config.grpc_keepalive_timeout),
                             on_bytes=metrics.client_bytes,  # etcd_network_client_grpc_*_bytes_total
-                            write_batch=node.write_batch)
+                            reply_batch=node.reply_batch)
             live.drain = pump.drain
             await pump.run()
 

@@ -17,7 +17,7 @@ always ready cannot keep the one thread to itself, a direction yields anyway aft
 per slice of events). Each call is a cancellation point (``checkpoint_if_cancelled``).
 
 :meth:`send_nowait` is the synchronous half of ``send_all``: the node loop writes the replies of
-its turn with it (``server/writebatch.py``), and whatever the socket does not take stays queued
+its turn with it (``server/replybatch.py``), and whatever the socket does not take stays queued
 here, in order, for the next ``send_all`` (which may be ``send_all(b"")``) to push.
 
 Errors are trio's: ``BrokenResourceError`` (from the ``ssl.SSLError``/``OSError`` behind it)

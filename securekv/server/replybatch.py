@@ -3,7 +3,7 @@
 Why: a reply used to wake its connection's writer task (``GrpcPump.kick``), one task step and
 scheduler turn per answer, only to call ``send_all`` on a stream that could have taken the bytes
 at once. Now a connection kicked from the node loop's own task is remembered here (once per
-turn) and :meth:`WriteBatch.flush` writes each of them once, synchronously, before the loop
+turn) and :meth:`ReplyBatch.flush` writes each of them once, synchronously, before the loop
 waits or hands an fsync away: the replies of one turn still leave with one write per connection,
 without a task step. A connection whose socket would block (or whose writer is mid-send, or
 whose stream cannot write without waiting) falls back to its writer task. Kicks from any other
@@ -24,7 +24,7 @@ class Flushable(Protocol):
     def flush_now(self) -> None: ...
 
 
-class WriteBatch:
+class ReplyBatch:
     def __init__(self) -> None:
         self._owner: trio.lowlevel.Task | None = None
         self._dirty: list[Flushable] = []
@@ -55,4 +55,4 @@ class WriteBatch:
                 log.exception("writing a connection's replies failed")
 
 
-__all__ = ["WriteBatch", "Flushable"]
+__all__ = ["ReplyBatch", "Flushable"]
