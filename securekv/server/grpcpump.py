@@ -5,8 +5,8 @@ to the dispatcher), the writer (one ``send_all`` per scheduler turn with everyth
 connection queued meanwhile) and a deadline timer. Replies the node loop completes are written
 by the node loop itself at the end of its turn, one write per connection, when the stream can
 write without waiting (``server/replybatch.py``, ``TLSStream.send_nowait``); the writer sends
-them only when the socket would block. Call handlers that need a task (streams, unary calls that wait)
-run in this connection's nursery, so losing the connection cancels them.
+them only when the socket would block. Call handlers that need a task (streams, unary calls
+that wait) run in this connection's nursery, so losing the connection cancels them.
 
 :class:`Call` is the dispatcher's handle on one RPC: ``reply``/``fail``/``finish`` end it,
 ``send``/``receive`` move stream messages with back-pressure both ways.
@@ -255,7 +255,7 @@ class GrpcPump:
         # (received, sent) byte counts of this connection, as they happen (the server's metrics).
         self._on_bytes = on_bytes
         self._batch = reply_batch
-        self._batched = False  # listed in the write batch for the node loop's end of turn
+        self._batched = False  # listed in the node loop's reply batch for the end of its turn
         self._send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
         self._writing = False  # the writer task is inside send_all
         self._unflushed = False  # the stream holds bytes send_nowait could not write yet

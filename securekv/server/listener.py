@@ -1,12 +1,14 @@
 """One client URL: a trio listener that terminates TLS and serves gRPC and HTTP/1.1 itself.
 
-Each connection is TLS-handshaken (``server/tlsstream.py``, a lean stream over ``ssl.SSLObject``) in bounded time (client certificate required unless the
-operator opted out) and admitted by the one TLS policy (``securekv.tlspolicy.ServerTLS``: a
-certificate a CRL revokes, leaf or intermediate, is refused; the connection is registered in
-``ServerTLS.live`` so that a reloaded CRL that revokes it closes it), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over the sans-IO
-``server/grpcconn.py``), ``http/1.1`` is the h11 app (``/health``, ``/version``, ``/metrics``,
-the JSON gateway); without ALPN the first bytes decide (the HTTP/2 preface means gRPC). There is
-no relay and no second port: everything runs in the trio thread that owns the state.
+Each connection is TLS-handshaken in bounded time (``server/tlsstream.py``, a lean stream over
+``ssl.SSLObject``; client certificate required unless the operator opted out) and admitted by
+the one TLS policy (``securekv.tlspolicy.ServerTLS``: a certificate a CRL revokes, leaf or
+intermediate, is refused; the connection is registered in ``ServerTLS.live`` so that a reloaded
+CRL that revokes it closes it), then routed by ALPN: ``h2`` is gRPC (``server/grpcpump.py`` over
+the sans-IO ``server/grpcconn.py``), ``http/1.1`` is the h11 app (``/health``, ``/version``,
+``/metrics``, the JSON gateway); without ALPN the first bytes decide (the HTTP/2 preface means
+gRPC). There is no relay and no second port: everything runs in the trio thread that owns the
+state.
 
 The listener keeps a registry of its live connections with their peer certificate's identity
 (:class:`LiveConnections`): the cap on connections per listener and the graceful GOAWAY drain on

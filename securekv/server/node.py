@@ -36,8 +36,8 @@ from securekv.raft.types import MessageType
 from securekv.rpctypes import ERR_REQUEST_TOO_LARGE, ERR_STOPPED, ERR_TOO_MANY_REQUESTS, err
 from securekv.server.cluster import Membership
 from securekv.server.etcdlog import event
-from securekv.server.syncthread import SyncThread
 from securekv.server.replybatch import ReplyBatch
+from securekv.server.syncthread import SyncThread
 
 log = logging.getLogger(__name__)
 
