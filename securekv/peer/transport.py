@@ -29,6 +29,7 @@ from securekv.errors import PeerError, UsageError
 from securekv.peer import codec
 from securekv.peer.codec import FrameKind
 from securekv.raft.types import LOCAL_MESSAGES, Message, MessageType
+from securekv.server.tlsstream import TLSStream
 from securekv.tlspolicy.identity import VerifiedPeer
 from securekv.tlspolicy.peer import PeerTLS
 
@@ -196,7 +197,12 @@ class _Peer:
         self.id = member_id
         self.urls = urls
         self.url_index = 0
-        self.msg_send, self.msg_recv = trio.open_memory_channel[Message](queue_size)
+        # None in the queue: "push what the stream still holds" (after a direct write that the
+        # socket did not take whole).
+        self.msg_send, self.msg_recv = trio.open_memory_channel[Message | None](queue_size)
+        # The message writer waits on an empty queue and holds no message: a direct write
+        # (``PeerTransport.send``) cannot overtake one.
+        self.writer_idle = False
         self.snap_send, self.snap_recv = trio.open_memory_channel[Message](snapshot_queue)
         self.snap_inflight: Message | None = None
         self.out: _Conn | None = None
@@ -362,6 +368,7 @@ class PeerTransport:
         """Queue messages without blocking; a message for a down peer or a full queue is dropped
         and the peer reported unreachable (a SNAP message is also reported as a failed snapshot)."""
         unreachable: set[int] = set()
+        direct: dict[int, list[Message]] = {}
         for m in messages:
             peer = self._peers.get(m.to)
             if peer is None:
@@ -373,13 +380,61 @@ class PeerTransport:
             if peer.out is None:
                 self._drop(peer, m, unreachable)
                 continue
-            chan = peer.snap_send if m.type == MessageType.SNAP else peer.msg_send
-            try:
-                chan.send_nowait(m)
-            except trio.WouldBlock:
-                self._drop(peer, m, unreachable)
+            if m.type == MessageType.SNAP:
+                try:
+                    peer.snap_send.send_nowait(m)
+                except trio.WouldBlock:
+                    self._drop(peer, m, unreachable)
+                continue
+            if peer.writer_idle and not peer.out.lock.locked():
+                direct.setdefault(m.to, []).append(m)
+                continue
+            self._queue(peer, m, unreachable)
+        for to, batch in direct.items():
+            self._write_now(self._peers[to], batch, unreachable)
         for member in unreachable:
             self._report_unreachable(member)
+
+    def _queue(self, peer: _Peer, m: Message | None, unreachable: set[int]) -> None:
+        try:
+            peer.msg_send.send_nowait(m)
+        except trio.WouldBlock:
+            if m is not None:
+                self._drop(peer, m, unreachable)
+        else:
+            peer.writer_idle = False  # handed to the writer, which may not have run yet
+
+    def _write_now(self, peer: _Peer, batch: list[Message], unreachable: set[int]) -> None:
+        """Messages for a peer whose writer is idle: written here, synchronously, as one MSGS
+        frame. Why: queueing them woke the writer task, whose ``send`` then yielded for its lock
+        and the stream — task steps and scheduler turns on the path of every replicated write
+        (the leader's appends, the followers' answers). What the socket does not take at once
+        stays in the stream; the writer is woken to push it. Anything unusual (a frame too big
+        for one MSGS frame, a connection going away) takes the queue as before."""
+        conn = peer.out
+        stream = conn.stream if conn is not None else None
+        if not isinstance(stream, TLSStream) or conn is None or conn.reason:
+            for m in batch:
+                self._queue(peer, m, unreachable)
+            return
+        payload = codec.encode_batch([codec.encode_message(m) for m in batch])
+        if len(payload) > codec.MAX_FRAME:
+            for m in batch:
+                self._queue(peer, m, unreachable)
+            return
+        data = codec.frame(FrameKind.MSGS, payload)
+        try:
+            sent = stream.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError) as exc:
+            peer.stats.dropped += len(batch)
+            unreachable.add(peer.id)
+            conn.close(_reason(exc))
+            return
+        conn.last_sent = trio.current_time()
+        peer.stats.bytes_sent += len(data)
+        peer.stats.messages_sent += len(batch)
+        if not sent:
+            self._queue(peer, None, unreachable)
 
     def _drop(self, peer: _Peer, m: Message, unreachable: set[int]) -> None:
         peer.stats.dropped += 1
@@ -540,7 +595,7 @@ class PeerTransport:
                 if self.tls is not None:
                     self.tls.maybe_reload()
                     ctx = self.tls.client_context
-                    ssl_stream = trio.SSLStream(tcp, ctx, server_hostname=host)
+                    ssl_stream = TLSStream(tcp, ctx, server_side=False, server_hostname=host)
                     stream = ssl_stream
                     await ssl_stream.do_handshake()
                     try:
@@ -606,8 +661,8 @@ class PeerTransport:
         lost = 0
         while True:
             try:
-                peer.msg_recv.receive_nowait()
-                lost += 1
+                if peer.msg_recv.receive_nowait() is not None:
+                    lost += 1
             except trio.WouldBlock:
                 break
         failed_snaps = 1 if peer.snap_inflight is not None else 0
@@ -625,10 +680,21 @@ class PeerTransport:
         self._report_unreachable(peer.id)
 
     async def _msg_writer(self, conn: _Conn) -> None:
-        recv = conn.peer.msg_recv
-        stats = conn.peer.stats
+        peer = conn.peer
+        recv = peer.msg_recv
+        stats = peer.stats
         while True:
-            m = await recv.receive()
+            try:
+                m = recv.receive_nowait()
+            except trio.WouldBlock:
+                peer.writer_idle = True
+                try:
+                    m = await recv.receive()
+                finally:
+                    peer.writer_idle = False
+            if m is None:  # a direct write left bytes in the stream: push them
+                await conn.send_frame(b"")
+                continue
             batch: list[bytes] = []
             size = 0
             while True:
@@ -645,6 +711,8 @@ class PeerTransport:
                     m = recv.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if m is None:
+                    break  # the frame below pushes the stream's leftover first
             await conn.send_payload(FrameKind.MSGS, codec.encode_batch(batch))
             stats.messages_sent += len(batch)
 
@@ -743,7 +811,7 @@ class PeerTransport:
         host = remote.rsplit(":", 1)[0]
         if self.tls is not None:
             self.tls.maybe_reload()
-            ssl_stream = trio.SSLStream(tcp, self.tls.server_context, server_side=True)
+            ssl_stream = TLSStream(tcp, self.tls.server_context)
             try:
                 await ssl_stream.do_handshake()
             except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:

@@ -52,15 +52,19 @@ class _State(enum.Enum):
 
 
 class TLSStream(trio.abc.Stream):
-    """Server side TLS over an accepted ``trio.SocketStream``. Call :meth:`do_handshake` first."""
+    """TLS over a ``trio.SocketStream``: the server side of an accepted connection (the client
+    port, the peer port) or, with ``server_side=False``, the client side of a dialled one (the
+    peer transport's outgoing links). Call :meth:`do_handshake` first."""
 
-    def __init__(self, transport_stream: trio.SocketStream, context: ssl.SSLContext) -> None:
+    def __init__(self, transport_stream: trio.SocketStream, context: ssl.SSLContext, *,
+                 server_side: bool = True, server_hostname: str | None = None) -> None:
         self.transport_stream = transport_stream
         self._fd = transport_stream.socket.fileno()
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         #: The ``ssl.SSLObject``: the peer's certificate, chain, ALPN, cipher (tlspolicy reads it).
-        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                           server_hostname=None if server_side else server_hostname)
         self._state = _State.OK
         self._handshook = False
         self._receiving = False
@@ -72,7 +76,7 @@ class TLSStream(trio.abc.Stream):
     # -- the handshake -------------------------------------------------------------------------
 
     async def do_handshake(self) -> None:
-        """The server side of the handshake. Its time bound is the caller's (the listener's
+        """The handshake (either side). Its time bound is the caller's (the listener's
         --tls-handshake-timeout); a failure raises BrokenResourceError from the ssl error."""
         self._check()
         obj = self.ssl_object

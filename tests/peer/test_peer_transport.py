@@ -163,14 +163,45 @@ async def test_queue_overflow_drops_and_reports(peer_certs, nursery) -> None:
     for m in (a, b):
         await m.start(nursery)
     await wait_connected([a, b])
-    # All sent in one synchronous call: the writer cannot drain in between, so 8 fit in the
-    # queue (plus one handed straight to the writer if it was already waiting).
-    a.transport.send(app(1, 2, i) for i in range(20))
+    # A message too big for one frame always takes the queue (it goes out in chunks): handed
+    # to the waiting writer, it keeps the writer busy. What follows in the same synchronous
+    # stretch cannot be written directly (it would overtake it) and the writer cannot drain in
+    # between, so 8 fit in the queue and the rest is dropped and reported.
+    big = Message(MessageType.APP, to=2, frm=1, term=3, index=0, log_term=2, commit=0,
+                  entries=(Entry(3, 1, data=b"x" * (3 << 19)),))
+    a.transport.send([big])
+    a.transport.send(app(1, 2, i) for i in range(1, 21))
     assert a.unreachable == [2]
     dropped = a.transport.stats()["peers"][2]["dropped"]
-    assert dropped in (11, 12)
-    await b.wait_delivered(20 - dropped)
-    assert b.delivered == [app(1, 2, i) for i in range(20 - dropped)]
+    assert dropped == 12
+    await b.wait_delivered(9)
+    assert b.delivered == [big] + [app(1, 2, i) for i in range(1, 9)]
+
+
+async def test_idle_writer_sends_directly_in_order(peer_certs, nursery) -> None:
+    """Messages for a peer whose writer is idle are written at once by ``send`` (no queue):
+    a burst larger than the queue arrives whole and in order, interleaved with queued ones."""
+    a, b = [Member(i, make_tls(peer_certs, f"m{i}"), queue_size=8) for i in (1, 2)]
+    for m in (a, b):
+        await m.listen()
+    connect_all([a, b])
+    for m in (a, b):
+        await m.start(nursery)
+    await wait_connected([a, b])
+    a.transport.send(app(1, 2, i) for i in range(20))
+    assert a.unreachable == []
+    assert a.transport.stats()["peers"][2]["dropped"] == 0
+    await b.wait_delivered(20)
+    big = Message(MessageType.APP, to=2, frm=1, term=3, index=20, log_term=2, commit=20,
+                  entries=(Entry(3, 21, data=b"x" * (3 << 19)),))
+    a.transport.send([big])  # queued (too big for one frame); what follows queues behind it
+    a.transport.send(app(1, 2, i) for i in range(21, 25))
+    await b.wait_delivered(25)
+    assert b.delivered == [app(1, 2, i) for i in range(20)] + [big] + [app(1, 2, i) for i in range(21, 25)]
+    a.transport.send(app(1, 2, i) for i in range(25, 30))  # the writer is idle again: direct
+    await b.wait_delivered(30)
+    assert b.delivered[25:] == [app(1, 2, i) for i in range(25, 30)]
+    assert a.transport.stats()["peers"][2]["dropped"] == 0
 
 
 async def test_send_to_down_peer_drops_and_reports(peer_certs, nursery) -> None:
