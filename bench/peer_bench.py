@@ -4,8 +4,9 @@
 
 Measures (one process, one trio thread for both ends, so figures are a lower bound for two
 processes on two cores): streamed Raft APP messages per second (one 256-byte entry each),
-snapshot transfer throughput, and sequential call() round-trip latency. Not a test: results
-go to docs/peer.md.
+snapshot transfer throughput, sequential call() round-trip latency, and the ping-pong of lone
+messages (one APP out, its APP_RESP back, the next only then: what a sequential replicated
+write costs the transport), as CPU µs per round trip. Not a test: results go to docs/peer.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import trio
 
@@ -34,11 +36,14 @@ class End:
         self.snaps: list[bool] = []
         self.wake = trio.Event()
         self.target = 0
+        self.echo: Callable[[Message], None] | None = None
         self.t = PeerTransport(mid, 7, tls, self.deliver, lambda i: None,
                                lambda i, failed: self.snaps.append(failed), queue_size=8192,
                                member_names=lambda: {1: "m1", 2: "m2"})
 
     def deliver(self, m: Message) -> None:
+        if self.echo is not None:
+            self.echo(m)
         self.count += 1
         if self.count >= self.target:
             self.wake.set()
@@ -101,6 +106,21 @@ async def main(args: argparse.Namespace) -> None:
             el = time.perf_counter() - start
             print(f"| snapshot {args.snapshot_mb} MiB | {el * 1000:,.0f} ms ({args.snapshot_mb / el:.0f} MiB/s) |")
 
+            # Ping-pong: B answers every APP at once from its deliver callback (as a follower's
+            # node loop would, minus the fsync); A sends the next APP only when the answer came.
+            b.echo = lambda m: b.t.send([Message(MessageType.APP_RESP, to=1, frm=2, term=2, index=m.index)])
+            rounds = args.pingpong
+            before_a = a.count
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            for i in range(rounds):
+                a.t.send([Message(MessageType.APP, to=2, frm=1, term=2, index=i,
+                                  entries=(Entry(2, i + 1, data=data),))])
+                await a.wait_count(before_a + i + 1)
+            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+            b.echo = None
+            print(f"| lone APP ping-pong | {cpu / rounds * 1e6:.0f} µs CPU, {wall / rounds * 1e6:.0f} µs wall "
+                  f"per round trip (both ends, one thread) |")
+
             lat = []
             for _ in range(args.calls):
                 t0 = time.perf_counter()
@@ -117,4 +137,5 @@ if __name__ == "__main__":
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--snapshot-mb", type=int, default=64)
     p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--pingpong", type=int, default=5000)
     trio.run(main, p.parse_args())

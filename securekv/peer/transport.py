@@ -157,7 +157,7 @@ class _Conn:
         self.remote = remote
         self.lock = trio.StrictFIFOLock()
         self.reader = _FrameReader(stream, self._count_in)
-        self.last_sent = trio.current_time()
+        self.last_sent = self.last_received = trio.current_time()
         self.next_transfer = 1
         self.pending: dict[int, _Pending] = {}
         self.call_send, self.call_recv = trio.open_memory_channel[tuple[int, str, bytes]](256)
@@ -167,6 +167,7 @@ class _Conn:
 
     def _count_in(self, n: int) -> None:
         self.peer.stats.bytes_received += n
+        self.last_received = trio.current_time()
 
     async def send_frame(self, data: bytes) -> None:
         """Write one whole frame; the lock keeps frames from different tasks from interleaving."""
@@ -733,10 +734,18 @@ class PeerTransport:
                 await conn.send_payload(FrameKind.CALL, codec.encode_call(call_id, kind, payload))
 
     async def _pinger(self, conn: _Conn) -> None:
+        """A PING when nothing was sent for a keepalive interval, and the idle check: nothing
+        received for ``idle_timeout`` ends the connection. The check lives here, not as a
+        deadline around every frame read: a cancel scope with a deadline per frame was a
+        measurable part of a lone message's cost (scope, deadline heap, per message)."""
         ping = codec.frame(FrameKind.PING)
+        interval, idle = self.keepalive_interval, self.idle_timeout
         while True:
-            await trio.sleep(self.keepalive_interval)
-            if trio.current_time() - conn.last_sent >= self.keepalive_interval * 0.9:
+            await trio.sleep_until(min(conn.last_sent + interval, conn.last_received + idle))
+            now = trio.current_time()
+            if now - conn.last_received >= idle:
+                raise _ConnClosed(f"nothing received for {idle:g}s")
+            if now - conn.last_sent >= interval * 0.9:
                 await conn.send_frame(ping)
 
     async def _guard(self, conn: _Conn, fn: Callable[..., Awaitable[None]], *args: object) -> None:
@@ -956,10 +965,7 @@ class PeerTransport:
         reasm = _Reassembler(self.max_message_bytes)
         calls = trio.Semaphore(MAX_CONCURRENT_CALLS)
         while True:
-            with trio.move_on_after(self.idle_timeout) as idle:
-                kind, payload = await conn.reader.read()
-            if idle.cancelled_caught:
-                raise _ConnClosed(f"nothing received for {self.idle_timeout:g}s")
+            kind, payload = await conn.reader.read()  # the pinger ends an idle connection
             if kind == FrameKind.CHUNK:
                 whole = reasm.feed(payload)
                 if whole is None:
