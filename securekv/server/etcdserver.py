@@ -552,13 +552,9 @@ class EtcdServer(AuthHandlers):
                                       isLearner=m.is_learner))
         return out
 
-    def _started_members(self) -> int:
-        """Members this one is connected to, plus itself (etcd's strict reconfig check)."""
-        n = 1
-        for mid in self.node.membership.members:
-            if mid != self.member_id and self.transport is not None and self.transport.active_since(mid) is not None:
-                n += 1
-        return n
+    def _active_since(self, member_id: int) -> float | None:
+        """When the outgoing link to ``member_id`` came up (trio's clock), None while it is down."""
+        return None if self.transport is None else self.transport.active_since(member_id)
 
     def _voters(self) -> list[int]:
         return list(self.node.conf_state().voters)
@@ -597,8 +593,9 @@ class EtcdServer(AuthHandlers):
         import time as _time
 
         from securekv.raft import ConfChange, ConfChangeType
-        from securekv.rpctypes import ERR_MEMBER_BAD_URLS, ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_PEER_URL_EXIST
-        from securekv.server import ids
+        from securekv.rpctypes import (ERR_MEMBER_BAD_URLS, ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_PEER_URL_EXIST,
+                                       ERR_UNHEALTHY)
+        from securekv.server import ids, reconfig
         from securekv.server.cluster import Member
 
         urls = [str(u) for u in req.peerURLs]
@@ -608,11 +605,14 @@ class EtcdServer(AuthHandlers):
             if set(urls) & set(m.peer_urls):
                 raise err(ERR_PEER_URL_EXIST)
         if not req.isLearner and self.strict_reconfig_check:
-            nmembers = len(self._voters()) + 1
-            nstarted = self._started_members()
-            # etcd's special case: growing a one-member cluster (after --force-new-cluster).
-            if not (nstarted == 1 and nmembers == 2) and nstarted < nmembers // 2 + 1:
+            # etcd's mayAddMember (server/reconfig.py): too few started voters is lasting; a
+            # voter not reached over a settled link is passing ("unhealthy cluster", retried).
+            # Unlike etcd 3.4, a learner (no vote) is not refused for a link coming back: the
+            # join flow consumes its single-use token before it adds the learner.
+            if not reconfig.ready_to_add_voter(self.node.membership.members.values()):
                 raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
+            if not reconfig.healthy_to_add(self._active_since, trio.current_time(), self.member_id, self._voters()):
+                raise err(ERR_UNHEALTHY)
         # Deterministic (no time stamp, unlike etcd) so the joining member, started with the
         # same --initial-cluster-token, derives the same ID from its peer URLs.
         mid = ids.member_id(urls, self.cluster_token)
@@ -629,19 +629,19 @@ class EtcdServer(AuthHandlers):
 
     async def member_remove(self, req: rpc_pb2.MemberRemoveRequest, caller: Caller) -> rpc_pb2.MemberRemoveResponse:
         from securekv.raft import ConfChange, ConfChangeType
-        from securekv.rpctypes import ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_MEMBER_NOT_FOUND
+        from securekv.rpctypes import ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_MEMBER_NOT_FOUND, ERR_UNHEALTHY
+        from securekv.server import reconfig
 
         m = self.node.membership.members.get(req.ID)
         if m is None:
             raise err(ERR_MEMBER_NOT_FOUND)
         if not m.is_learner and self.strict_reconfig_check:
-            voters = self._voters()
-            started = self._started_members()
-            if req.ID != self.member_id and self.transport is not None and self.transport.active_since(req.ID) is not None:
-                started -= 1
-            remaining = len(voters) - 1
-            if remaining > 0 and started < remaining // 2 + 1:
+            # etcd's mayRemoveMember (server/reconfig.py).
+            if not reconfig.ready_to_remove_voter(self.node.membership.members.values(), req.ID):
                 raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
+            if not reconfig.healthy_to_remove(self._active_since, trio.current_time(), self.member_id,
+                                              self._voters(), req.ID):
+                raise err(ERR_UNHEALTHY)
         await self.node.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, req.ID))
         resp = rpc_pb2.MemberRemoveResponse(members=self.members())
         self.header(resp.header)
@@ -674,6 +674,7 @@ class EtcdServer(AuthHandlers):
         from securekv.raft import ConfChange, ConfChangeType
         from securekv.rpctypes import (ERR_LEARNER_NOT_READY, ERR_MEMBER_NOT_ENOUGH_STARTED, ERR_MEMBER_NOT_FOUND,
                                        ERR_MEMBER_NOT_LEARNER)
+        from securekv.server import reconfig
 
         m = self.node.membership.members.get(req.ID)
         if m is None:
@@ -688,8 +689,8 @@ class EtcdServer(AuthHandlers):
         theirs = progress.get(req.ID)
         if mine is None or theirs is None or theirs.match < mine.match * 0.9:
             raise err(ERR_LEARNER_NOT_READY)
-        voters = len(self._voters())
-        if self.strict_reconfig_check and self._started_members() < (voters + 1) // 2 + 1:
+        # etcd's mayPromoteMember: started voters only (server/reconfig.py); no link check.
+        if self.strict_reconfig_check and not reconfig.ready_to_promote(self.node.membership.members.values()):
             raise err(ERR_MEMBER_NOT_ENOUGH_STARTED)
         await self.node.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, req.ID))
         if self.metrics is not None:
