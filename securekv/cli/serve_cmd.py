@@ -95,13 +95,23 @@ def cli(config_file: str | None, **flags: object) -> None:
     except UsageError as exc:
         raise click.ClickException(str(exc)) from None
     except CorruptionError as exc:
-        click.echo(f"Error: data corruption: {exc}", err=True)
-        sys.exit(2)
+        _fail(f"Error: data corruption: {exc}", 2)
     except DiskFullError as exc:
-        click.echo(f"Error: disk full: {exc}", err=True)
-        sys.exit(3)
+        _fail(f"Error: disk full: {exc}", 3)
     except KeyboardInterrupt:
         pass
+
+
+def _fail(message: str, code: int) -> None:
+    """Say why on stderr, then exit with ``code``. The exit code is what systemd and scripts act
+    on, so it must not depend on the message getting out: with a full disk, stderr is often a
+    file on that same disk (found by the full-disk fault test: a failed write of this line made
+    the member exit 1 instead of 3)."""
+    try:
+        click.echo(message, err=True)
+    except OSError:
+        pass
+    sys.exit(code)
 
 
 def _sole_error(group: BaseExceptionGroup) -> BaseException:
@@ -189,9 +199,12 @@ def _exit_if_stop_hangs(exc: BaseException) -> None:
     code = 3 if isinstance(exc, DiskFullError) else 2 if isinstance(exc, CorruptionError) else 1
 
     def give_up(signum: int, frame: object) -> None:
-        sys.stderr.write(f"Error: {exc}\nsecurekv: the member did not stop within {FATAL_STOP_SECONDS:.0f}s "
-                         "after this error; exiting now\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(f"Error: {exc}\nsecurekv: the member did not stop within {FATAL_STOP_SECONDS:.0f}s "
+                             "after this error; exiting now\n")
+            sys.stderr.flush()
+        except OSError:
+            pass  # stderr on the full disk: the exit code still says why
         os._exit(code)
 
     signal.signal(signal.SIGALRM, give_up)

@@ -65,6 +65,7 @@ class Member:
         self.peer_port = free_port()
         self.metrics_port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.early_exit: int | None = None  # the exit code of a start that ended before listening
         self.log = data_dir.parent / f"{data_dir.name}.log"
 
     @property
@@ -106,6 +107,7 @@ class Member:
                 if self.proc.poll() is not None and "in use" in text.lower() and "data dir" not in text and attempt < 2:
                     self.port, self.peer_port, self.metrics_port = free_port(), free_port(), free_port()
                     continue
+                self.early_exit = self.proc.poll()
                 self.kill()
                 raise RuntimeError(f"{self.kind} did not start:\n{text[-2000:]}") from None
         raise AssertionError("unreachable")
