@@ -16,8 +16,19 @@ def app(frm: int, to: int, i: int) -> Message:
                    entries=(Entry(3, i + 1, data=b"v%d" % i),))
 
 
+def big_app(index: int) -> Message:
+    """An APP too big for one frame: it always takes the queue (it goes out in chunks)."""
+    return Message(MessageType.APP, to=2, frm=1, term=3, index=index, log_term=2, commit=index,
+                   entries=(Entry(3, index + 1, data=b"x" * (3 << 19)),))
+
+
 async def three(peer_certs, nursery, **kw) -> list[Member]:
-    members = [Member(i, make_tls(peer_certs, f"m{i}"), **kw) for i in (1, 2, 3)]
+    return await connected(peer_certs, nursery, 3, **kw)
+
+
+async def connected(peer_certs, nursery, count: int, **kw) -> list[Member]:
+    """Members 1..count, listening, dialled to each other, running and connected."""
+    members = [Member(i, make_tls(peer_certs, f"m{i}"), **kw) for i in range(1, count + 1)]
     for m in members:
         await m.listen()
     connect_all(members)
@@ -156,19 +167,12 @@ async def test_call_round_trip_error_and_timeout(peer_certs, nursery) -> None:
 
 
 async def test_queue_overflow_drops_and_reports(peer_certs, nursery) -> None:
-    a, b = [Member(i, make_tls(peer_certs, f"m{i}"), queue_size=8) for i in (1, 2)]
-    for m in (a, b):
-        await m.listen()
-    connect_all([a, b])
-    for m in (a, b):
-        await m.start(nursery)
-    await wait_connected([a, b])
-    # A message too big for one frame always takes the queue (it goes out in chunks): handed
-    # to the waiting writer, it keeps the writer busy. What follows in the same synchronous
+    a, b = await connected(peer_certs, nursery, 2, queue_size=8)
+    # A message too big for one frame always takes the queue: handed to the waiting writer,
+    # it keeps the writer busy. What follows in the same synchronous
     # stretch cannot be written directly (it would overtake it) and the writer cannot drain in
     # between, so 8 fit in the queue and the rest is dropped and reported.
-    big = Message(MessageType.APP, to=2, frm=1, term=3, index=0, log_term=2, commit=0,
-                  entries=(Entry(3, 1, data=b"x" * (3 << 19)),))
+    big = big_app(0)
     a.transport.send([big])
     a.transport.send(app(1, 2, i) for i in range(1, 21))
     assert a.unreachable == [2]
@@ -181,19 +185,12 @@ async def test_queue_overflow_drops_and_reports(peer_certs, nursery) -> None:
 async def test_idle_writer_sends_directly_in_order(peer_certs, nursery) -> None:
     """Messages for a peer whose writer is idle are written at once by ``send`` (no queue):
     a burst larger than the queue arrives whole and in order, interleaved with queued ones."""
-    a, b = [Member(i, make_tls(peer_certs, f"m{i}"), queue_size=8) for i in (1, 2)]
-    for m in (a, b):
-        await m.listen()
-    connect_all([a, b])
-    for m in (a, b):
-        await m.start(nursery)
-    await wait_connected([a, b])
+    a, b = await connected(peer_certs, nursery, 2, queue_size=8)
     a.transport.send(app(1, 2, i) for i in range(20))
     assert a.unreachable == []
     assert a.transport.stats()["peers"][2]["dropped"] == 0
     await b.wait_delivered(20)
-    big = Message(MessageType.APP, to=2, frm=1, term=3, index=20, log_term=2, commit=20,
-                  entries=(Entry(3, 21, data=b"x" * (3 << 19)),))
+    big = big_app(20)
     a.transport.send([big])  # queued (too big for one frame); what follows queues behind it
     a.transport.send(app(1, 2, i) for i in range(21, 25))
     await b.wait_delivered(25)
