@@ -173,8 +173,12 @@ class _Conn:
         """Write one whole frame; the lock keeps frames from different tasks from interleaving."""
         async with self.lock:
             await self.stream.send_all(data)
+        self.sent(len(data))
+
+    def sent(self, size: int) -> None:
+        """``size`` bytes of whole frames left (by a writer task or a direct write)."""
         self.last_sent = trio.current_time()
-        self.peer.stats.bytes_sent += len(data)
+        self.peer.stats.bytes_sent += size
 
     async def send_payload(self, kind: FrameKind, payload: bytes) -> None:
         """One frame, or CHUNK frames (other frames may go between them) when it is too big."""
@@ -412,14 +416,13 @@ class PeerTransport:
         (the leader's appends, the followers' answers). What the socket does not take at once
         stays in the stream; the writer is woken to push it. Anything unusual (a frame too big
         for one MSGS frame, a connection going away) takes the queue as before."""
-        conn = peer.out
-        stream = conn.stream if conn is not None else None
-        if not isinstance(stream, TLSStream) or conn is None or conn.reason:
-            for m in batch:
-                self._queue(peer, m, unreachable)
-            return
-        payload = codec.encode_batch([codec.encode_message(m) for m in batch])
-        if len(payload) > codec.MAX_FRAME:
+        conn = peer.out  # set: send() only writes directly to a peer with a link
+        assert conn is not None
+        stream = conn.stream
+        payload = None
+        if isinstance(stream, TLSStream) and not conn.reason:
+            payload = codec.encode_batch([codec.encode_message(m) for m in batch])
+        if payload is None or len(payload) > codec.MAX_FRAME:
             for m in batch:
                 self._queue(peer, m, unreachable)
             return
@@ -431,8 +434,7 @@ class PeerTransport:
             unreachable.add(peer.id)
             conn.close(_reason(exc))
             return
-        conn.last_sent = trio.current_time()
-        peer.stats.bytes_sent += len(data)
+        conn.sent(len(data))
         peer.stats.messages_sent += len(batch)
         if not sent:
             self._queue(peer, None, unreachable)
