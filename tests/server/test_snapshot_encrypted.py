@@ -131,7 +131,13 @@ def test_encrypted_save_status_restore_serve(make_member, tmp_path: Path) -> Non
     assert full["authenticated"] and {k: full[k] for k in etcd_plain} == etcd_plain
     assert full["sha256"] == hashlib.sha256(plain.read_bytes()).hexdigest()  # the same plaintext, byte for byte
     table = skv("-w", "table", "snapshot", "status", str(by_pass), "--passphrase-file", str(pw)).stdout
-    assert table.splitlines()[1].split("|")[1:5] == ["   HASH   ", " REVISION ", " TOTAL KEYS ", " TOTAL SIZE "]
+    header, row = (line.split("|")[1:5] for line in table.splitlines()[1:4:2])
+    assert [cell.strip() for cell in header] == ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"]
+    pass_status = skv("-w", "json", "snapshot", "status", str(by_pass), "--passphrase-file", str(pw)).stdout
+    pass_hash = json.loads(pass_status)["hash"]
+    assert row[0].strip() == f"{pass_hash:x}" and len(header[0]) == len(row[0])
+    gap = len(header[0]) - len("HASH")  # centred as etcdctl's table writer does: the odd space goes right
+    assert header[0] == " " * (gap // 2) + "HASH" + " " * (gap - gap // 2)
     simple = skv("snapshot", "status", str(plain)).stdout.split(", ")  # a plain file: etcdctl's output
     assert simple[:3] == [f"{etcd_plain['hash']:x}", str(etcd_plain["revision"]), str(etcd_plain["totalKey"])]
 
