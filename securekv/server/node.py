@@ -958,8 +958,7 @@ class Node:
 
     def _commit_backend(self, writes: list[Any]) -> None:
         started = time.perf_counter()
-        for wb in writes:
-            self.backend.commit(wb)
+        self.backend.commit_all(writes)
         if self.metrics is not None:
             self.metrics.backend_commit_seconds.observe(time.perf_counter() - started)
         self.backend_size = self.backend.size_bytes()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -148,6 +148,12 @@ class SimBackend:
         if batch.consistent_index is not None:
             self.meta[CONSISTENT_INDEX] = batch.consistent_index
         self.commits += 1
+
+    def commit_all(self, batches: Sequence[WriteBatch]) -> None:
+        """A run of batches in order, as one transaction (``Backend.commit_all``): in memory
+        nothing can fail half way, so applying them one by one is that transaction."""
+        for batch in batches:
+            self.commit(batch)
 
     # -- what a restart reads ----------------------------------------------------------------
     def iter_revisions(self, min_main: int = 0) -> Iterator[Revision]:

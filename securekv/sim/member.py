@@ -148,9 +148,7 @@ class SimNode:
     def commit_rows(self) -> None:
         """The committer: everything queued goes to the backend (in order)."""
         rows, self.commits = self.commits, []
-        for writes, _last in rows:
-            for wb in writes:
-                self.disk.backend.commit(wb)
+        self.disk.backend.commit_all([wb for writes, _last in rows for wb in writes])
 
     # -- the request path (EtcdServer's hot path, same checks in the same order) -------------
     def _refuse_learner(self) -> None:

@@ -202,17 +202,63 @@ def test_large_deletion_runs_in_chunks_with_items_first_and_meta_last(tmp_path: 
     with Backend.open(tmp_path / "db.sqlite") as db:
         db.commit(WriteBatch(puts=[Revision(m, 0, b"k%d" % m, b"v") for m in range(1, 36)], consistent_index=1))
         seen = []
-        real = db._commit
+        real = db._transaction
 
-        def spy(batch):
-            seen.append((len(batch.deletes), len(batch.item_puts), batch.consistent_index))
-            real(batch)
+        def spy(batches):
+            assert len(batches) == 1
+            seen.append((len(batches[0].deletes), len(batches[0].item_puts), batches[0].consistent_index))
+            real(batches)
 
-        monkeypatch.setattr(db, "_commit", spy)
+        monkeypatch.setattr(db, "_transaction", spy)
         db.commit(WriteBatch(deletes=[(m, 0) for m in range(1, 31)], item_puts=[("kvindex_dropped", b"x", b"y")],
                              meta={"compact_revision": 30}, consistent_index=2))
         assert seen == [(0, 1, None), (10, 0, None), (10, 0, None), (10, 0, None), (0, 0, 2)]
         assert db.revision_count() == 5 and db.consistent_index() == 2 and db.get_meta("compact_revision") == 30
+
+
+def test_commit_all_is_one_transaction_in_order(tmp_path: Path, monkeypatch) -> None:
+    """The node's committer hands a run of batches (one per Raft Ready) to ``commit_all``: one
+    transaction for all of them, each batch's changes in order (a revision put by one and
+    compacted by a later one stays deleted; the last meta value wins); a large compaction
+    among them still commits in chunks, between the groups before and after it."""
+    from securekv.storage import backend as backend_mod
+
+    monkeypatch.setattr(backend_mod, "DELETE_CHUNK", 10)
+    with Backend.open(tmp_path / "db.sqlite") as db:
+        sizes = []
+        real = db._transaction
+
+        def spy(batches):
+            sizes.append(len(batches))
+            real(batches)
+
+        monkeypatch.setattr(db, "_transaction", spy)
+        db.commit_all([WriteBatch(puts=revs(1, 3), lease_puts=[Lease(1, 10)], consistent_index=1),
+                       WriteBatch(deletes=[(1, 0)], lease_deletes=[1], item_puts=[("b", b"k", b"v1")],
+                                  meta={"compact_revision": 1}, consistent_index=2),
+                       WriteBatch(puts=[Revision(2, 0, b"key00002", b"new")], item_puts=[("b", b"k", b"v2")],
+                                  meta={"compact_revision": 2}, consistent_index=3)])
+        assert sizes == [3]  # one transaction
+        assert [(r.main, r.value) for r in db.iter_revisions()] == [(2, b"new"), (3, bytes([3]) * 10)]
+        assert list(db.iter_leases()) == [] and list(db.iter_items("b")) == [(b"k", b"v2")]
+        assert (db.consistent_index(), db.get_meta("compact_revision")) == (3, 2)
+
+        sizes.clear()
+        db.commit_all([WriteBatch(puts=revs(10, 40), consistent_index=4), WriteBatch(consistent_index=5),
+                       WriteBatch(deletes=[(m, 0) for m in range(10, 35)], consistent_index=6),
+                       WriteBatch(puts=revs(50, 50), consistent_index=7), WriteBatch(consistent_index=8)])
+        assert sizes == [2, 1, 1, 1, 1, 1, 2]  # the group, items, 3 chunks of deletes, the rest, the group
+        assert db.revision_count() == 2 + 6 + 1 and db.consistent_index() == 8
+
+        # all or nothing: a bad batch at the end undoes the good ones before it
+        before = db.content_hash(skip_meta=())
+        with pytest.raises(UsageError, match="'bad' must be int or bytes"):
+            db.commit_all([WriteBatch(puts=revs(60, 61), consistent_index=9),
+                           WriteBatch(meta={"bad": 1.5}, consistent_index=10)])  # type: ignore[dict-item]
+        with pytest.raises(OverflowError):
+            db.commit_all([WriteBatch(puts=revs(60, 61), consistent_index=9),
+                           WriteBatch(puts=[Revision(2**70, 0, b"k", b"v")], consistent_index=10)])
+        assert db.content_hash(skip_meta=()) == before and db.consistent_index() == 8
 
 
 def test_reader_and_integrity_check_report_damage_with_offset(tmp_path: Path) -> None:
