@@ -127,6 +127,8 @@ class TLSStream(trio.abc.Stream):
                     self._state = _State.BROKEN
                     raise trio.BrokenResourceError(exc) from exc
                 else:
+                    if data and len(data) < size and self._incoming.pending:
+                        data = self._read_buffered(obj, data, size)
                     if self._outgoing.pending and not self._sending:
                         self._push_quietly()  # TLS's own answers (key updates); the rest waits for a send
                     self._rx_ops += 1
@@ -141,6 +143,26 @@ class TLSStream(trio.abc.Stream):
                     self._check()
         finally:
             self._receiving = False
+
+    def _read_buffered(self, obj: ssl.SSLObject, data: bytes, size: int) -> bytes:
+        """``data`` and the whole records after it whose ciphertext is already here: one receive
+        returns what one socket read brought, not one TLS record. grpc-go writes its BDP PING
+        (with a WINDOW_UPDATE) and the next request as two records; handed over one at a time,
+        the gRPC reader answered the PING alone (its own record and write, a second pass of the
+        reader) before it even saw the request. A partial record, an error or the end of the
+        stream stops here and is met by the next receive, as it would have been."""
+        parts = [data]
+        n = len(data)
+        while n < size and self._incoming.pending:
+            try:
+                more = obj.read(size - n)
+            except ssl.SSLError:  # SSLWantReadError (a partial record) among them
+                break
+            if not more:
+                break
+            parts.append(more)
+            n += len(more)
+        return b"".join(parts) if len(parts) > 1 else data
 
     def _read_socket(self) -> bool:
         """Ciphertext from the socket into the SSLObject; False when none is there yet."""

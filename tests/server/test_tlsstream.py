@@ -151,6 +151,62 @@ async def test_a_peer_dying_in_the_middle_of_a_record_breaks_the_stream(pki: Pat
     await server.aclose()
 
 
+def _records(client: trio.SSLStream, *parts: bytes) -> bytes:
+    """The ciphertext of one TLS record per part, as the client would send them."""
+    inner = client._ssl_object  # trio keeps it private; these tests need records' bytes
+    out = bytearray()
+    for part in parts:
+        inner.write(part)
+        out += client._outgoing.read()
+    return bytes(out)
+
+
+async def test_records_that_arrived_together_come_out_in_one_receive(pki: Path) -> None:
+    """grpc-go sends its BDP PING and the next request as two records in one write: the gRPC
+    reader must see both in one pass (else it answers the PING alone, in its own write)."""
+    server, client = await connected(pki)
+    async with server, client:
+        await client.transport_stream.send_all(_records(client, b"ping+window", b"request", b"more"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await server.receive_some() == b"ping+windowrequestmore"
+        # max_bytes still bounds it; the rest of a record comes next
+        await client.transport_stream.send_all(_records(client, b"abc", b"defgh"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert await server.receive_some(5) == b"abcde"
+        assert await server.receive_some(5) == b"fgh"
+        # a record and half of the next: the first now, the second once it is whole
+        both = _records(client, b"whole", b"half")
+        cut = len(both) - 10
+        await client.transport_stream.send_all(both[:cut])
+        await trio.testing.wait_all_tasks_blocked()
+        assert await server.receive_some() == b"whole"
+        await client.transport_stream.send_all(both[cut:])
+        assert await server.receive_some() == b"half"
+
+
+async def test_a_bad_record_after_good_ones_fails_the_next_receive(pki: Path) -> None:
+    server, client = await connected(pki)
+    good = _records(client, b"good", b"also good")
+    bad = bytearray(_records(client, b"tampered"))
+    bad[-1] ^= 1  # the AEAD tag no longer matches
+    await client.transport_stream.send_all(good + bytes(bad))
+    await trio.testing.wait_all_tasks_blocked()
+    assert await server.receive_some() == b"goodalso good"
+    with pytest.raises(trio.BrokenResourceError) as info:
+        await server.receive_some()
+    assert isinstance(info.value.__cause__, ssl.SSLError)
+    await server.aclose()
+    await client.transport_stream.aclose()
+
+    server, client = await connected(pki)
+    await client.send_all(b"last words")
+    await client.aclose()  # close_notify right behind the data, often in one socket read
+    await trio.testing.wait_all_tasks_blocked()
+    assert await server.receive_some() == b"last words"
+    assert await server.receive_some() == b""
+    await server.aclose()
+
+
 async def test_a_cancelled_send_breaks_the_stream(pki: Path) -> None:
     server, client = await connected(pki)
     async with server, client:
