@@ -11,6 +11,19 @@ import pytest
 
 from server_harness import Certs, Member
 
+#: Whether the test's own body failed (set by the hook below, read by ``make_member``).
+_CALL_FAILED = pytest.StashKey[bool]()
+#: How much of each member's log a failed test prints.
+LOG_TAIL = 6000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
@@ -44,7 +57,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 
 @pytest.fixture
-def make_member(tmp_path: Path, certs: Certs) -> Iterator:
+def make_member(request: pytest.FixtureRequest, tmp_path: Path, certs: Certs) -> Iterator:
+    """Members in real processes, killed after the test. When the test failed, the tail of each
+    member's log is printed (pytest shows it with the failure): an intermittent failure in CI
+    then says what the member did, after its temporary directory is gone."""
     members: list[Member] = []
 
     def make(kind: str = "securekv", name: str = "data", extra: list[str] | None = None,
@@ -58,6 +74,10 @@ def make_member(tmp_path: Path, certs: Certs) -> Iterator:
     yield make
     for m in members:
         m.kill()
+    if request.node.stash.get(_CALL_FAILED, False):
+        for m in members:
+            print(f"---- {m.kind} log {m.log} (last {LOG_TAIL} characters) ----")
+            print(m.output()[-LOG_TAIL:])
 
 
 @pytest.fixture(params=["securekv", "etcd"])
