@@ -2,24 +2,73 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTO_OUT = ROOT / "securekv" / "proto"
+
+
+def _descriptor(path: Path) -> bytes:
+    """The serialized FileDescriptorProto a ``_pb2`` module registers: what the .proto says."""
+    match = re.search(r"AddSerializedFile\((b'(?:[^'\\]|\\.)*')\)", path.read_text())
+    assert match, f"{path}: no AddSerializedFile call"
+    return ast.literal_eval(match.group(1))
+
+
+def _method_table(path: Path) -> list[str]:
+    """Method paths and (de)serializers a ``_pb2_grpc`` module wires up, in order."""
+    return re.findall(r"'(/[\w.]+/\w+)'|\b(?:request|response)_(?:de)?serializer=([\w.]+)", path.read_text())
+
+
+def _lower_bound(distribution: str) -> tuple[int, ...]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    for spec in dependencies:
+        match = re.fullmatch(rf"{re.escape(distribution)}\s*>=\s*([0-9.]+)", spec.strip())
+        if match:
+            return tuple(int(part) for part in match.group(1).split("."))
+    raise AssertionError(f"pyproject.toml declares no {distribution}>= bound")
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
+    """The committed modules say what the .proto files say.
+
+    Compared by content (descriptor bytes, method table), not by text: a newer grpcio-tools
+    release changes version stamps and layout, and a user's fresh install gets the newest one.
+    """
     assert importlib.util.find_spec("grpc_tools") is not None
     subprocess.run([sys.executable, str(ROOT / "tools" / "genproto.py"), str(tmp_path)], check=True, capture_output=True)
     generated = sorted((tmp_path / "securekv" / "proto").glob("*.py"))
     assert generated
     for path in generated:
-        committed = ROOT / "securekv" / "proto" / path.name
-        assert committed.read_text() == path.read_text(), f"{committed} is stale: run tools/genproto.py"
-    committed_names = {p.name for p in (ROOT / "securekv" / "proto").glob("*_pb2*.py")}
+        committed = PROTO_OUT / path.name
+        if path.name.endswith("_pb2_grpc.py"):
+            assert _method_table(committed) == _method_table(path), f"{committed} is stale: run tools/genproto.py"
+        else:
+            assert _descriptor(committed) == _descriptor(path), f"{committed} is stale: run tools/genproto.py"
+    committed_names = {p.name for p in PROTO_OUT.glob("*_pb2*.py")}
     assert committed_names == {p.name for p in generated}
+
+
+def test_generated_code_needs_no_newer_runtime_than_declared() -> None:
+    """The modules' import-time version guards accept the lower bounds pyproject.toml declares."""
+    grpc_floor = _lower_bound("grpcio")
+    protobuf_floor = _lower_bound("protobuf")
+    for path in sorted(PROTO_OUT.glob("*_pb2_grpc.py")):
+        stamp = re.search(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'$", path.read_text(), re.MULTILINE)
+        assert stamp, f"{path}: no GRPC_GENERATED_VERSION"
+        assert tuple(int(p) for p in stamp.group(1).split(".")) == grpc_floor, path
+    for path in sorted(PROTO_OUT.glob("*_pb2.py")):
+        check = re.search(r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", path.read_text())
+        assert check, f"{path}: no protobuf runtime check"
+        gencode = tuple(int(part) for part in check.groups())
+        assert gencode[0] == protobuf_floor[0] and gencode <= protobuf_floor, (path, gencode, protobuf_floor)
 
 
 def test_full_method_names_match_etcd() -> None:
