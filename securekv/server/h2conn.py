@@ -15,17 +15,20 @@ CPU goes"). Two pieces of that work are pure overhead for us:
   encoder for the same blocks, and writes the three frames' bytes itself.
 
 Both reach into h2 internals (``_frame_dispatch_table``, the stream and connection state
-machines, the outbound windows) that have been stable from h2 4.1 to 4.4, the versions CI
-runs. ``tests/server/test_h2conn.py`` fails loudly when an h2 release changes what these rely
-on: it pins the source of ``H2Connection._receive_frame`` and checks that an answer made here
-is byte for byte, and state for state, what h2's public calls make. At import, a missing name
-turns the fast answer off (h2's public calls are then used), never into a wrong answer.
+machines, the outbound windows) that have been stable from h2 4.1 to 4.4. So both are used only
+with an h2 whose ``H2Connection._receive_frame`` source is one of the digests below (the
+releases these were checked against, byte for byte and state for state, by
+``tests/server/test_h2conn.py``). A user's fresh install gets the newest h2; with a release
+not vetted here, or a missing name, the connection is h2's own (its public calls, its receive
+step): slower, never wrong. The test then warns that the new release is waiting to be vetted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import struct
-from typing import Iterable
+from typing import Callable, Iterable
 
 import h2.connection
 import h2.stream
@@ -38,6 +41,24 @@ _HEADER = struct.Struct(">HBBBL")  # a frame header: 24-bit length, type, flags,
 _TYPE_DATA, _TYPE_HEADERS = 0x0, 0x1
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 
+# sha256 of ``inspect.getsource(H2Connection._receive_frame)``: h2 4.1.0, and 4.2.0-4.4.1.
+VETTED_RECEIVE_FRAME = frozenset({
+    "4beae2c3c05681b0f5a501f24234fe2c673148c0734e61bcc3554102e2a3e961",
+    "39b2e16b4fd74ed014ca144a0c6e388aef3dc51f116d6f0a874b70d92bd92873",
+})
+
+
+def receive_frame_digest(method: Callable[..., object]) -> str | None:
+    """sha256 of a method's source; None where the source cannot be read (no .py shipped)."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+H2_VETTED = receive_frame_digest(h2.connection.H2Connection._receive_frame) in VETTED_RECEIVE_FRAME
+
 try:
     _CONN_SEND_HEADERS = h2.connection.ConnectionInputs.SEND_HEADERS
     _CONN_SEND_DATA = h2.connection.ConnectionInputs.SEND_DATA
@@ -45,7 +66,7 @@ try:
     _SEND_DATA = h2.stream.StreamInputs.SEND_DATA
     _SEND_END_STREAM = h2.stream.StreamInputs.SEND_END_STREAM
     _HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
-    FAST_ANSWER = True
+    FAST_ANSWER = H2_VETTED
 except AttributeError:  # pragma: no cover - an h2 release reorganised its state machines
     FAST_ANSWER = False
 
@@ -59,7 +80,7 @@ class ServerH2Connection(h2.connection.H2Connection):  # type: ignore[misc]
     """Server-side ``H2Connection`` with a receive step that skips the trace ``repr`` and a
     one-call unary answer. Behaviour on the wire is h2's."""
 
-    def _receive_frame(self, frame: Frame) -> list[Event]:
+    def _receive_frame_untraced(self, frame: Frame) -> list[Event]:
         # h2's own step (4.1-4.4) without its ``logger.trace("Received frame: %s", repr(frame))``.
         try:
             frames, events = self._frame_dispatch_table[frame.__class__](frame)
@@ -86,6 +107,9 @@ class ServerH2Connection(h2.connection.H2Connection):  # type: ignore[misc]
         else:
             self._prepare_for_sending(frames)
         return events
+
+    if H2_VETTED:
+        _receive_frame = _receive_frame_untraced
 
     def answer_unary(self, stream_id: int, headers: Iterable[tuple[bytes, bytes]], data: bytes,
                      trailers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -137,4 +161,4 @@ def _block_bound(headers: list[tuple[bytes, bytes]]) -> int:
     return sum(4 * (len(name) + len(value)) + 12 for name, value in headers) + 8
 
 
-__all__ = ["ServerH2Connection", "FAST_ANSWER"]
+__all__ = ["ServerH2Connection", "FAST_ANSWER", "H2_VETTED", "VETTED_RECEIVE_FRAME", "receive_frame_digest"]
