@@ -7,7 +7,6 @@ import importlib.util
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +26,12 @@ def _method_table(path: Path) -> list[str]:
 
 
 def _lower_bound(distribution: str) -> tuple[int, ...]:
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        dependencies = tomllib.load(f)["project"]["dependencies"]
-    for spec in dependencies:
-        match = re.fullmatch(rf"{re.escape(distribution)}\s*>=\s*([0-9.]+)", spec.strip())
-        if match:
-            return tuple(int(part) for part in match.group(1).split("."))
-    raise AssertionError(f"pyproject.toml declares no {distribution}>= bound")
+    """pyproject.toml's ``>=`` bound, read as tools/genproto.py reads it to stamp the modules."""
+    spec = importlib.util.spec_from_file_location("genproto", ROOT / "tools" / "genproto.py")
+    assert spec is not None and spec.loader is not None
+    genproto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(genproto)
+    return tuple(int(part) for part in genproto.declared_lower_bound(distribution).split("."))
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
